@@ -1,0 +1,583 @@
+"""Python API: `finetune(config, **overrides) -> Run`, and `Run`, the handle on one fine-tuning run.
+
+Everything the magic and the panel do goes through here. Pre-flight (model config, tokenizer, data,
+columns, labels, output directory) runs on the calling thread, so every user mistake is raised before
+anything starts; training then runs on one worker thread per process, runs queued one after another.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .core.config import FinetuneConfig, live_fields, load_config
+from .core.events import Controls, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
+from .core.freezing import build_layer_map, resolve_freeze
+from .core.runs import ACTIVE_STATES, RegistryCallback, RunDir
+from .errors import ConfigError, FinetuneError, RunStateError
+
+__all__ = ["finetune", "Run", "DryRunReport", "active_runs", "get_run"]
+
+_RUNS: dict[str, Run] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def finetune(config: FinetuneConfig | dict | str | Path | None = None, /, *, wait: bool = False,
+             dry_run: bool = False, callbacks=(), overwrite: bool = False, namespace: dict | None = None,
+             **overrides) -> Run | DryRunReport:
+    """Fine-tune a pretrained model. Returns a `Run` at once; training goes on in a worker thread.
+
+    Args:
+        config: a `FinetuneConfig`, a dict, YAML text or a YAML file path.
+        wait: block until the run ends (Ctrl-C: first a graceful stop with a checkpoint, then an abort).
+        dry_run: resolve everything and return a `DryRunReport` (layer map, steps, memory); train nothing.
+        callbacks: objects with `on_event(event)`, called on the training thread.
+        overwrite: replace an existing run directory of the same name instead of writing `name-2`.
+        namespace: where `{{name}}` placeholders in YAML text are looked up.
+        **overrides: config fields (canonical names or aliases), e.g. `lr=3e-5`, `max_steps=100`.
+
+    Example:
+        >>> run = finetune({"model": "path/to/model", "data": {"train": "reviews.csv"}}, epochs=1)  # doctest: +SKIP
+        >>> run.wait().metrics  # doctest: +SKIP
+        {'eval_loss': 0.41, 'eval_accuracy': 0.83, 'eval_f1': 0.83}
+    """
+    if isinstance(config, str) and "\n" in config and namespace is not None:
+        cfg = FinetuneConfig.from_yaml(config, namespace)
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    else:
+        cfg = load_config(config, **overrides)
+    if cfg.name is None:
+        cfg = cfg.replace(name=time.strftime("run-%Y%m%d-%H%M%S"))
+    from .core.tasks import text_classification as task
+
+    prep = task.preflight(cfg)
+    if dry_run:
+        return _dry_run(cfg, prep, task)
+
+    resume_ckpt, reuse = None, False
+    if cfg.resume_from in ("last", "best"):
+        existing = RunDir(Path(cfg.output_dir).expanduser() / cfg.name)
+        if not existing.path.is_dir():
+            raise FinetuneError(f"resume_from: {cfg.resume_from}: there is no run '{cfg.name}' in "
+                                f"{Path(cfg.output_dir).expanduser()} to resume")
+        resume_ckpt, reuse = existing.resolve_checkpoint(cfg.resume_from), True
+    elif cfg.resume_from:
+        resume_ckpt = RunDir(Path(".")).resolve_checkpoint(cfg.resume_from)
+    with _RUNS_LOCK:
+        current = _RUNS.get(cfg.name)
+        if current is not None and current.status in ACTIVE_STATES:
+            raise RunStateError(f"run '{cfg.name}' is still {current.status}: stop it first "
+                                f"(`%finetune stop {cfg.name}` or `{cfg.name}.stop()`), or pick another name")
+        run_dir = RunDir.create(cfg.output_dir, cfg.name, overwrite=overwrite and not reuse, reuse=reuse)
+        run = Run(cfg, run_dir, prep, resume_ckpt, list(callbacks))
+        _RUNS[cfg.name] = run
+    run_dir.write_config(cfg.to_yaml())
+    run_dir.write_status(state="queued", reason=None, step=0, pid=_pid(), name=run_dir.name)
+    run_dir.register()
+    _scheduler().submit(run)
+    if wait:
+        run.wait()
+    return run
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def get_run(name: str) -> Run:
+    """The run of that name started in this process."""
+    with _RUNS_LOCK:
+        if name not in _RUNS:
+            known = ", ".join(_RUNS) or "none yet"
+            raise FinetuneError(f"no run named '{name}' in this kernel (runs: {known})")
+        return _RUNS[name]
+
+
+def active_runs() -> list[Run]:
+    with _RUNS_LOCK:
+        return [r for r in _RUNS.values() if r.status in ACTIVE_STATES]
+
+
+def all_runs() -> list[Run]:
+    with _RUNS_LOCK:
+        return list(_RUNS.values())
+
+
+# --------------------------------------------------------------------------------------------- scheduler
+class _Scheduler:
+    """One worker thread per process: one run trains at a time, the rest wait in order."""
+
+    def __init__(self):
+        self._q: queue.Queue[Run] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="nb_finetune-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, run: Run) -> None:
+        self._q.put(run)
+
+    def _loop(self):
+        while True:
+            run = self._q.get()
+            try:
+                run._execute()
+            except BaseException:  # noqa: BLE001 - _execute records its own failures; never kill the worker
+                pass
+
+
+_SCHED: _Scheduler | None = None
+_SCHED_LOCK = threading.Lock()
+
+
+def _scheduler() -> _Scheduler:
+    global _SCHED
+    with _SCHED_LOCK:
+        if _SCHED is None or not _SCHED._thread.is_alive():
+            _SCHED = _Scheduler()
+        return _SCHED
+
+
+# --------------------------------------------------------------------------------------------- Run
+class Run:
+    """Handle on one fine-tuning run. Properties never block; `wait`, `evaluate`, `predict`, `save` wait.
+
+    Example:
+        >>> run = finetune(cfg)        # doctest: +SKIP
+        >>> run.set(lr=1e-5)           # the running schedule continues from the new base lr  # doctest: +SKIP
+        >>> run.freeze("bottom 4")     # applied at the next optimizer step  # doctest: +SKIP
+        >>> run.stop()                 # checkpoint, then stop  # doctest: +SKIP
+    """
+
+    def __init__(self, config: FinetuneConfig, run_dir: RunDir, prep, resume_ckpt, callbacks):
+        self.config = config
+        self.dir = run_dir.path
+        self._run_dir = run_dir
+        self._prep = prep
+        self._resume = resume_ckpt
+        self._callbacks = callbacks
+        self.controls = Controls()
+        self._state, self._reason, self._error, self._exc = "queued", None, None, None
+        self._done = threading.Event()
+        self._model = None
+        self._layer_map = None
+        self._frozen: set[str] = set()
+        self._history: list[dict[str, Any]] = []
+        self._evals: list[dict[str, Any]] = []
+        self._started: RunStarted | None = None
+        self._last_step: StepEnded | None = None
+        self._result = None
+        self._lock = threading.Lock()
+        self._subscribers: list[Any] = []
+        if resume_ckpt is not None and run_dir.path == resume_ckpt.parent.parent:
+            self._load_prior_history(int(resume_ckpt.name.split("-")[-1]) if "-" in resume_ckpt.name else 0)
+
+    # ------------------------------------------------------------ properties (never block)
+    @property
+    def name(self) -> str:
+        return self._run_dir.name
+
+    @property
+    def status(self) -> str:
+        """queued, starting, training, paused, stopping, finished, stopped or failed."""
+        return self._state
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def step(self) -> int:
+        return self._last_step.step if self._last_step else (self._started.start_step if self._started else 0)
+
+    @property
+    def total_steps(self) -> int | None:
+        return self._last_step.total_steps if self._last_step else (self._started.total_steps if self._started else None)
+
+    @property
+    def history(self):
+        """One row per optimizer step logged (loss, lr, grad_norm, throughput) with eval metrics at their step."""
+        import pandas as pd
+
+        with self._lock:
+            rows = list(self._history)
+            evals = list(self._evals)
+        df = pd.DataFrame(rows, columns=["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"])
+        if evals:
+            ev = pd.DataFrame(evals).drop(columns=["epoch"], errors="ignore")
+            df = df.merge(ev, on="step", how="outer").sort_values("step").reset_index(drop=True)
+        return df
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest evaluation's metrics ({} before the first)."""
+        with self._lock:
+            return dict(self._evals[-1]) if self._evals else {}
+
+    @property
+    def model(self):
+        """The model being trained (live object: it changes while the run trains)."""
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self._prep.tokenizer
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._prep.label_names)
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return self._run_dir.checkpoints()
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        return self._run_dir.best_checkpoint()
+
+    def layer_map(self):
+        """DataFrame of layer groups: kind, parameter count, trainable."""
+        import pandas as pd
+
+        lm = self._layer_map
+        if lm is None:
+            return pd.DataFrame(columns=["group", "kind", "params", "trainable"])
+        return pd.DataFrame(lm.table(self._frozen))
+
+    def __repr__(self) -> str:
+        total = self.total_steps
+        prog = f"step {self.step}/{total}" if total else f"step {self.step}"
+        m = self.metrics
+        best = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "step") if m else ""
+        return f"<Run {self.name!r} {self.status}{' (' + self._reason + ')' if self._reason else ''} {prog}" + (
+            f" | {best}>" if best else ">")
+
+    # ------------------------------------------------------------ control
+    def _check_active(self, what: str) -> None:
+        if self.done:
+            raise RunStateError(f"cannot {what}: run '{self.name}' has already {self.status}")
+
+    def stop(self, save: bool = True) -> Run:
+        """Stop at the next micro-batch; with `save`, write a checkpoint of the last optimizer step first."""
+        if not self.done:
+            self.controls.stop(save=save)
+        return self
+
+    def abort(self) -> Run:
+        """Stop at the next micro-batch without a checkpoint."""
+        if not self.done:
+            self.controls.send("abort")
+        return self
+
+    def pause(self) -> Run:
+        self._check_active("pause")
+        self.controls.pause()
+        return self
+
+    def resume(self) -> Run:
+        """Un-pause a paused run. (To continue a finished run from a checkpoint, use `resume_from: last`.)"""
+        self._check_active("resume")
+        self.controls.resume()
+        return self
+
+    def set(self, **values) -> Run:
+        """Change live fields (`lr`, `weight_decay`, `epochs`, ...); applied at the next optimizer step."""
+        self._check_active("set values")
+        allowed = live_fields()
+        from .core.config import canonical_name
+
+        clean = {}
+        for k, v in values.items():
+            name = canonical_name(k)
+            if name == "freeze":
+                raise ConfigError("use run.freeze(spec) to change freezing")
+            if name not in allowed:
+                raise ConfigError(f"'{name}' cannot change during a run. Live fields: "
+                                  f"{', '.join(n for n in allowed if n != 'freeze')}")
+            try:
+                FinetuneConfig.model_validate({name: v})
+            except Exception as e:  # noqa: BLE001 - pydantic ValidationError -> message
+                raise ConfigError(f"{name}={v!r}: {str(e).splitlines()[-1].strip()}") from None
+            clean[name] = v
+        self.controls.set(**clean)
+        return self
+
+    def freeze(self, spec) -> Run:
+        """Change which layers train (same specs as the `freeze` key); applied at the next optimizer step."""
+        self._check_active("change freezing")
+        if self._layer_map is not None:
+            resolve_freeze(spec, self._layer_map)  # raise now, in the caller's cell
+        else:
+            from .core.freezing import parse_freeze_spec
+
+            parse_freeze_spec(spec)
+        self.controls.freeze(spec)
+        return self
+
+    def checkpoint(self) -> Run:
+        """Write a checkpoint at the next optimizer step."""
+        self._check_active("checkpoint")
+        self.controls.checkpoint()
+        return self
+
+    # ------------------------------------------------------------ waiting
+    def wait(self, timeout: float | None = None, *, pump=None, interrupt: str = "stop") -> Run:
+        """Block until the run ends. Ctrl-C once: graceful stop with checkpoint; twice: abort.
+
+        `pump()` is called about every 0.1 s on the waiting thread (the magic refreshes its display there).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interrupts = 0
+        while not self._done.is_set():
+            try:
+                self._done.wait(0.1)
+                if pump:
+                    pump()
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupt != "stop" or interrupts > 2:
+                    raise
+                if interrupts == 1:
+                    self.stop(save=True)
+                else:
+                    self.abort()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run '{self.name}' still {self.status} after {timeout} s")
+        if pump:
+            pump()
+        return self
+
+    def _need_model(self, what: str):
+        self.wait()
+        if self._model is None:
+            raise RunStateError(f"cannot {what}: run '{self.name}' {self.status} before its model was built"
+                                + (f" ({self._error})" if self._error else ""))
+        return self._model
+
+    def predict(self, texts, batch_size: int = 32) -> list[dict[str, Any]]:
+        """Labels and scores for texts, e.g. `run.predict(["great film"])` -> [{'label': 'positive', 'score': 0.97}]."""
+        from .core.tasks import text_classification as task
+
+        model = self._need_model("predict")
+        return task.predict(model, self._prep.tokenizer, texts, self._prep.label_names, self._prep.max_length,
+                            batch_size)
+
+    def evaluate(self, data=None) -> dict[str, float]:
+        """Metrics on the eval split, or on `data` (same forms as `data.eval`)."""
+        from .core import data as D
+        from .core.engine import evaluate_model
+        from .core.tasks import text_classification as task
+
+        model = self._need_model("evaluate")
+        prep = self._prep
+        if data is None:
+            ds = prep.eval
+            if ds is None:
+                raise FinetuneError("evaluate: this run has no eval data; pass data=... (a file, a DataFrame, ...)")
+        else:
+            ds = D.load_source(data, role="eval")
+            D.detect_columns(ds, prep.text_col, prep.label_col, prep.pair_col, role="eval")
+        encoded = task._encode(prep, ds)
+        device = next(model.parameters()).device
+        return evaluate_model(model, encoded, self.config, D.Collator(prep.tokenizer.pad_token_id), device,
+                              task.compute_metrics, len(prep.label_names))
+
+    def save(self, path: str | Path) -> Path:
+        """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
+        model = self._need_model("save")
+        path = Path(path).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        self._prep.tokenizer.save_pretrained(path)
+        (path / "finetune_config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------ events
+    def subscribe(self, callback) -> None:
+        """Add a subscriber (`on_event(event)`) to a run that is queued or training."""
+        self._subscribers.append(callback)
+
+    def on_event(self, e: Event) -> None:
+        if isinstance(e, RunStarted):
+            self._started = e
+            self._state = "training"
+        elif isinstance(e, StepEnded):
+            self._last_step = e
+        elif isinstance(e, Logged):
+            base_step = e.step - len(e.losses) + 1
+            rows = [{"step": base_step + i, "epoch": None, "loss": v, "lr": None, "grad_norm": None,
+                     "samples_per_s": None, "tokens_per_s": None} for i, v in enumerate(e.losses[:-1])]
+            rows.append({"step": e.step, "epoch": e.epoch, "loss": e.losses[-1] if e.losses else e.loss, "lr": e.lr,
+                         "grad_norm": e.grad_norm, "samples_per_s": e.samples_per_s, "tokens_per_s": e.tokens_per_s})
+            with self._lock:
+                self._history.extend(rows)
+        elif isinstance(e, EvalEnded):
+            with self._lock:
+                self._evals.append({"step": e.step, "epoch": e.epoch, **e.metrics})
+        elif e.kind == "ControlApplied":
+            if e.command == "pause" and e.ok:
+                self._state = "paused"
+            elif e.command == "resume" and e.ok and self._state == "paused":
+                self._state = "training"
+            elif e.command in ("stop", "abort"):
+                self._state = "stopping"
+            elif e.command == "freeze" and e.ok and self._layer_map is not None:
+                self._frozen = resolve_freeze(e.args.get("spec"), self._layer_map)
+        elif isinstance(e, RunFinished):
+            self._state, self._reason, self._error = e.state, e.reason, e.error
+
+    def _load_prior_history(self, upto_step: int) -> None:
+        for rec in self._run_dir.read_metrics():
+            if rec.get("event") == "log" and rec.get("step", 0) <= upto_step:
+                self.on_event(Logged(step=rec["step"], epoch=rec.get("epoch", 0), loss=rec.get("loss", math.nan),
+                                     lr=rec.get("lr", 0.0), grad_norm=rec.get("grad_norm"),
+                                     samples_per_s=rec.get("samples_per_s", 0.0),
+                                     tokens_per_s=rec.get("tokens_per_s", 0.0), losses=rec.get("losses", [])))
+            elif rec.get("event") == "eval" and rec.get("step", 0) <= upto_step:
+                metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}
+                self.on_event(EvalEnded(step=rec["step"], epoch=rec.get("epoch", 0), metrics=metrics))
+
+    # ------------------------------------------------------------ worker side
+    def _execute(self) -> None:
+        """Runs on the worker thread: build model and data, train, record the outcome."""
+        from .core import engine
+        from .core.tasks import text_classification as task
+
+        rd = self._run_dir
+        subscribers = [self, RegistryCallback(rd), *self._callbacks, *self._subscribers]
+
+        def emit(ev):
+            for cb in subscribers:
+                try:
+                    cb.on_event(ev)
+                except Exception:  # noqa: BLE001
+                    pass
+
+        if self.controls.stop_requested:  # stopped while queued
+            emit(RunFinished(state="stopped", reason="user", step=0))
+            self._done.set()
+            return
+        self._state = "starting"
+        rd.write_status(state="starting")
+        try:
+            with engine.library_logging_to(rd.path / "run.log"):
+                import torch
+
+                torch.manual_seed(self.config.seed)  # the new head's initialisation
+                model = task.build_model(self.config, self._prep)
+                train_data, eval_data = task.build_data(self._prep)
+                self._layer_map = build_layer_map(model)
+                self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
+                self._model = model
+                job = engine.Job(self.config, model, train_data, eval_data, self._layer_map,
+                                 self._prep.tokenizer.pad_token_id, self._prep.label_names, rd,
+                                 task.compute_metrics, self._resume)
+                result = engine.train(job, self.controls, subscribers)
+                self._model = engine_unwrap(model)
+            self._result = result
+            emit(RunFinished(state=result.state, reason=result.reason, step=result.step,
+                             best_metric=result.best_metric))
+        except FinetuneError as e:
+            self._exc = e
+            emit(RunFinished(state="failed", reason="error", step=self.step, error=str(e)))
+        except BaseException as e:  # noqa: BLE001 - a failed run must be recorded, whatever failed
+            import traceback
+
+            self._exc = e
+            with open(rd.path / "run.log", "a", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
+            emit(RunFinished(state="failed", reason="error", step=self.step,
+                             error=f"{type(e).__name__}: {e} (traceback in {rd.path / 'run.log'})"))
+        finally:
+            self._done.set()
+
+
+def engine_unwrap(model):
+    return getattr(model, "module", model)
+
+
+# --------------------------------------------------------------------------------------------- dry run
+@dataclass
+class DryRunReport:
+    """What a run would do: layer map, steps and a memory estimate. Nothing is trained or written."""
+
+    name: str
+    model: str
+    layer_map_text: str
+    layers: list[dict[str, Any]]
+    params_total: int
+    params_trainable: int
+    num_train: int
+    num_eval: int
+    labels: list[str]
+    steps_per_epoch: int
+    total_steps: int
+    precision: str
+    device: str
+    memory_bytes: dict[str, int]
+
+    def __str__(self) -> str:
+        mem = self.memory_bytes
+        gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+        lines = [
+            f"dry run '{self.name}': {self.model}",
+            f"labels ({len(self.labels)}): {', '.join(self.labels[:20])}{' ...' if len(self.labels) > 20 else ''}",
+            f"examples: {self.num_train:,} train, {self.num_eval:,} eval",
+            f"steps: {self.steps_per_epoch:,} per epoch, {self.total_steps:,} in all",
+            f"device: {self.device}, precision {self.precision}",
+            "",
+            self.layer_map_text,
+            "",
+            f"memory estimate: {gib(mem['total'])} (weights {gib(mem['weights'])}, gradients {gib(mem['gradients'])}, "
+            f"optimizer {gib(mem['optimizer'])}, activations ~{gib(mem['activations'])})",
+        ]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))
+
+
+def _dry_run(cfg: FinetuneConfig, prep, task) -> DryRunReport:
+    from .core.engine import _device_name, _device_type, resolve_precision
+
+    import torch
+
+    model = task.build_model(cfg, prep, meta=True)
+    lm = build_layer_map(model)
+    frozen = resolve_freeze(cfg.freeze, lm)
+    owner = lm.group_of_param()
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for n, p in model.named_parameters() if owner.get(n) not in frozen)
+    n_train = len(prep.train)
+    n_eval = len(prep.eval) if prep.eval is not None else 0
+    spe = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
+    total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)
+    dev_type = _device_type()
+    precision = resolve_precision(cfg.precision.value, dev_type)
+    hc = prep.hf_config
+    hidden = getattr(hc, "hidden_size", 0) or 0
+    heads = getattr(hc, "num_attention_heads", 0) or 0
+    trained_blocks = sum(1 for g in lm.groups if g.kind == "block" and g.name not in frozen)
+    act_bytes = 2 if precision in ("bf16", "fp16") else 4
+    # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
+    per_block = cfg.batch_size * prep.max_length * hidden * 17 * act_bytes + \
+        cfg.batch_size * heads * prep.max_length**2 * 2.5 * act_bytes
+    mem = {"weights": total * 4, "gradients": trainable * 4, "optimizer": trainable * 8,
+           "activations": int(per_block * trained_blocks)}
+    mem["total"] = sum(mem.values())
+    device = _device_name(torch.device(dev_type)) if dev_type != "cuda" else _device_name(torch.device("cuda", 0))
+    return DryRunReport(cfg.name, prep.model_id, lm.describe(frozen), lm.table(frozen), total, trainable, n_train,
+                        n_eval, list(prep.label_names), spe, total_steps, precision, device, mem)

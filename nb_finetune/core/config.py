@@ -1,0 +1,775 @@
+"""`FinetuneConfig`: the one schema for a run, and the parsing of cell text / YAML / dicts into it.
+
+The schema is the single source of truth for defaults, help texts, aliases and which fields may change
+while a run trains (``live``). Widget tooltips, ``%finetune --help``, completion, the JSON schema and the
+README's config reference are all generated from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+__all__ = [
+    "FinetuneConfig",
+    "DataConfig",
+    "EarlyStopping",
+    "Precision",
+    "Scheduler",
+    "parse_cell",
+    "parse_interval",
+    "load_config",
+    "live_fields",
+    "config_reference_markdown",
+]
+
+
+# --------------------------------------------------------------------------------------------- enums
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Scheduler(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class FrozenMode(str, Enum):
+    eval = "eval"
+    train = "train"
+
+
+class CacheFrozen(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Task(str, Enum):
+    auto = "auto"
+    text_classification = "text-classification"
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    min = "min"
+    max = "max"
+
+
+def _field(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = (), live: str | None = None, **kw):
+    extra = {"aliases": list(aliases)}
+    if live:
+        extra["live"] = live
+    if "default_factory" in kw:
+        return Field(description=help, json_schema_extra=extra, **kw)
+    return Field(default, description=help, json_schema_extra=extra, **kw)
+
+
+_INTERVAL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|mins|minutes|h|hr|hours|steps?)?\s*$", re.I)
+
+
+def parse_interval(value: int | str | None) -> tuple[str, float] | None:
+    """``500`` -> ("steps", 500); ``"30min"`` -> ("seconds", 1800); ``"epoch"`` -> ("epoch", 1); None -> None."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool):
+        return ("epoch", 1)
+    if isinstance(value, int):
+        return ("steps", value) if value > 0 else None
+    s = str(value).strip().lower()
+    if s in ("epoch", "epochs", "every epoch"):
+        return ("epoch", 1)
+    if s in ("never", "no", "off", "none", "0"):
+        return None
+    m = _INTERVAL_RE.match(s)
+    if not m:
+        raise ValueError(f"{value!r} is not an interval: use a number of steps (500), minutes ('30min'), or 'epoch'")
+    amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
+    if unit.startswith("step"):
+        return ("steps", int(amount))
+    scale = {"s": 1, "sec": 1, "h": 3600, "hr": 3600, "hours": 3600}.get(unit, 60)
+    return ("seconds", amount * scale)
+
+
+def _check_interval(v):
+    if v is None or isinstance(v, (int, str)):
+        parse_interval(v)
+        return v
+    raise ValueError("use a number of steps (500), minutes ('30min'), or 'epoch'")
+
+
+# --------------------------------------------------------------------------------------------- models
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the examples come from and which columns hold what."""
+
+    train: Any = _field(
+        None,
+        "Training data: a hub dataset with an optional split slice (`imdb:train[:2000]`), a local "
+        "csv/json/jsonl/parquet file (`reviews.csv`, `reviews.csv[:500]`), or `{{df}}` / `{{ds}}` "
+        "(a pandas DataFrame or a datasets.Dataset in the notebook).",
+    )
+    eval: Any = _field(
+        None,
+        "Evaluation data, same forms as `train`. When absent, `eval_split` of the training data is held out.",
+        aliases=("validation", "valid", "test"),
+    )
+    eval_split: float | None = _field(
+        0.1,
+        "Fraction of `train` held out for evaluation (seeded) when `eval` is not given; 0 disables evaluation.",
+        ge=0.0,
+        lt=1.0,
+    )
+    text: str | None = _field(
+        None, "Column holding the input text. Auto-detected when there is one obvious text column."
+    )
+    text_pair: str | None = _field(None, "Optional second text column (sentence-pair tasks such as NLI).")
+    label: str | None = _field(
+        None, "Column holding the label. Auto-detected from `label`, `labels`, `target`, ... when absent."
+    )
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _source(cls, v):
+        if isinstance(v, (int, float, bool)):
+            raise ValueError("expected a dataset name, a file path, or {{variable}}")
+        return v
+
+
+class EarlyStopping(_Strict):
+    """Stop when an eval metric has not improved for `patience` evaluations, then restore the best model."""
+
+    metric: str = _field("eval_loss", "Metric to watch: eval_loss, eval_accuracy, eval_f1, ...")
+    patience: int = _field(3, "Evaluations without improvement before stopping.", ge=1)
+    mode: Mode = _field(Mode.auto, "min or max; auto = min for losses, max for everything else.")
+    min_delta: float = _field(0.0, "Smallest change that counts as an improvement.", ge=0.0)
+
+
+class FinetuneConfig(_Strict):
+    """Everything that defines one fine-tuning run. Build it from a cell, a YAML file, a dict or kwargs.
+
+    Example:
+        >>> cfg = FinetuneConfig.from_dict({"model": "path/to/model", "data": {"train": "train.csv"}, "lr": "3e-5"})
+        >>> cfg.lr
+        3e-05
+        >>> FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    name: str | None = _field(None, "Run name; the run directory is `<output_dir>/<name>`. Set by `%%finetune NAME`.")
+    task: Task = _field(Task.auto, "What to train. `auto` picks text-classification for text + label data.")
+    model: Any = _field(
+        None,
+        "Pretrained model: a hub id (`bert-base-uncased`), a local directory, or `{{my_model}}` "
+        "(a transformers model object in the notebook).",
+    )
+    tokenizer: Any = _field(
+        None, "Tokenizer: hub id, directory or `{{tok}}`. Defaults to the model's own.", aliases=("processor",)
+    )
+    gguf_file: str | None = _field(None, "GGUF file inside `model` to load (dequantised to the training dtype).")
+    trust_remote_code: bool = _field(
+        False, "Run model code shipped with the checkpoint. Off unless you trust its author."
+    )
+    data: DataConfig = _field(default_factory=DataConfig, help="Training / evaluation data and its columns.")
+    labels: list[str] | None = _field(
+        None, "Label names in class-index order. Inferred from the data when absent.", aliases=("label_names",)
+    )
+    max_length: int | None = _field(
+        None,
+        "Longest input in tokens; longer texts are truncated. Default: the tokenizer's limit, at most 512.",
+        aliases=("max_len", "max_seq_length", "seq_len"),
+        ge=8,
+    )
+    epochs: float = _field(
+        3, "Passes over the training data.", aliases=("num_epochs", "num_train_epochs"), gt=0,
+        live="Extending re-plans the remaining schedule from the current step; cannot end before the current step.",
+    )
+    max_steps: int | None = _field(
+        None, "Stop after this many optimizer steps (overrides `epochs`).", ge=0,
+        live="Re-plans the remaining schedule; cannot be set below the current step.",
+    )
+    batch_size: int = _field(16, "Examples per micro-batch.", aliases=("bs", "per_device_train_batch_size"), ge=1)
+    eval_batch_size: int | None = _field(None, "Examples per evaluation batch. Default: 2 x batch_size.", ge=1)
+    grad_accum: int = _field(
+        1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum).",
+        aliases=("gradient_accumulation_steps", "accumulate"), ge=1,
+    )
+    lr: float = _field(
+        2e-5, "Peak learning rate.", aliases=("learning_rate",), gt=0,
+        live="The new value becomes the base of the running schedule, whose shape (warmup, decay) goes on.",
+    )
+    weight_decay: float = _field(
+        0.01, "AdamW weight decay (not applied to biases and norms).", aliases=("wd",), ge=0,
+        live="Applies from the next optimizer step.",
+    )
+    warmup: float = _field(
+        0.06, "Warm-up: optimizer steps when >= 1, a fraction of all steps when < 1.",
+        aliases=("warmup_steps", "warmup_ratio"), ge=0,
+    )
+    scheduler: Scheduler = _field(Scheduler.linear, "Learning-rate decay after warm-up.", aliases=("lr_scheduler",))
+    max_grad_norm: float | None = _field(
+        1.0, "Clip gradients to this global norm; null disables clipping.", aliases=("grad_clip", "clip_grad_norm"),
+        live="Applies from the next optimizer step.",
+    )
+    seed: int = _field(42, "Seed for initialisation, data order, dropout and the held-out split.")
+    precision: Precision = _field(
+        Precision.auto, "auto = bf16 on Ampere+ GPUs, fp16 on older GPUs (T4), fp32 on CPU.",
+        aliases=("mixed_precision", "dtype"),
+    )
+    freeze: Any = _field(
+        None,
+        "Layers not to train: `bottom 8` / `8` (embeddings + first 8 blocks), `0.66` (that fraction of blocks), "
+        "`all_but_head`, `[embeddings, blocks.0-7]`, or none.",
+        live="The trainable set changes at the next optimizer step; parameters that stay trainable keep "
+        "their optimizer state.",
+    )
+    frozen_mode: FrozenMode = _field(
+        FrozenMode.eval, "How frozen blocks run: eval (no dropout, fixed norm statistics) or train."
+    )
+    cache_frozen: CacheFrozen = _field(
+        CacheFrozen.auto,
+        "Frozen-prefix activation cache. auto = on only where it is exact (performance work in progress; "
+        "the current engine computes the frozen prefix every step whatever this says).",
+    )
+    dropout: float | None = _field(
+        None, "Override the model's dropout probabilities (hidden and attention).", ge=0.0, lt=1.0
+    )
+    group_by_length: bool = _field(True, "Batch examples of similar length together (less padding).")
+    eval_every: int | str | None = _field(
+        "epoch", "Evaluate every N optimizer steps, or 'epoch'.", aliases=("eval_steps",),
+        live="Applies from the next optimizer step.",
+    )
+    eval_at_start: bool = _field(False, "Evaluate once before the first step (the fresh model's score).")
+    log_every: int = _field(
+        10, "Read losses from the device and log every N optimizer steps.", aliases=("logging_steps",), ge=1,
+        live="Applies from the next optimizer step.",
+    )
+    save_every: int | str | None = _field(
+        "epoch", "Checkpoint every N optimizer steps, every 'N min', or every 'epoch'; null for end-of-run only.",
+        aliases=("save_steps",),
+        live="Applies from the next optimizer step.",
+    )
+    save_total_limit: int | None = _field(
+        2, "Keep at most this many step checkpoints (the best one is always kept).", ge=1
+    )
+    metric_for_best: str = _field(
+        "eval_loss", "Metric that decides the best checkpoint (eval_loss, eval_accuracy, eval_f1, ...)."
+    )
+    early_stopping: EarlyStopping | None = _field(
+        None, "Stop early when `metric` stops improving, e.g. `{metric: eval_f1, patience: 2}`."
+    )
+    output_dir: str = _field("runs", "Parent directory of run directories.", aliases=("out", "output"))
+    resume_from: str | None = _field(
+        None, "Continue from a checkpoint: `last`, `best`, or a checkpoint directory.", aliases=("resume",)
+    )
+    num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
+
+    # ---------------------------------------------------------------- validators
+    @field_validator("cache_frozen", mode="before")
+    @classmethod
+    def _bool_cache(cls, v):
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("eval_every", "save_every")
+    @classmethod
+    def _interval(cls, v):
+        return _check_interval(v)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v):
+        from .freezing import parse_freeze_spec  # local: freezing imports torch lazily too
+
+        parse_freeze_spec(v)
+        return v
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _model_ref(cls, v):
+        if isinstance(v, (int, float, bool)):
+            raise ValueError("expected a hub id, a local directory, or {{variable}}")
+        return v
+
+    @field_validator("resume_from", mode="before")
+    @classmethod
+    def _resume(cls, v):
+        if v is True:
+            return "last"
+        if v is False:
+            return None
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.early_stopping is not None and self.eval_every is None:
+            raise ValueError("early_stopping needs evaluation: set eval_every (steps or 'epoch')")
+        return self
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, lines: Mapping[tuple, int] | None = None) -> FinetuneConfig:
+        """Validate a dict (canonical names or aliases). `lines` maps key paths to cell lines for errors."""
+        lines = dict(lines or {})
+        normalized, problems = _normalize(cls, data, (), lines)
+        if problems:
+            raise ConfigError(_format_problems(problems))
+        try:
+            return cls.model_validate(normalized)
+        except ValidationError as e:
+            raise ConfigError(_format_validation(e, lines)) from None
+
+    @classmethod
+    def from_yaml(cls, source: str | Path, namespace: Mapping[str, Any] | None = None) -> FinetuneConfig:
+        """From a YAML file path or YAML text (the same syntax as a `%%finetune` cell body)."""
+        text = source
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            text = path.read_text(encoding="utf-8")
+        data, lines = parse_cell(str(text), namespace, first_line=1)
+        return cls.from_dict(data, lines=lines)
+
+    @classmethod
+    def from_cell(cls, body: str, namespace: Mapping[str, Any] | None = None, *, first_line: int = 2) -> FinetuneConfig:
+        """From the body of a `%%finetune` cell; line numbers in errors count the magic line as line 1."""
+        data, lines = parse_cell(body, namespace, first_line=first_line)
+        return cls.from_dict(data, lines=lines)
+
+    # ---------------------------------------------------------------- export
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of canonical names; objects from `{{vars}}` are kept as they are."""
+        out = {}
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if isinstance(v, BaseModel):
+                v = {k: (x.value if isinstance(x, Enum) else x) for k, x in v.__dict__.items()}
+            elif isinstance(v, Enum):
+                v = v.value
+            out[name] = v
+        return out
+
+    def to_yaml(self) -> str:
+        """YAML text of the resolved config; objects from `{{vars}}` appear as `<object: TypeName>`."""
+
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if v is None or isinstance(v, (str, int, float, bool)):
+                return v
+            return f"<object: {type(v).__name__}>"
+
+        return yaml.safe_dump(plain(self.to_dict()), sort_keys=False, allow_unicode=True)
+
+    def replace(self, **changes) -> FinetuneConfig:
+        """A copy with some fields changed (names or aliases), validated."""
+        d = self.to_dict()
+        for k, v in changes.items():
+            if k == "data" and isinstance(v, Mapping):
+                d["data"] = {**d["data"], **v}
+            else:
+                d[canonical_name(k)] = v
+        return type(self).from_dict(d)
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """JSON schema (draft 2020-12) with `aliases` and `live` on each property, for editors and the lab extension."""
+        return cls.model_json_schema()
+
+    @property
+    def uses_objects(self) -> bool:
+        return not isinstance(self.model, (str, type(None))) or not isinstance(self.data.train, (str, type(None)))
+
+
+# --------------------------------------------------------------------------------------------- aliases
+def _alias_table(model: type[BaseModel]) -> dict[str, str]:
+    table = {}
+    for name, f in model.model_fields.items():
+        table[name] = name
+        for a in (f.json_schema_extra or {}).get("aliases", []):
+            table[a] = name
+    return table
+
+
+def canonical_name(key: str, model: type[BaseModel] | None = None) -> str:
+    """`learning_rate` -> `lr`. Raises ConfigError with a suggestion for an unknown key."""
+    table = _alias_table(model or FinetuneConfig)
+    if key in table:
+        return table[key]
+    raise ConfigError(_unknown_key_message(key, table))
+
+
+def _unknown_key_message(key: str, table: Mapping[str, str], where: str = "") -> str:
+    close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.6)
+    hint = f" Did you mean '{table[close[0]]}'?" if close else ""
+    if close and close[0] != table[close[0]]:
+        hint = f" Did you mean '{close[0]}' (= '{table[close[0]]}')?"
+    return f"{where}unknown key '{key}'.{hint}"
+
+
+_NESTED = {"data": DataConfig, "early_stopping": EarlyStopping}
+
+
+def _normalize(model, data, path, lines):
+    """Map aliases to canonical names; collect unknown keys and alias conflicts with their lines."""
+    problems: list[tuple[int | None, str]] = []
+    if not isinstance(data, Mapping):
+        return data, [(lines.get(path), f"{_dotted(path) or 'config'}: expected a mapping of key: value lines")]
+    table = _alias_table(model)
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in data.items():
+        key_s = str(key)
+        line = lines.get(path + (key_s,))
+        if key_s not in table:
+            problems.append((line, _unknown_key_message(key_s, table, _where(line, path + (key_s,)))))
+            continue
+        canon = table[key_s]
+        if canon in given:
+            other = given[canon]
+            other_line = lines.get(path + (other,))
+            at = f" (line {other_line})" if other_line else ""
+            problems.append(
+                (line, f"{_where(line, path + (key_s,))}'{key_s}' and '{other}'{at} both set '{canon}': keep one.")
+            )
+            continue
+        given[canon] = key_s
+        if canon != key_s and path + (key_s,) in lines:
+            lines[path + (canon,)] = lines[path + (key_s,)]
+        sub = _NESTED.get(canon) if model is FinetuneConfig else None
+        if sub is not None and isinstance(value, Mapping):
+            value, sub_problems = _normalize(sub, value, path + (canon,), lines)
+            problems.extend(sub_problems)
+        elif canon == "data" and value is not None and not isinstance(value, Mapping):
+            value = {"train": value}  # `data: reviews.csv` / `data: {{df}}` is shorthand for data.train
+        out[canon] = value
+    return out, problems
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _where(line: int | None, path) -> str:
+    key = _dotted(path)
+    return f"line {line} ({key}): " if line else (f"{key}: " if key else "")
+
+
+def _format_problems(problems) -> str:
+    problems = sorted(problems, key=lambda p: (p[0] is None, p[0] or 0))
+    msgs = [m for _, m in problems]
+    head = "Invalid finetune config:" if len(msgs) > 1 else "Invalid finetune config: "
+    return head + ("\n  " + "\n  ".join(msgs) if len(msgs) > 1 else msgs[0])
+
+
+_TYPE_WORDS = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _format_validation(err: ValidationError, lines: Mapping[tuple, int]) -> str:
+    problems = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int))
+        # pydantic appends union member names to loc ("int", "str", "function-after[...]"): drop them
+        loc = tuple(p for p in loc if p in _all_field_names())
+        line = None
+        for n in range(len(loc), 0, -1):
+            line = lines.get(loc[:n])
+            if line:
+                break
+        got = _short(e.get("input"))
+        kind = e["type"]
+        if kind in _TYPE_WORDS:
+            msg = f"expected {_TYPE_WORDS[kind]}, got {got!r}"
+        elif kind == "enum":
+            choices = e.get("ctx", {}).get("expected", "")
+            msg = f"{got!r} is not one of {choices}"
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            msg = f"{got!r}: {e['msg'].lower()}"
+        elif kind == "missing":
+            msg = "is required"
+        else:
+            msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.append((line, f"{_where(line, loc)}{msg}" if loc else msg))
+    # one line per location is enough (unions report each member)
+    seen, unique = set(), []
+    for p in problems:
+        key = p[1].split(":")[0]
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return _format_problems(unique)
+
+
+class _Shown:
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return self.text
+
+
+def _short(value):
+    """Values as an error message shows them: objects from {{vars}} by type, long strings cut."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= 80 else value[:77] + "..."
+    if isinstance(value, (list, tuple, dict)) and len(repr(value)) <= 80:
+        return value
+    return _Shown(f"<{type(value).__name__}>")
+
+
+def _all_field_names() -> set[str]:
+    names = set(FinetuneConfig.model_fields)
+    for m in _NESTED.values():
+        names |= set(m.model_fields)
+    return names
+
+
+# --------------------------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: `2e-5` is a float; only true/false are booleans (`off` stays a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {}
+for _tag, _regexp, _first in [
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        "-+0123456789.",
+    ),
+]:
+    _Loader.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
+
+
+def _construct_int(loader, node):
+    v = loader.construct_scalar(node)
+    return int(v, 0) if v.lstrip("+-").startswith(("0x", "0o")) else int(v)
+
+
+def _construct_float(loader, node):
+    return float(loader.construct_scalar(node).replace(".inf", "inf").replace(".Inf", "inf").replace(".nan", "nan"))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_TOKEN = "__nbft_var_{}__"
+
+
+def parse_cell(
+    text: str, namespace: Mapping[str, Any] | None = None, *, first_line: int = 2
+) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """Parse `%%finetune` cell text into a plain dict and a map from key paths to line numbers.
+
+    `{{name}}` (or `{{name.attr}}`) is looked up in `namespace` by name only: nothing is evaluated. A value that
+    is exactly one placeholder becomes that object; a placeholder inside a longer string is replaced by `str(obj)`.
+
+    Example:
+        >>> parse_cell("lr: 2e-5\\ncache_frozen: off\\nmodel: {{m}}", {"m": "my-model"})[0]
+        {'lr': 2e-05, 'cache_frozen': 'off', 'model': 'my-model'}
+    """
+    namespace = namespace or {}
+    objects: list[Any] = []
+    errors: list[tuple[int, str]] = []
+    out_lines = []
+    for i, line in enumerate(text.splitlines()):
+        lineno = i + first_line
+
+        def sub(m, lineno=lineno, whole=line):
+            expr = m.group(1)
+            if not _NAME.match(expr):
+                errors.append(
+                    (lineno, f"line {lineno}: '{{{{{expr}}}}}' is not a variable name; placeholders name a "
+                     "notebook variable (optionally .attribute) and are never evaluated")
+                )
+                return "null"
+            head, *attrs = expr.split(".")
+            if head not in namespace:
+                close = difflib.get_close_matches(head, [k for k in namespace if not k.startswith("_")], n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                errors.append((lineno, f"line {lineno}: '{{{{{expr}}}}}': no variable '{head}' in the notebook.{hint}"))
+                return "null"
+            obj = namespace[head]
+            for a in attrs:
+                try:
+                    obj = getattr(obj, a)
+                except AttributeError:
+                    errors.append((lineno, f"line {lineno}: '{{{{{expr}}}}}': '{head}' has no attribute '{a}'"))
+                    return "null"
+            objects.append(obj)
+            return _TOKEN.format(len(objects) - 1)
+
+        out_lines.append(_PLACEHOLDER.sub(sub, line))
+    if errors:
+        raise ConfigError(_format_problems(errors))
+    yaml_text = "\n".join(out_lines)
+    try:
+        loader = _Loader(yaml_text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + first_line}: " if mark else ""
+        raise ConfigError(f"Invalid finetune config: {where}{e.problem or e}. The cell body is YAML: `key: value` lines.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Invalid finetune config: {e}") from None
+    if node is None:
+        return {}, {}
+    lines: dict[tuple, int] = {}
+    problems: list[tuple[int, str]] = []
+
+    def build(n, path):
+        if isinstance(n, yaml.MappingNode):
+            d = {}
+            for k_node, v_node in n.value:
+                k = loader.construct_object(k_node, deep=True)
+                ln = k_node.start_mark.line + first_line
+                if k in d:
+                    problems.append((ln, f"line {ln} ({_dotted(path + (str(k),))}): key '{k}' given twice "
+                                         f"(first on line {lines[path + (str(k),)]})"))
+                    continue
+                lines[path + (str(k),)] = ln
+                d[k] = build(v_node, path + (str(k),))
+            return d
+        if isinstance(n, yaml.SequenceNode):
+            return [build(x, path) for x in n.value]
+        return _restore(loader.construct_object(n, deep=True), objects)
+
+    data = build(node, ())
+    if problems:
+        raise ConfigError(_format_problems(problems))
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Invalid finetune config: line {first_line}: expected `key: value` lines, got {type(data).__name__} {data!r}"
+        )
+    return data, lines
+
+
+def _restore(value, objects):
+    if isinstance(value, str) and "__nbft_var_" in value:
+        full = re.fullmatch(r"__nbft_var_(\d+)__", value)
+        if full:
+            return objects[int(full.group(1))]
+        return re.sub(r"__nbft_var_(\d+)__", lambda m: str(objects[int(m.group(1))]), value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------- entry
+def load_config(config: FinetuneConfig | Mapping | str | Path | None = None, /, **overrides) -> FinetuneConfig:
+    """Accept whatever a user hands `finetune()`: a config, a dict, YAML text or a YAML path; apply overrides."""
+    if config is None:
+        cfg_dict: dict[str, Any] = {}
+        lines: dict = {}
+    elif isinstance(config, FinetuneConfig):
+        return config.replace(**overrides) if overrides else config
+    elif isinstance(config, Mapping):
+        cfg_dict, lines = dict(config), {}
+    elif isinstance(config, (str, Path)):
+        if isinstance(config, Path) or ("\n" not in config and ":" not in config):
+            cfg = FinetuneConfig.from_yaml(Path(config))
+            return cfg.replace(**overrides) if overrides else cfg
+        cfg_dict, lines = parse_cell(config, first_line=1)
+    else:
+        raise ConfigError(f"config must be a FinetuneConfig, a dict, YAML text or a path, not {type(config).__name__}")
+    for k, v in overrides.items():
+        if k == "data" and isinstance(v, Mapping) and isinstance(cfg_dict.get("data"), Mapping):
+            cfg_dict["data"] = {**cfg_dict["data"], **v}
+        else:
+            # an override replaces the key under whichever alias the config used
+            table = _alias_table(FinetuneConfig)
+            canon = table.get(k, k)
+            for existing in [e for e in cfg_dict if table.get(e) == canon]:
+                del cfg_dict[existing]
+            cfg_dict[k] = v
+    return FinetuneConfig.from_dict(cfg_dict, lines=lines)
+
+
+# --------------------------------------------------------------------------------------------- reference
+def live_fields() -> dict[str, str]:
+    """Fields that can change while a run trains, with the rule for the change."""
+    return {
+        n: f.json_schema_extra["live"]
+        for n, f in FinetuneConfig.model_fields.items()
+        if f.json_schema_extra and f.json_schema_extra.get("live")
+    }
+
+
+def field_help(name: str) -> str:
+    name = canonical_name(name)
+    return FinetuneConfig.model_fields[name].description or ""
+
+
+def _default_text(f) -> str:
+    if f.default_factory is not None:
+        return "(see below)"
+    d = f.default
+    if isinstance(d, Enum):
+        d = d.value
+    return "null" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
+
+
+def _type_text(f) -> str:
+    ann = f.annotation
+    if isinstance(ann, type) and issubclass(ann, Enum):
+        return " \\| ".join(m.value for m in ann)
+    s = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
+    return s.replace("|", "\\|").replace("Any", "any").replace("nb_finetune.core.config.", "")
+
+
+def config_reference_markdown() -> str:
+    """The README's config reference table, generated from the schema."""
+    rows = ["| key | type | default | aliases | live | description |", "|---|---|---|---|---|---|"]
+
+    def add(prefix, model):
+        for n, f in model.model_fields.items():
+            extra = f.json_schema_extra or {}
+            aliases = ", ".join(f"`{a}`" for a in extra.get("aliases", []))
+            live = "yes" if extra.get("live") else ""
+            desc = (f.description or "").replace("|", "\\|")
+            if extra.get("live"):
+                desc += f" *Live:* {extra['live']}"
+            rows.append(f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {desc} |")
+            if prefix == "" and n in _NESTED:
+                add(f"{n}.", _NESTED[n])
+
+    add("", FinetuneConfig)
+    return "\n".join(rows) + "\n"

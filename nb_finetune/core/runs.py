@@ -1,0 +1,356 @@
+"""Run registry on disk.
+
+    <output_dir>/<name>/
+        config.yaml        resolved config
+        metrics.jsonl      append-only: one JSON object per event worth keeping
+        status.json        state, reason, step, heartbeat, pid, last acknowledged command (atomic rewrite)
+        control.jsonl      append-only numbered commands from any process (stop, pause, resume, set, ...)
+        run.log            library logging of the worker
+        checkpoints/step-000120/{model,optimizer,rng}.safetensors + state.json   (written atomically)
+
+A per-user index (`<jupyter data dir>/nb_finetune/runs/*.json`) lists run directories with their process
+id so other processes (the CLI, the server extension) find live runs and can tell dead ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import FinetuneError, RunStateError
+from .events import (
+    CheckpointSaved,
+    ControlApplied,
+    EvalEnded,
+    Event,
+    Logged,
+    RunFinished,
+    RunStarted,
+    StepEnded,
+)
+
+__all__ = [
+    "RunDir",
+    "RegistryCallback",
+    "append_command",
+    "read_commands",
+    "list_runs",
+    "index_dir",
+    "write_json_atomic",
+    "ACTIVE_STATES",
+]
+
+ACTIVE_STATES = ("queued", "starting", "training", "paused", "stopping")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+HEARTBEAT_S = 5.0
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name or "") or ".." in name:
+        raise FinetuneError(
+            f"run name {name!r} is not valid: use letters, digits, '_', '-' and '.', starting with a letter or digit"
+        )
+    return name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def index_dir() -> Path:
+    """Per-user run index, in the Jupyter data directory (override: NB_FINETUNE_INDEX_DIR)."""
+    env = os.environ.get("NB_FINETUNE_INDEX_DIR")
+    if env:
+        return Path(env)
+    from jupyter_core.paths import jupyter_data_dir  # light: no traitlets
+
+    return Path(jupyter_data_dir()) / "nb_finetune" / "runs"
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """One run's directory. Creating it registers the run in the per-user index."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+
+    # ------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, output_dir: str | Path, name: str, *, overwrite: bool = False, reuse: bool = False) -> RunDir:
+        """New directory `<output_dir>/<name>`; `name-2`, `name-3`, ... when it exists (unless reuse/overwrite)."""
+        validate_name(name)
+        base = Path(output_dir).expanduser()
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FinetuneError(f"output_dir {str(base)!r} cannot be created: {e.strerror}") from None
+        if not os.access(base, os.W_OK):
+            raise FinetuneError(f"output_dir {str(base)!r} is not writable: set output_dir to a directory you own")
+        path = base / name
+        if path.exists():
+            existing = cls(path)
+            if existing.is_live():
+                raise RunStateError(
+                    f"run '{name}' is still {existing.status().get('state')} in process {existing.status().get('pid')}: "
+                    f"stop it first (`%finetune stop {name}` or `nb-finetune stop {path}`)"
+                )
+            if overwrite:
+                shutil.rmtree(path)
+            elif not reuse:
+                n = 2
+                while (base / f"{name}-{n}").exists():
+                    n += 1
+                path = base / f"{name}-{n}"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "checkpoints").mkdir(exist_ok=True)
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        return read_json(self.path / "status.json", {}) or {}
+
+    def write_status(self, **fields) -> dict[str, Any]:
+        st = self.status()
+        st.update(fields)
+        st["heartbeat"] = time.time()
+        write_json_atomic(self.path / "status.json", st)
+        return st
+
+    def is_live(self) -> bool:
+        st = self.status()
+        if st.get("state") not in ACTIVE_STATES:
+            return False
+        if st.get("host", socket.gethostname()) == socket.gethostname() and not _pid_alive(st.get("pid")):
+            return False
+        return time.time() - float(st.get("heartbeat", 0)) < 10 * HEARTBEAT_S or _pid_alive(st.get("pid"))
+
+    def register(self) -> None:
+        d = index_dir()
+        with contextlib.suppress(OSError):
+            d.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(
+                d / f"{hashlib.sha1(str(self.path).encode()).hexdigest()[:16]}.json",
+                {"name": self.name, "run_dir": str(self.path), "pid": os.getpid(), "host": socket.gethostname(),
+                 "registered": time.time()},
+            )
+
+    # ------------------------------------------------------------ files
+    def write_config(self, yaml_text: str) -> None:
+        tmp = self.path / ".config.yaml.tmp"
+        tmp.write_text(yaml_text, encoding="utf-8")
+        os.replace(tmp, self.path / "config.yaml")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line))
+        except OSError:
+            pass
+        return out
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        cks = [p for p in self.checkpoints_dir.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+        return sorted((p for p in cks if (p / "state.json").is_file()), key=lambda p: int(p.name[5:]))
+
+    def best_checkpoint(self) -> Path | None:
+        ptr = read_json(self.checkpoints_dir / "best.json")
+        if ptr and (self.checkpoints_dir / ptr["checkpoint"] / "state.json").is_file():
+            return self.checkpoints_dir / ptr["checkpoint"]
+        return None
+
+    def resolve_checkpoint(self, which: str) -> Path:
+        if which == "last":
+            cks = self.checkpoints()
+            if not cks:
+                raise FinetuneError(f"resume_from: last: run '{self.name}' has no checkpoint in {self.checkpoints_dir}")
+            return cks[-1]
+        if which == "best":
+            best = self.best_checkpoint()
+            if best is None:
+                raise FinetuneError(f"resume_from: best: run '{self.name}' has no best checkpoint (needs evaluation)")
+            return best
+        p = Path(which).expanduser()
+        if not (p / "state.json").is_file():
+            raise FinetuneError(f"resume_from: {which!r} is not a checkpoint directory (no state.json inside)")
+        return p
+
+
+# --------------------------------------------------------------------------------------------- control file
+def append_command(run_dir: str | Path, kind: str, source: str = "cli", **args) -> int:
+    """Append a numbered command to `<run_dir>/control.jsonl` (safe across processes); returns its number."""
+    import fcntl
+
+    path = Path(run_dir) / "control.jsonl"
+    if not Path(run_dir).is_dir():
+        raise FinetuneError(f"{run_dir} is not a run directory")
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            last = 0
+            for line in f:
+                with contextlib.suppress(ValueError, KeyError):
+                    last = max(last, int(json.loads(line)["seq"]))
+            seq = last + 1
+            f.seek(0, os.SEEK_END)
+            f.write(json.dumps({"seq": seq, "cmd": kind, "args": args, "source": source, "time": time.time()}) + "\n")
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return seq
+
+
+class ControlFileReader:
+    """Reads new complete lines of control.jsonl; cheap to poll (one stat when nothing changed)."""
+
+    def __init__(self, run_dir: Path, start_after_seq: int = 0):
+        self.path = Path(run_dir) / "control.jsonl"
+        self.offset = 0
+        self.last_seq = start_after_seq
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size <= self.offset:
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind("\n")
+        if end < 0:
+            return []
+        self.offset += len(chunk[: end + 1].encode("utf-8"))
+        out = []
+        for line in chunk[: end + 1].splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                rec = json.loads(line)
+                if int(rec["seq"]) > self.last_seq:
+                    self.last_seq = int(rec["seq"])
+                    out.append(rec)
+        return out
+
+
+def read_commands(run_dir: str | Path) -> list[dict[str, Any]]:
+    return ControlFileReader(Path(run_dir)).poll()
+
+
+# --------------------------------------------------------------------------------------------- index
+def list_runs(include_dead: bool = True) -> list[dict[str, Any]]:
+    """Runs from the per-user index, each with its status and `alive` (process present, heartbeat fresh)."""
+    d = index_dir()
+    out = []
+    if not d.is_dir():
+        return out
+    for f in d.glob("*.json"):
+        entry = read_json(f)
+        if not entry or not Path(entry.get("run_dir", "")).is_dir():
+            continue
+        rd = RunDir(entry["run_dir"])
+        st = rd.status()
+        state = st.get("state", "unknown")
+        alive = rd.is_live()
+        if state in ACTIVE_STATES and not alive:
+            state = "dead"
+        if state == "dead" and not include_dead:
+            continue
+        out.append({**entry, **st, "state": state, "alive": alive})
+    return sorted(out, key=lambda r: r.get("registered", 0))
+
+
+# --------------------------------------------------------------------------------------------- subscriber
+class RegistryCallback:
+    """Writes events into metrics.jsonl and status.json. Runs on the training thread; only cheap file I/O."""
+
+    def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
+        self._last_beat = 0.0
+
+    def on_event(self, e: Event) -> None:
+        rd = self.run_dir
+        if isinstance(e, StepEnded):
+            if e.time - self._last_beat >= HEARTBEAT_S:
+                self._last_beat = e.time
+                rd.write_status(step=e.step, epoch=round(e.epoch, 4), total_steps=e.total_steps)
+            return
+        if isinstance(e, RunStarted):
+            rd.write_status(state="training", reason=None, step=e.start_step, total_steps=e.total_steps,
+                            pid=os.getpid(), host=socket.gethostname(), started=e.time)
+            rd.append_metrics({k: v for k, v in e.to_dict().items() if k != "layers"})
+        elif isinstance(e, Logged):
+            rd.append_metrics({"event": "log", "time": e.time, "step": e.step, "epoch": e.epoch, "loss": e.loss,
+                               "lr": e.lr, "grad_norm": e.grad_norm, "samples_per_s": e.samples_per_s,
+                               "tokens_per_s": e.tokens_per_s, "nonfinite_steps": e.nonfinite_steps,
+                               "losses": e.losses, "memory_mb": e.memory_mb})
+            rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
+        elif isinstance(e, EvalEnded):
+            rd.append_metrics({"event": "eval", "time": e.time, "step": e.step, "epoch": e.epoch, **e.metrics,
+                               "is_best": e.is_best})
+            rd.write_status(metrics=e.metrics)
+        elif isinstance(e, ControlApplied):
+            rd.append_metrics(e.to_dict())
+            st = rd.status()
+            fields: dict[str, Any] = {"last_command": max(e.seq, st.get("last_command") or 0)} if e.source == "file" else {}
+            if e.command == "pause" and e.ok:
+                fields["state"] = "paused"
+            elif e.command == "resume" and e.ok:
+                fields["state"] = "training"
+            elif e.command in ("stop", "abort"):
+                fields["state"] = "stopping"
+            rd.write_status(**fields)
+        elif isinstance(e, CheckpointSaved):
+            rd.append_metrics(e.to_dict())
+            rd.write_status(last_checkpoint=e.path)
+        elif isinstance(e, RunFinished):
+            rd.append_metrics(e.to_dict())
+            rd.write_status(state=e.state, reason=e.reason, step=e.step, error=e.error, finished=e.time)

@@ -1,0 +1,145 @@
+"""`%%finetune NAME` and `%finetune COMMAND`. User mistakes become `UsageError`s (no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Float, Unicode
+from traitlets.config import Configurable
+
+from .. import api
+from ..core import runs
+from ..core.config import FinetuneConfig, config_reference_markdown
+from ..errors import FinetuneError
+from .parsing import help_text, parse_cell_line, parse_line
+
+
+@magics_class
+class FinetuneMagic(Magics, Configurable):
+    """Session preferences (`%config FinetuneMagic.output_dir = "runs"`); run parameters live in the cell."""
+
+    output_dir = Unicode("runs", help="Default output_dir for runs whose cell does not set one.").tag(config=True)
+    refresh_seconds = Float(0.5, help="Shortest interval between two progress display updates.").tag(config=True)
+
+    def __init__(self, shell=None, **kwargs):
+        Configurable.__init__(self, config=shell.config if shell else None)
+        Magics.__init__(self, shell=shell, **kwargs)
+
+    @line_cell_magic
+    def finetune(self, line: str, cell: str | None = None):
+        """Fine-tune a model: `%%finetune NAME` + YAML config lines; `%finetune --help` for the commands."""
+        try:
+            return self._cell(line, cell) if cell is not None else self._line(line)
+        except FinetuneError as e:
+            raise UsageError(str(e)) from None
+
+    # ---------------------------------------------------------------- cell
+    def _cell(self, line: str, cell: str):
+        from ..ui.progress import ProgressView
+
+        args = parse_cell_line(line)
+        if args.help:
+            print(help_text())
+            return None
+        cfg = FinetuneConfig.from_cell(cell, self.shell.user_ns, first_line=2)
+        changes = {}
+        if args.name:
+            changes["name"] = args.name
+        elif cfg.name is None:
+            changes["name"] = "finetune"
+        if "output_dir" not in cfg.model_fields_set:
+            changes["output_dir"] = self.output_dir
+        if args.resume:
+            changes["resume_from"] = "last"
+        cfg = cfg.replace(**changes)
+        if args.dry_run:
+            print(api.finetune(cfg, dry_run=True))
+            return None
+        view = ProgressView(cfg.name, self.refresh_seconds)
+        run = api.finetune(cfg, callbacks=[view], overwrite=args.overwrite)
+        view.name = run.name
+        self.shell.user_ns[cfg.name] = run
+        view.show()
+        if args.wait:
+            run.wait(pump=view.pump)
+            view.pump(force=True)
+            if run.status == "failed":
+                raise UsageError(f"run '{run.name}' failed: {run.error}")
+        else:
+            view.follow(run)
+        return None
+
+    # ---------------------------------------------------------------- line
+    def _line(self, line: str):
+        cmd = parse_line(line)
+        if cmd.command == "help":
+            print(help_text())
+            return None
+        if cmd.command == "schema":
+            print(config_reference_markdown())
+            return None
+        if cmd.command == "runs":
+            return _runs_table()
+        target = _resolve(cmd.name)
+        if isinstance(target, Path):  # a run of another process: through its control file
+            kind = {"checkpoint": "checkpoint"}.get(cmd.command, cmd.command)
+            if cmd.command == "wait":
+                raise FinetuneError("%finetune wait works for runs of this kernel only")
+            seq = runs.append_command(target, kind, source="magic", **cmd.options)
+            print(f"sent {kind} to {target} (command {seq})")
+            return None
+        run = target
+        if cmd.command == "stop":
+            run.stop(save=cmd.options.get("save", True))
+        elif cmd.command == "abort":
+            run.abort()
+        elif cmd.command == "pause":
+            run.pause()
+        elif cmd.command == "resume":
+            run.resume()
+        elif cmd.command == "set":
+            run.set(**cmd.options)
+        elif cmd.command == "freeze":
+            run.freeze(cmd.options["spec"])
+        elif cmd.command == "checkpoint":
+            run.checkpoint()
+        elif cmd.command == "wait":
+            run.wait()
+        return None
+
+
+def _resolve(name: str):
+    """A run of this kernel by name, else a run directory (a live run of another process)."""
+    try:
+        return api.get_run(name)
+    except FinetuneError as e:
+        p = Path(name).expanduser()
+        if (p / "status.json").is_file():
+            return p
+        matches = [r for r in runs.list_runs() if r.get("name") == name and r.get("alive")]
+        if len(matches) == 1:
+            return Path(matches[0]["run_dir"])
+        raise e
+
+
+def _runs_table():
+    import pandas as pd
+
+    rows = []
+    seen = set()
+    for r in api.all_runs():
+        seen.add(str(r.dir))
+        rows.append({"name": r.name, "state": r.status, "step": r.step, "total": r.total_steps,
+                     **{k: round(v, 4) for k, v in r.metrics.items() if k.startswith("eval_")}, "dir": str(r.dir),
+                     "where": "this kernel"})
+    for r in runs.list_runs():
+        if r["run_dir"] in seen:
+            continue
+        rows.append({"name": r.get("name"), "state": r.get("state"), "step": r.get("step"),
+                     "total": r.get("total_steps"), "dir": r["run_dir"], "where": f"pid {r.get('pid')}"})
+    if not rows:
+        print("no runs yet")
+        return None
+    return pd.DataFrame(rows)
