@@ -752,7 +752,8 @@ def _type_text(f) -> str:
     if isinstance(ann, type) and issubclass(ann, Enum):
         return " \\| ".join(m.value for m in ann)
     s = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
-    return s.replace("|", "\\|").replace("Any", "any").replace("nb_finetune.core.config.", "")
+    s = s.replace("nb_finetune.core.config.", "").replace("DataConfig", "mapping").replace("EarlyStopping", "mapping")
+    return s.replace("None", "null").replace("Any", "any").replace("|", "\\|")
 
 
 def config_reference_markdown() -> str:
