@@ -235,13 +235,29 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: RunDir, model, optimizer, state: dict[str, Any], rng: dict[str, Any],
                     config: FinetuneConfig) -> Path:
     """Write checkpoints/step-N atomically: into a temporary directory, then one rename."""
-    import torch
-    from safetensors.torch import save_file, save_model
-
     final = run_dir.checkpoints_dir / f"step-{state['step']:06d}"
     tmp = run_dir.checkpoints_dir / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_checkpoint_files(tmp, model, optimizer, state, rng, config)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint behind
+        raise
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def _write_checkpoint_files(tmp: Path, model, optimizer, state, rng, config) -> None:
+    import torch
+    from safetensors.torch import save_file, save_model
+
     save_model(model, str(tmp / "model.safetensors"))
     # optimizer state keyed by parameter name, so it survives a rebuilt optimizer (freezing changes)
     tensors, meta = {}, {}
@@ -263,14 +279,6 @@ def save_checkpoint(run_dir: RunDir, model, optimizer, state: dict[str, Any], rn
     for f in tmp.iterdir():  # data on disk before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    return final
 
 
 def _jsonable(o):
