@@ -24,6 +24,7 @@ def kernel(tmp_path):
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=120)
+    kc.km = km
     yield kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
@@ -112,3 +113,33 @@ def test_bad_label_column_is_a_usage_error_in_that_cell_only(kernel, tmp_path):
     r2 = execute(kernel, "print('next cell')")
     assert text_of(r2["outputs"]).strip() == "next cell"
     assert not r["others"] and not r2["others"], "nothing is printed into other cells"
+
+
+def test_interrupt_during_wait_stops_gracefully_with_checkpoint(kernel, tmp_path):
+    import json
+    import threading
+
+    r = execute(kernel, SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+    assert r["reply"]["status"] == "ok"
+    status = tmp_path / "runs" / "w" / "status.json"
+
+    def interrupt_when_training():
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            if status.exists():
+                try:
+                    if json.loads(status.read_text()).get("state") == "training":
+                        break
+                except ValueError:
+                    pass
+            time.sleep(0.05)
+        time.sleep(1.0)
+        kernel.km.interrupt_kernel()
+
+    t = threading.Thread(target=interrupt_when_training)
+    t.start()
+    r = execute(kernel, "%%finetune w --wait\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\n")
+    t.join()
+    assert r["reply"]["status"] == "ok", text_of(r["outputs"])  # the first interrupt is a graceful stop
+    r = execute(kernel, "print(w.status, w.reason, len(w.checkpoints) > 0, 0 < w.step < 1000000)")
+    assert text_of(r["outputs"]).strip() == "stopped user True True"
