@@ -28,7 +28,7 @@ def test_cli_run_then_stop_from_another_process(tmp_path, tiny_model_dir, tiny_d
     tiny_df.to_csv(csv, index=False)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": tiny_model_dir, "data": {"train": str(csv)}, "max_steps": 1000000,
-                                   "log_every": 5, "output_dir": str(tmp_path / "runs")}))
+                                   "log_every": 5, "save_every": None, "output_dir": str(tmp_path / "runs")}))
     proc = subprocess.Popen([sys.executable, "-m", "nb_finetune.cli", "run", str(cfg), "--name", "cli"],
                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "cli"

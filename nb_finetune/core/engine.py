@@ -427,13 +427,15 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
     def evaluate() -> dict[str, float]:
         nonlocal last_eval_step
-        metrics = evaluate_model(model, job.eval_data, cfg, collate, device, job.metrics_fn, len(job.label_names))
+        metrics = evaluate_model(model, job.eval_data, cfg, collate, device, job.metrics_fn, len(job.label_names),
+                                 mask_4d)
         last_eval_step = step
         model.train()
         if cfg.frozen_mode.value == "eval":
             set_frozen_eval(model, lm, live.frozen)
         return metrics
 
+    mask_4d = probe_4d_mask(model, job.train_data, collate, device)
     emit(RunStarted(name=rd.name, run_dir=str(rd.path), total_steps=planned_total(), steps_per_epoch=steps_per_epoch,
                     num_train=len(job.train_data), num_eval=len(job.eval_data) if job.eval_data else 0,
                     device=_device_name(device), precision=precision, params_total=total_params,
@@ -542,7 +544,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             # ---- forward / backward
             n_tok = batch.pop("num_tokens")
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**batch)
+            out = model(**(_as_4d_mask(batch) if mask_4d else batch))
             loss = out.loss / cycle_len
             accelerator.backward(loss)
             cycle_loss = loss.detach() if cycle_loss is None else cycle_loss + loss.detach()
@@ -641,6 +643,48 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     return RunResult(state, reason, step, best_metric, str(best_ck) if best_ck else None)
 
 
+def _as_4d_mask(batch: dict[str, Any]) -> dict[str, Any]:
+    """(B, K) padding mask -> (B, 1, K, K) boolean mask. A device op: no host read."""
+    m = batch["attention_mask"]
+    batch["attention_mask"] = m[:, None, None, :].bool().expand(m.shape[0], 1, m.shape[1], m.shape[1])
+    return batch
+
+
+def probe_4d_mask(model, data: TokenizedData, collate, device) -> bool:
+    """Whether this model gives identical outputs when handed a prebuilt 4D boolean attention mask.
+
+    With a 2D mask, transformers' SDPA path asks `padding_mask.all()` on every forward to decide whether the
+    mask can be skipped: a host-device sync per micro-batch. A 4D mask is passed through as it is. Checked on
+    this model (two forwards in eval mode at start-up) rather than assumed, so models that expect another mask
+    format keep the 2D one.
+    """
+    import torch
+
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa" or len(data) < 2:
+        return False
+    if "attention_mask" not in data.features:
+        return False
+    order = np.argsort(data.lengths, kind="stable")
+    short, long_ = int(order[0]), int(order[-1])
+    if data.lengths[short] == data.lengths[long_]:
+        return False
+    batch = collate([data[short], data[long_]])
+    batch.pop("num_tokens")
+    batch.pop("labels", None)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            ref = model(**batch).logits
+            alt = model(**_as_4d_mask(dict(batch))).logits
+        return bool(torch.allclose(ref.float(), alt.float(), atol=1e-5, rtol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure means: keep the 2D mask
+        return False
+    finally:
+        model.train(was_training)
+
+
 def _device_type() -> str:
     import torch
 
@@ -728,7 +772,8 @@ def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_
     return ", ".join(changes)
 
 
-def evaluate_model(model, data: TokenizedData, cfg: FinetuneConfig, collate, device, metrics_fn, num_labels):
+def evaluate_model(model, data: TokenizedData, cfg: FinetuneConfig, collate, device, metrics_fn, num_labels,
+                   mask_4d: bool = False):
     """Loss and task metrics on `data`; one device->host transfer per batch for predictions."""
     import torch
 
@@ -741,7 +786,7 @@ def evaluate_model(model, data: TokenizedData, cfg: FinetuneConfig, collate, dev
             batch = collate([data[int(j)] for j in order[i : i + bs]])
             batch.pop("num_tokens")
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**batch)
+            out = model(**(_as_4d_mask(batch) if mask_4d else batch))
             k = len(batch["labels"])
             losses.append(out.loss.detach().float() * k)
             preds.append(out.logits.argmax(-1))
