@@ -1,7 +1,7 @@
 """nb_finetune: fine-tune pretrained models from a `%%finetune` notebook cell, and steer the run while it trains.
 
-    %load_ext nb_finetune            # in a notebook
-    from nb_finetune import finetune # from Python
+%load_ext nb_finetune            # in a notebook
+from nb_finetune import finetune # from Python
 """
 
 from .api import DryRunReport, Run, finetune, get_run

@@ -27,9 +27,17 @@ _RUNS: dict[str, Run] = {}
 _RUNS_LOCK = threading.Lock()
 
 
-def finetune(config: FinetuneConfig | dict | str | Path | None = None, /, *, wait: bool = False,
-             dry_run: bool = False, callbacks=(), overwrite: bool = False, namespace: dict | None = None,
-             **overrides) -> Run | DryRunReport:
+def finetune(
+    config: FinetuneConfig | dict | str | Path | None = None,
+    /,
+    *,
+    wait: bool = False,
+    dry_run: bool = False,
+    callbacks=(),
+    overwrite: bool = False,
+    namespace: dict | None = None,
+    **overrides,
+) -> Run | DryRunReport:
     """Fine-tune a pretrained model. Returns a `Run` at once; training goes on in a worker thread.
 
     Args:
@@ -63,16 +71,20 @@ def finetune(config: FinetuneConfig | dict | str | Path | None = None, /, *, wai
     if cfg.resume_from in ("last", "best"):
         existing = RunDir(Path(cfg.output_dir).expanduser() / cfg.name)
         if not existing.path.is_dir():
-            raise FinetuneError(f"resume_from: {cfg.resume_from}: there is no run '{cfg.name}' in "
-                                f"{Path(cfg.output_dir).expanduser()} to resume")
+            raise FinetuneError(
+                f"resume_from: {cfg.resume_from}: there is no run '{cfg.name}' in "
+                f"{Path(cfg.output_dir).expanduser()} to resume"
+            )
         resume_ckpt, reuse = existing.resolve_checkpoint(cfg.resume_from), True
     elif cfg.resume_from:
         resume_ckpt = RunDir(Path(".")).resolve_checkpoint(cfg.resume_from)
     with _RUNS_LOCK:
         current = _RUNS.get(cfg.name)
         if current is not None and current.status in ACTIVE_STATES:
-            raise RunStateError(f"run '{cfg.name}' is still {current.status}: stop it first "
-                                f"(`%finetune stop {cfg.name}` or `{cfg.name}.stop()`), or pick another name")
+            raise RunStateError(
+                f"run '{cfg.name}' is still {current.status}: stop it first "
+                f"(`%finetune stop {cfg.name}` or `{cfg.name}.stop()`), or pick another name"
+            )
         run_dir = RunDir.create(cfg.output_dir, cfg.name, overwrite=overwrite and not reuse, reuse=reuse)
         run = Run(cfg, run_dir, prep, resume_ckpt, list(callbacks))
         _RUNS[cfg.name] = run
@@ -205,7 +217,9 @@ class Run:
 
     @property
     def total_steps(self) -> int | None:
-        return self._last_step.total_steps if self._last_step else (self._started.total_steps if self._started else None)
+        return (
+            self._last_step.total_steps if self._last_step else (self._started.total_steps if self._started else None)
+        )
 
     @property
     def history(self):
@@ -263,7 +277,8 @@ class Run:
         m = self.metrics
         best = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "step") if m else ""
         return f"<Run {self.name!r} {self.status}{' (' + self._reason + ')' if self._reason else ''} {prog}" + (
-            f" | {best}>" if best else ">")
+            f" | {best}>" if best else ">"
+        )
 
     # ------------------------------------------------------------ control
     def _check_active(self, what: str) -> None:
@@ -305,8 +320,10 @@ class Run:
             if name == "freeze":
                 raise ConfigError("use run.freeze(spec) to change freezing")
             if name not in allowed:
-                raise ConfigError(f"'{name}' cannot change during a run. Live fields: "
-                                  f"{', '.join(n for n in allowed if n != 'freeze')}")
+                raise ConfigError(
+                    f"'{name}' cannot change during a run. Live fields: "
+                    f"{', '.join(n for n in allowed if n != 'freeze')}"
+                )
             try:
                 FinetuneConfig.model_validate({name: v})
             except Exception as e:  # noqa: BLE001 - pydantic ValidationError -> message
@@ -363,8 +380,10 @@ class Run:
     def _need_model(self, what: str):
         self.wait()
         if self._model is None:
-            raise RunStateError(f"cannot {what}: run '{self.name}' {self.status} before its model was built"
-                                + (f" ({self._error})" if self._error else ""))
+            raise RunStateError(
+                f"cannot {what}: run '{self.name}' {self.status} before its model was built"
+                + (f" ({self._error})" if self._error else "")
+            )
         return self._model
 
     def predict(self, texts, batch_size: int = 32) -> list[dict[str, Any]]:
@@ -372,8 +391,9 @@ class Run:
         from .core.tasks import text_classification as task
 
         model = self._need_model("predict")
-        return task.predict(model, self._prep.tokenizer, texts, self._prep.label_names, self._prep.max_length,
-                            batch_size)
+        return task.predict(
+            model, self._prep.tokenizer, texts, self._prep.label_names, self._prep.max_length, batch_size
+        )
 
     def evaluate(self, data=None) -> dict[str, float]:
         """Metrics on the eval split, or on `data` (same forms as `data.eval`)."""
@@ -392,8 +412,15 @@ class Run:
             D.detect_columns(ds, prep.text_col, prep.label_col, prep.pair_col, role="eval")
         encoded = task._encode(prep, ds)
         device = next(model.parameters()).device
-        return evaluate_model(model, encoded, self.config, D.Collator(prep.tokenizer.pad_token_id), device,
-                              task.compute_metrics, len(prep.label_names))
+        return evaluate_model(
+            model,
+            encoded,
+            self.config,
+            D.Collator(prep.tokenizer.pad_token_id),
+            device,
+            task.compute_metrics,
+            len(prep.label_names),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
@@ -418,10 +445,29 @@ class Run:
             self._last_step = e
         elif isinstance(e, Logged):
             base_step = e.step - len(e.losses) + 1
-            rows = [{"step": base_step + i, "epoch": None, "loss": v, "lr": None, "grad_norm": None,
-                     "samples_per_s": None, "tokens_per_s": None} for i, v in enumerate(e.losses[:-1])]
-            rows.append({"step": e.step, "epoch": e.epoch, "loss": e.losses[-1] if e.losses else e.loss, "lr": e.lr,
-                         "grad_norm": e.grad_norm, "samples_per_s": e.samples_per_s, "tokens_per_s": e.tokens_per_s})
+            rows = [
+                {
+                    "step": base_step + i,
+                    "epoch": None,
+                    "loss": v,
+                    "lr": None,
+                    "grad_norm": None,
+                    "samples_per_s": None,
+                    "tokens_per_s": None,
+                }
+                for i, v in enumerate(e.losses[:-1])
+            ]
+            rows.append(
+                {
+                    "step": e.step,
+                    "epoch": e.epoch,
+                    "loss": e.losses[-1] if e.losses else e.loss,
+                    "lr": e.lr,
+                    "grad_norm": e.grad_norm,
+                    "samples_per_s": e.samples_per_s,
+                    "tokens_per_s": e.tokens_per_s,
+                }
+            )
             with self._lock:
                 self._history.extend(rows)
         elif isinstance(e, EvalEnded):
@@ -442,10 +488,18 @@ class Run:
     def _load_prior_history(self, upto_step: int) -> None:
         for rec in self._run_dir.read_metrics():
             if rec.get("event") == "log" and rec.get("step", 0) <= upto_step:
-                self.on_event(Logged(step=rec["step"], epoch=rec.get("epoch", 0), loss=rec.get("loss", math.nan),
-                                     lr=rec.get("lr", 0.0), grad_norm=rec.get("grad_norm"),
-                                     samples_per_s=rec.get("samples_per_s", 0.0),
-                                     tokens_per_s=rec.get("tokens_per_s", 0.0), losses=rec.get("losses", [])))
+                self.on_event(
+                    Logged(
+                        step=rec["step"],
+                        epoch=rec.get("epoch", 0),
+                        loss=rec.get("loss", math.nan),
+                        lr=rec.get("lr", 0.0),
+                        grad_norm=rec.get("grad_norm"),
+                        samples_per_s=rec.get("samples_per_s", 0.0),
+                        tokens_per_s=rec.get("tokens_per_s", 0.0),
+                        losses=rec.get("losses", []),
+                    )
+                )
             elif rec.get("event") == "eval" and rec.get("step", 0) <= upto_step:
                 metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}
                 self.on_event(EvalEnded(step=rec["step"], epoch=rec.get("epoch", 0), metrics=metrics))
@@ -482,14 +536,24 @@ class Run:
                 self._layer_map = build_layer_map(model)
                 self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
                 self._model = model
-                job = engine.Job(self.config, model, train_data, eval_data, self._layer_map,
-                                 self._prep.tokenizer.pad_token_id, self._prep.label_names, rd,
-                                 task.compute_metrics, self._resume)
+                job = engine.Job(
+                    self.config,
+                    model,
+                    train_data,
+                    eval_data,
+                    self._layer_map,
+                    self._prep.tokenizer.pad_token_id,
+                    self._prep.label_names,
+                    rd,
+                    task.compute_metrics,
+                    self._resume,
+                )
                 result = engine.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
             self._result = result
-            emit(RunFinished(state=result.state, reason=result.reason, step=result.step,
-                             best_metric=result.best_metric))
+            emit(
+                RunFinished(state=result.state, reason=result.reason, step=result.step, best_metric=result.best_metric)
+            )
         except FinetuneError as e:
             self._exc = e
             emit(RunFinished(state="failed", reason="error", step=self.step, error=str(e)))
@@ -499,8 +563,14 @@ class Run:
             self._exc = e
             with open(rd.path / "run.log", "a", encoding="utf-8") as f:
                 f.write(traceback.format_exc())
-            emit(RunFinished(state="failed", reason="error", step=self.step,
-                             error=f"{type(e).__name__}: {e} (traceback in {rd.path / 'run.log'})"))
+            emit(
+                RunFinished(
+                    state="failed",
+                    reason="error",
+                    step=self.step,
+                    error=f"{type(e).__name__}: {e} (traceback in {rd.path / 'run.log'})",
+                )
+            )
         finally:
             self._done.set()
 
@@ -551,9 +621,9 @@ class DryRunReport:
 
 
 def _dry_run(cfg: FinetuneConfig, prep, task) -> DryRunReport:
-    from .core.engine import _device_name, _device_type, resolve_precision
-
     import torch
+
+    from .core.engine import _device_name, _device_type, resolve_precision
 
     model = task.build_model(cfg, prep, meta=True)
     lm = build_layer_map(model)
@@ -573,11 +643,31 @@ def _dry_run(cfg: FinetuneConfig, prep, task) -> DryRunReport:
     trained_blocks = sum(1 for g in lm.groups if g.kind == "block" and g.name not in frozen)
     act_bytes = 2 if precision in ("bf16", "fp16") else 4
     # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
-    per_block = cfg.batch_size * prep.max_length * hidden * 17 * act_bytes + \
-        cfg.batch_size * heads * prep.max_length**2 * 2.5 * act_bytes
-    mem = {"weights": total * 4, "gradients": trainable * 4, "optimizer": trainable * 8,
-           "activations": int(per_block * trained_blocks)}
+    per_block = (
+        cfg.batch_size * prep.max_length * hidden * 17 * act_bytes
+        + cfg.batch_size * heads * prep.max_length**2 * 2.5 * act_bytes
+    )
+    mem = {
+        "weights": total * 4,
+        "gradients": trainable * 4,
+        "optimizer": trainable * 8,
+        "activations": int(per_block * trained_blocks),
+    }
     mem["total"] = sum(mem.values())
     device = _device_name(torch.device(dev_type)) if dev_type != "cuda" else _device_name(torch.device("cuda", 0))
-    return DryRunReport(cfg.name, prep.model_id, lm.describe(frozen), lm.table(frozen), total, trainable, n_train,
-                        n_eval, list(prep.label_names), spe, total_steps, precision, device, mem)
+    return DryRunReport(
+        cfg.name,
+        prep.model_id,
+        lm.describe(frozen),
+        lm.table(frozen),
+        total,
+        trainable,
+        n_train,
+        n_eval,
+        list(prep.label_names),
+        spe,
+        total_steps,
+        precision,
+        device,
+        mem,
+    )

@@ -1,10 +1,10 @@
 """`nb-finetune`: the same runs from a shell.
 
-    nb-finetune run cfg.yaml [--set lr=1e-5 ...] [--name NAME]    train in the foreground, text progress
-    nb-finetune stop|pause|resume|checkpoint RUN_DIR               steer a run of any process via control.jsonl
-    nb-finetune set RUN_DIR lr=1e-5 [...]                          change live fields
-    nb-finetune runs                                               runs on this machine (from the run index)
-    nb-finetune schema [--json]                                    the config reference / JSON schema
+nb-finetune run cfg.yaml [--set lr=1e-5 ...] [--name NAME]    train in the foreground, text progress
+nb-finetune stop|pause|resume|checkpoint RUN_DIR               steer a run of any process via control.jsonl
+nb-finetune set RUN_DIR lr=1e-5 [...]                          change live fields
+nb-finetune runs                                               runs on this machine (from the run index)
+nb-finetune schema [--json]                                    the config reference / JSON schema
 """
 
 from __future__ import annotations
@@ -25,23 +25,36 @@ class TextProgress:
     def on_event(self, e) -> None:
         k = e.kind
         if k == "RunStarted":
-            print(f"{e.name}: {e.num_train:,} train / {e.num_eval:,} eval examples, {e.total_steps:,} steps, "
-                  f"{e.params_trainable:,} of {e.params_total:,} parameters trainable, {e.device}, {e.precision}",
-                  file=self.out, flush=True)
+            print(
+                f"{e.name}: {e.num_train:,} train / {e.num_eval:,} eval examples, {e.total_steps:,} steps, "
+                f"{e.params_trainable:,} of {e.params_total:,} parameters trainable, {e.device}, {e.precision}",
+                file=self.out,
+                flush=True,
+            )
         elif k == "Logged":
-            print(f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  "
-                  f"{e.samples_per_s:7.1f} samples/s", file=self.out, flush=True)
+            print(
+                f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  "
+                f"{e.samples_per_s:7.1f} samples/s",
+                file=self.out,
+                flush=True,
+            )
         elif k == "EvalEnded":
             ms = "  ".join(f"{n.removeprefix('eval_')} {v:.4f}" for n, v in e.metrics.items())
             print(f"eval at step {e.step}: {ms}{'  (best)' if e.is_best else ''}", file=self.out, flush=True)
         elif k == "ControlApplied":
-            print(f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step} {e.message}", file=self.out,
-                  flush=True)
+            print(
+                f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step} {e.message}",
+                file=self.out,
+                flush=True,
+            )
         elif k == "CheckpointSaved":
             print(f"checkpoint ({e.reason}): {e.path}", file=self.out, flush=True)
         elif k == "RunFinished":
-            print(f"{e.state} ({e.reason}) at step {e.step}" + (f": {e.error}" if e.error else ""), file=self.out,
-                  flush=True)
+            print(
+                f"{e.state} ({e.reason}) at step {e.step}" + (f": {e.error}" if e.error else ""),
+                file=self.out,
+                flush=True,
+            )
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -93,8 +106,11 @@ def _dispatch(args) -> int:
             overrides["name"] = args.name
         from .core.config import FinetuneConfig
 
-        cfg = FinetuneConfig.from_yaml(args.config).replace(**overrides) if overrides else \
-            FinetuneConfig.from_yaml(args.config)
+        cfg = (
+            FinetuneConfig.from_yaml(args.config).replace(**overrides)
+            if overrides
+            else FinetuneConfig.from_yaml(args.config)
+        )
         if args.dry_run:
             print(finetune(cfg, dry_run=True))
             return 0

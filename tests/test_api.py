@@ -40,8 +40,16 @@ def test_stop_while_queued_never_trains(tiny_config):
 def test_early_stopping_restores_best(tiny_config):
     from safetensors.torch import load_file
 
-    run = finetune({**tiny_config, "eval_every": 2, "max_steps": 50, "log_every": 1,
-                    "early_stopping": {"metric": "eval_loss", "patience": 1, "min_delta": 100.0}}, wait=True)
+    run = finetune(
+        {
+            **tiny_config,
+            "eval_every": 2,
+            "max_steps": 50,
+            "log_every": 1,
+            "early_stopping": {"metric": "eval_loss", "patience": 1, "min_delta": 100.0},
+        },
+        wait=True,
+    )
     assert (run.status, run.reason, run.step) == ("finished", "early_stopping", 4)
     best = run.best_checkpoint
     assert best is not None and best.name == "step-000002"
@@ -79,8 +87,14 @@ def test_hub_dataset_offline_is_one_clear_error(tiny_config):
 def test_local_files_with_slices_and_label_inference(tiny_config, tiny_df, tmp_path):
     tiny_df.to_json(tmp_path / "train.jsonl", orient="records", lines=True)
     tiny_df.iloc[:40].to_parquet(tmp_path / "eval.parquet")
-    run = finetune({**tiny_config, "data": {"train": str(tmp_path / "train.jsonl") + "[:100]",
-                                            "eval": str(tmp_path / "eval.parquet")}, "max_steps": 2}, wait=True)
+    run = finetune(
+        {
+            **tiny_config,
+            "data": {"train": str(tmp_path / "train.jsonl") + "[:100]", "eval": str(tmp_path / "eval.parquet")},
+            "max_steps": 2,
+        },
+        wait=True,
+    )
     assert run.status == "finished", run.error
     assert run.labels == ["negative", "positive"]
     assert run._prep.train.num_rows == 100 and run._prep.eval.num_rows == 40

@@ -27,21 +27,46 @@ def test_cli_run_then_stop_from_another_process(tmp_path, tiny_model_dir, tiny_d
     csv = tmp_path / "train.csv"
     tiny_df.to_csv(csv, index=False)
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"model": tiny_model_dir, "data": {"train": str(csv)}, "max_steps": 1000000,
-                                   "log_every": 5, "save_every": None, "output_dir": str(tmp_path / "runs")}))
-    proc = subprocess.Popen([sys.executable, "-m", "nb_finetune.cli", "run", str(cfg), "--name", "cli"],
-                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": tiny_model_dir,
+                "data": {"train": str(csv)},
+                "max_steps": 1000000,
+                "log_every": 5,
+                "save_every": None,
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nb_finetune.cli", "run", str(cfg), "--name", "cli"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = tmp_path / "runs" / "cli"
     deadline = time.monotonic() + 120
     while not _has_logged(run_dir):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    listed = subprocess.run([sys.executable, "-m", "nb_finetune.cli", "runs"], env=_env(tmp_path),
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "runs"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "cli" in listed.stdout and "training" in listed.stdout
-    out = subprocess.run([sys.executable, "-m", "nb_finetune.cli", "stop", str(run_dir)], env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "stop", str(run_dir)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "command 1 (stop)" in out.stdout
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
@@ -53,7 +78,12 @@ def test_cli_run_then_stop_from_another_process(tmp_path, tiny_model_dir, tiny_d
 def test_cli_bad_config_is_one_clear_line(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("model: x\nlrr: 1\n")
-    out = subprocess.run([sys.executable, "-m", "nb_finetune.cli", "run", str(cfg)], env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "run", str(cfg)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: Invalid finetune config: line 2 (lrr): unknown key 'lrr'. Did you mean 'lr'?"

@@ -197,39 +197,57 @@ class FinetuneConfig(_Strict):
         ge=8,
     )
     epochs: float = _field(
-        3, "Passes over the training data.", aliases=("num_epochs", "num_train_epochs"), gt=0,
+        3,
+        "Passes over the training data.",
+        aliases=("num_epochs", "num_train_epochs"),
+        gt=0,
         live="Extending re-plans the remaining schedule from the current step; cannot end before the current step.",
     )
     max_steps: int | None = _field(
-        None, "Stop after this many optimizer steps (overrides `epochs`).", ge=0,
+        None,
+        "Stop after this many optimizer steps (overrides `epochs`).",
+        ge=0,
         live="Re-plans the remaining schedule; cannot be set below the current step.",
     )
     batch_size: int = _field(16, "Examples per micro-batch.", aliases=("bs", "per_device_train_batch_size"), ge=1)
     eval_batch_size: int | None = _field(None, "Examples per evaluation batch. Default: 2 x batch_size.", ge=1)
     grad_accum: int = _field(
-        1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum).",
-        aliases=("gradient_accumulation_steps", "accumulate"), ge=1,
+        1,
+        "Micro-batches per optimizer step (effective batch = batch_size x grad_accum).",
+        aliases=("gradient_accumulation_steps", "accumulate"),
+        ge=1,
     )
     lr: float = _field(
-        2e-5, "Peak learning rate.", aliases=("learning_rate",), gt=0,
+        2e-5,
+        "Peak learning rate.",
+        aliases=("learning_rate",),
+        gt=0,
         live="The new value becomes the base of the running schedule, whose shape (warmup, decay) goes on.",
     )
     weight_decay: float = _field(
-        0.01, "AdamW weight decay (not applied to biases and norms).", aliases=("wd",), ge=0,
+        0.01,
+        "AdamW weight decay (not applied to biases and norms).",
+        aliases=("wd",),
+        ge=0,
         live="Applies from the next optimizer step.",
     )
     warmup: float = _field(
-        0.06, "Warm-up: optimizer steps when >= 1, a fraction of all steps when < 1.",
-        aliases=("warmup_steps", "warmup_ratio"), ge=0,
+        0.06,
+        "Warm-up: optimizer steps when >= 1, a fraction of all steps when < 1.",
+        aliases=("warmup_steps", "warmup_ratio"),
+        ge=0,
     )
     scheduler: Scheduler = _field(Scheduler.linear, "Learning-rate decay after warm-up.", aliases=("lr_scheduler",))
     max_grad_norm: float | None = _field(
-        1.0, "Clip gradients to this global norm; null disables clipping.", aliases=("grad_clip", "clip_grad_norm"),
+        1.0,
+        "Clip gradients to this global norm; null disables clipping.",
+        aliases=("grad_clip", "clip_grad_norm"),
         live="Applies from the next optimizer step.",
     )
     seed: int = _field(42, "Seed for initialisation, data order, dropout and the held-out split.")
     precision: Precision = _field(
-        Precision.auto, "auto = bf16 on Ampere+ GPUs, fp16 on older GPUs (T4), fp32 on CPU.",
+        Precision.auto,
+        "auto = bf16 on Ampere+ GPUs, fp16 on older GPUs (T4), fp32 on CPU.",
         aliases=("mixed_precision", "dtype"),
     )
     freeze: Any = _field(
@@ -252,16 +270,22 @@ class FinetuneConfig(_Strict):
     )
     group_by_length: bool = _field(True, "Batch examples of similar length together (less padding).")
     eval_every: int | str | None = _field(
-        "epoch", "Evaluate every N optimizer steps, or 'epoch'.", aliases=("eval_steps",),
+        "epoch",
+        "Evaluate every N optimizer steps, or 'epoch'.",
+        aliases=("eval_steps",),
         live="Applies from the next optimizer step.",
     )
     eval_at_start: bool = _field(False, "Evaluate once before the first step (the fresh model's score).")
     log_every: int = _field(
-        10, "Read losses from the device and log every N optimizer steps.", aliases=("logging_steps",), ge=1,
+        10,
+        "Read losses from the device and log every N optimizer steps.",
+        aliases=("logging_steps",),
+        ge=1,
         live="Applies from the next optimizer step.",
     )
     save_every: int | str | None = _field(
-        "epoch", "Checkpoint every N optimizer steps, every 'N min', or every 'epoch'; null for end-of-run only.",
+        "epoch",
+        "Checkpoint every N optimizer steps, every 'N min', or every 'epoch'; null for end-of-run only.",
         aliases=("save_steps",),
         live="Applies from the next optimizer step.",
     )
@@ -338,7 +362,9 @@ class FinetuneConfig(_Strict):
     def from_yaml(cls, source: str | Path, namespace: Mapping[str, Any] | None = None) -> FinetuneConfig:
         """From a YAML file path or YAML text (the same syntax as a `%%finetune` cell body)."""
         text = source
-        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+        if isinstance(source, Path) or (
+            isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+        ):
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -347,7 +373,9 @@ class FinetuneConfig(_Strict):
         return cls.from_dict(data, lines=lines)
 
     @classmethod
-    def from_cell(cls, body: str, namespace: Mapping[str, Any] | None = None, *, first_line: int = 2) -> FinetuneConfig:
+    def from_cell(
+        cls, body: str, namespace: Mapping[str, Any] | None = None, *, first_line: int = 2
+    ) -> FinetuneConfig:
         """From the body of a `%%finetune` cell; line numbers in errors count the magic line as line 1."""
         data, lines = parse_cell(body, namespace, first_line=first_line)
         return cls.from_dict(data, lines=lines)
@@ -616,15 +644,20 @@ def parse_cell(
             expr = m.group(1)
             if not _NAME.match(expr):
                 errors.append(
-                    (lineno, f"line {lineno}: '{{{{{expr}}}}}' is not a variable name; placeholders name a "
-                     "notebook variable (optionally .attribute) and are never evaluated")
+                    (
+                        lineno,
+                        f"line {lineno}: '{{{{{expr}}}}}' is not a variable name; placeholders name a "
+                        "notebook variable (optionally .attribute) and are never evaluated",
+                    )
                 )
                 return "null"
             head, *attrs = expr.split(".")
             if head not in namespace:
                 close = difflib.get_close_matches(head, [k for k in namespace if not k.startswith("_")], n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                errors.append((lineno, f"line {lineno}: '{{{{{expr}}}}}': no variable '{head}' in the notebook.{hint}"))
+                errors.append(
+                    (lineno, f"line {lineno}: '{{{{{expr}}}}}': no variable '{head}' in the notebook.{hint}")
+                )
                 return "null"
             obj = namespace[head]
             for a in attrs:
@@ -649,7 +682,9 @@ def parse_cell(
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + first_line}: " if mark else ""
-        raise ConfigError(f"Invalid finetune config: {where}{e.problem or e}. The cell body is YAML: `key: value` lines.") from None
+        raise ConfigError(
+            f"Invalid finetune config: {where}{e.problem or e}. The cell body is YAML: `key: value` lines."
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Invalid finetune config: {e}") from None
     if node is None:
@@ -664,8 +699,13 @@ def parse_cell(
                 k = loader.construct_object(k_node, deep=True)
                 ln = k_node.start_mark.line + first_line
                 if k in d:
-                    problems.append((ln, f"line {ln} ({_dotted(path + (str(k),))}): key '{k}' given twice "
-                                         f"(first on line {lines[path + (str(k),)]})"))
+                    problems.append(
+                        (
+                            ln,
+                            f"line {ln} ({_dotted(path + (str(k),))}): key '{k}' given twice "
+                            f"(first on line {lines[path + (str(k),)]})",
+                        )
+                    )
                     continue
                 lines[path + (str(k),)] = ln
                 d[k] = build(v_node, path + (str(k),))

@@ -30,7 +30,14 @@ __all__ = [
 ]
 
 _SLICE = re.compile(r"^(?P<base>.*?)(?P<slice>\[[^\[\]]*\])?$")
-_FILE_KINDS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_FILE_KINDS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "input", "prompt", "question", "tweet")
 LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "y")
 
@@ -62,8 +69,10 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
     if isinstance(src, datasets.Dataset):
         return src
     if isinstance(src, datasets.DatasetDict):
-        raise DataError(f"{what} is a DatasetDict with splits {list(src)}: pass one split, e.g. {{{{ds['train']}}}} "
-                        "assigned to a variable first")
+        raise DataError(
+            f"{what} is a DatasetDict with splits {list(src)}: pass one split, e.g. {{{{ds['train']}}}} "
+            "assigned to a variable first"
+        )
     if isinstance(src, pd.DataFrame):
         return datasets.Dataset.from_pandas(src.reset_index(drop=True), preserve_index=False)
     if isinstance(src, list):
@@ -73,8 +82,10 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
     if isinstance(src, dict):
         return datasets.Dataset.from_dict(src)
     if not isinstance(src, (str, Path)):
-        raise DataError(f"{what}: cannot use a {type(src).__name__}; pass a file path, a hub dataset name, "
-                        "a pandas DataFrame or a datasets.Dataset")
+        raise DataError(
+            f"{what}: cannot use a {type(src).__name__}; pass a file path, a hub dataset name, "
+            "a pandas DataFrame or a datasets.Dataset"
+        )
     text = str(src).strip()
     m = _SLICE.match(text)
     base, slc = m.group("base"), m.group("slice")
@@ -148,20 +159,31 @@ def _suggest(name: str, columns: list[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def detect_columns(ds, text: str | None, label: str | None, text_pair: str | None = None, *, role: str = "train",
-                   require_label: bool = True) -> tuple[str, str | None, str | None]:
+def detect_columns(
+    ds,
+    text: str | None,
+    label: str | None,
+    text_pair: str | None = None,
+    *,
+    role: str = "train",
+    require_label: bool = True,
+) -> tuple[str, str | None, str | None]:
     """Check or auto-detect the text / label / text-pair columns of `ds`."""
     cols = list(ds.column_names)
     shown = ", ".join(cols)
     for key, col in (("text", text), ("label", label), ("text_pair", text_pair)):
         if col is not None and col not in cols:
-            raise DataError(f"data.{key}: column '{col}' is not in data.{role} (columns: {shown}).{_suggest(col, cols)}")
+            raise DataError(
+                f"data.{key}: column '{col}' is not in data.{role} (columns: {shown}).{_suggest(col, cols)}"
+            )
     if label is None and require_label:
         lower = {c.lower(): c for c in cols}
         label = next((lower[c] for c in LABEL_CANDIDATES if c in lower), None)
         if label is None:
-            raise DataError(f"data.label: no label column found in data.{role} (columns: {shown}); "
-                            "name it with `label: <column>` under data:")
+            raise DataError(
+                f"data.label: no label column found in data.{role} (columns: {shown}); "
+                "name it with `label: <column>` under data:"
+            )
     if text is None:
         strings = [c for c in cols if c not in (label, text_pair) and _is_string_col(ds, c)]
         lower = {c.lower(): c for c in strings}
@@ -170,11 +192,15 @@ def detect_columns(ds, text: str | None, label: str | None, text_pair: str | Non
             text = strings[0]
         if text is None:
             which = f"string columns: {', '.join(strings)}" if strings else f"no string columns; columns: {shown}"
-            raise DataError(f"data.text: cannot tell which column holds the text in data.{role} ({which}); "
-                            "name it with `text: <column>` under data:")
+            raise DataError(
+                f"data.text: cannot tell which column holds the text in data.{role} ({which}); "
+                "name it with `text: <column>` under data:"
+            )
     if not _is_string_col(ds, text):
-        raise DataError(f"data.text: column '{text}' of data.{role} does not hold text "
-                        f"(type {ds.features[text]}); name the text column with `text: <column>`")
+        raise DataError(
+            f"data.text: column '{text}' of data.{role} does not hold text "
+            f"(type {ds.features[text]}); name the text column with `text: <column>`"
+        )
     return text, label, text_pair
 
 
@@ -193,8 +219,9 @@ def infer_labels(train, eval_, label_col: str, names: list[str] | None) -> tuple
         mapping = {i: i for i in range(len(found))}
         mapping.update({n: i for i, n in enumerate(found)})
         if names and len(names) != len(found):
-            raise DataError(f"labels: {len(names)} names given but data.train's label column has {len(found)} "
-                            f"classes ({found})")
+            raise DataError(
+                f"labels: {len(names)} names given but data.train's label column has {len(found)} classes ({found})"
+            )
         return list(names or found), mapping
     values = train[label_col]
     ev_values = eval_[label_col] if eval_ is not None and label_col in eval_.column_names else []
@@ -202,8 +229,10 @@ def infer_labels(train, eval_, label_col: str, names: list[str] | None) -> tuple
         raise DataError(f"data.label: column '{label_col}' of data.train has empty values; drop those rows first")
     sample = values[0]
     if isinstance(sample, float) and any(float(v) != int(v) for v in values[:1000] if v == v):
-        raise DataError(f"data.label: column '{label_col}' holds non-integer numbers (e.g. {sample}); "
-                        "regression is not supported yet: bin it into classes")
+        raise DataError(
+            f"data.label: column '{label_col}' holds non-integer numbers (e.g. {sample}); "
+            "regression is not supported yet: bin it into classes"
+        )
     if isinstance(sample, bool) or isinstance(sample, (int, float, np.integer)):
         ints = sorted({int(v) for v in values})
         if ints[0] < 0:
@@ -226,7 +255,9 @@ def infer_labels(train, eval_, label_col: str, names: list[str] | None) -> tuple
     if missing:
         raise DataError(f"data.eval has labels {missing[:10]} that never occur in data.train ({found[:10]})")
     if len(found) < 2:
-        raise DataError(f"data.label: column '{label_col}' has a single class {found}; classification needs two or more")
+        raise DataError(
+            f"data.label: column '{label_col}' has a single class {found}; classification needs two or more"
+        )
     return found, {n: i for i, n in enumerate(found)}
 
 
@@ -267,8 +298,9 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
     return TokenizedData({k: list(enc[k]) for k in keep}, labels)
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                  shuffle: bool = True) -> list[np.ndarray]:
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, shuffle: bool = True
+) -> list[np.ndarray]:
     """Deterministic batch plan for one epoch; every example appears exactly once.
 
     With `group_by_length`, examples are shuffled, cut into mega-batches of 50 batches, sorted by length
@@ -314,6 +346,8 @@ class Collator:
                 out["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
                 continue
             pad = self.pad_token_id if key == "input_ids" else 0
-            out[key] = torch.tensor([list(it[key]) + [pad] * (longest - len(it[key])) for it in items], dtype=torch.long)
+            out[key] = torch.tensor(
+                [list(it[key]) + [pad] * (longest - len(it[key])) for it in items], dtype=torch.long
+            )
         out["num_tokens"] = sum(len(it["input_ids"]) for it in items)  # host int: no device read needed
         return out

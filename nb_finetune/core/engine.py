@@ -31,7 +31,6 @@ from .events import (
     Controls,
     EvalEnded,
     Logged,
-    RunFinished,
     RunStarted,
     StepEnded,
 )
@@ -94,7 +93,9 @@ def resolve_precision(precision: str, device_type: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision == "fp16" and device_type != "cuda":
-        raise ConfigError("Invalid finetune config: precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+        raise ConfigError(
+            "Invalid finetune config: precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"
+        )
     return precision
 
 
@@ -144,8 +145,15 @@ def build_optimizer(model, layer_map: LayerMap, frozen: set[str], live: _Live, f
         groups.setdefault(key, []).append(p)
         names.setdefault(key, []).append(pname)
     param_groups = [
-        {"params": ps, "weight_decay": live.weight_decay if decay else 0.0, "lr": live.lr, "group": g,
-         "decay": decay, "lr_mult": 1.0, "param_names": names[(g, decay)]}
+        {
+            "params": ps,
+            "weight_decay": live.weight_decay if decay else 0.0,
+            "lr": live.lr,
+            "group": g,
+            "decay": decay,
+            "lr_mult": 1.0,
+            "param_names": names[(g, decay)],
+        }
         for (g, decay), ps in groups.items()
     ]
     kwargs = {"fused": True} if fused else {}
@@ -232,8 +240,9 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(run_dir: RunDir, model, optimizer, state: dict[str, Any], rng: dict[str, Any],
-                    config: FinetuneConfig) -> Path:
+def save_checkpoint(
+    run_dir: RunDir, model, optimizer, state: dict[str, Any], rng: dict[str, Any], config: FinetuneConfig
+) -> Path:
     """Write checkpoints/step-N atomically: into a temporary directory, then one rename."""
     final = run_dir.checkpoints_dir / f"step-{state['step']:06d}"
     tmp = run_dir.checkpoints_dir / f".{final.name}.tmp-{os.getpid()}"
@@ -273,8 +282,12 @@ def _write_checkpoint_files(tmp: Path, model, optimizer, state, rng, config) -> 
     for i, s in enumerate(rng.get("cuda", [])):
         rng_t[f"cuda.{i}"] = s
     save_file(rng_t, str(tmp / "rng.safetensors"))
-    doc = {**state, "optimizer_scalars": meta, "python_rng": _jsonable(rng["python"]),
-           "config": json.loads(json.dumps(config.to_dict(), default=lambda o: f"<object: {type(o).__name__}>"))}
+    doc = {
+        **state,
+        "optimizer_scalars": meta,
+        "python_rng": _jsonable(rng["python"]),
+        "config": json.loads(json.dumps(config.to_dict(), default=lambda o: f"<object: {type(o).__name__}>")),
+    }
     (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
     for f in tmp.iterdir():  # data on disk before the rename makes it visible
         with open(f, "rb") as fh:
@@ -303,8 +316,10 @@ def load_checkpoint(path: Path, model, device) -> tuple[dict[str, Any], dict[str
     except Exception as e:  # noqa: BLE001
         raise FinetuneError(f"resume_from: checkpoint {str(path)!r} cannot be loaded into this model: {e}") from None
     if missing or unexpected:
-        raise FinetuneError(f"resume_from: checkpoint {str(path)!r} does not match this model "
-                            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+        raise FinetuneError(
+            f"resume_from: checkpoint {str(path)!r} does not match this model "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     rng_t = load_file(str(path / "rng.safetensors"))
     rng = {"torch": rng_t["torch"], "python": _tupled(state["python_rng"])}
@@ -361,8 +376,17 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    live = _Live(cfg.lr, cfg.weight_decay, cfg.max_grad_norm, cfg.epochs, cfg.max_steps, cfg.eval_every,
-                 cfg.save_every, cfg.log_every, resolve_freeze(cfg.freeze, lm))
+    live = _Live(
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.max_grad_norm,
+        cfg.epochs,
+        cfg.max_steps,
+        cfg.eval_every,
+        cfg.save_every,
+        cfg.log_every,
+        resolve_freeze(cfg.freeze, lm),
+    )
     model = job.model.to(device)
     trainable, total_params = apply_freeze(model, lm, live.frozen)
 
@@ -408,27 +432,44 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         return (ep + 1, 0) if b >= nb else (ep, b)
 
     def run_state(ep: int, b: int) -> dict[str, Any]:
-        return {"step": step, "epoch": ep, "batch": b, "samples": samples, "tokens": tokens,
-                "frozen": sorted(live.frozen), "best_metric": best_metric, "best_step": best_step,
-                "live": {"lr": live.lr, "weight_decay": live.weight_decay, "max_grad_norm": live.max_grad_norm,
-                         "epochs": live.epochs, "max_steps": live.max_steps}}
+        return {
+            "step": step,
+            "epoch": ep,
+            "batch": b,
+            "samples": samples,
+            "tokens": tokens,
+            "frozen": sorted(live.frozen),
+            "best_metric": best_metric,
+            "best_step": best_step,
+            "live": {
+                "lr": live.lr,
+                "weight_decay": live.weight_decay,
+                "max_grad_norm": live.max_grad_norm,
+                "epochs": live.epochs,
+                "max_steps": live.max_steps,
+            },
+        }
 
     def checkpoint(reason: str, ep: int, b: int, rng=None) -> Path:
         nonlocal last_ckpt_step
-        path = save_checkpoint(rd, accelerator.unwrap_model(model), optimizer.optimizer, run_state(ep, b),
-                               rng or _rng_state(), cfg)
+        path = save_checkpoint(
+            rd, accelerator.unwrap_model(model), optimizer.optimizer, run_state(ep, b), rng or _rng_state(), cfg
+        )
         last_ckpt_step = step
         if best_step == step:
-            write_json_atomic(rd.checkpoints_dir / "best.json", {"checkpoint": path.name, "metric": metric_name,
-                                                                   "value": best_metric})
+            write_json_atomic(
+                rd.checkpoints_dir / "best.json",
+                {"checkpoint": path.name, "metric": metric_name, "value": best_metric},
+            )
         _prune(rd, cfg.save_total_limit)
         emit(CheckpointSaved(step=step, path=str(path), reason=reason))
         return path
 
     def evaluate() -> dict[str, float]:
         nonlocal last_eval_step
-        metrics = evaluate_model(model, job.eval_data, cfg, collate, device, job.metrics_fn, len(job.label_names),
-                                 mask_4d)
+        metrics = evaluate_model(
+            model, job.eval_data, cfg, collate, device, job.metrics_fn, len(job.label_names), mask_4d
+        )
         last_eval_step = step
         model.train()
         if cfg.frozen_mode.value == "eval":
@@ -436,10 +477,22 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         return metrics
 
     mask_4d = probe_4d_mask(model, job.train_data, collate, device)
-    emit(RunStarted(name=rd.name, run_dir=str(rd.path), total_steps=planned_total(), steps_per_epoch=steps_per_epoch,
-                    num_train=len(job.train_data), num_eval=len(job.eval_data) if job.eval_data else 0,
-                    device=_device_name(device), precision=precision, params_total=total_params,
-                    params_trainable=trainable, layers=lm.table(live.frozen), start_step=step))
+    emit(
+        RunStarted(
+            name=rd.name,
+            run_dir=str(rd.path),
+            total_steps=planned_total(),
+            steps_per_epoch=steps_per_epoch,
+            num_train=len(job.train_data),
+            num_eval=len(job.eval_data) if job.eval_data else 0,
+            device=_device_name(device),
+            precision=precision,
+            params_total=total_params,
+            params_trainable=trainable,
+            layers=lm.table(live.frozen),
+            start_step=step,
+        )
+    )
     file_ctl = ControlFileReader(rd.path, start_after_seq=int(rd.status().get("last_command") or 0))
     last_poll = 0.0
 
@@ -448,8 +501,17 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             try:
                 controls.send(rec["cmd"], source="file", seq=int(rec["seq"]), **(rec.get("args") or {}))
             except (ValueError, TypeError) as e:
-                emit(ControlApplied(step=step, command=str(rec.get("cmd")), args=rec.get("args") or {},
-                                    seq=int(rec["seq"]), source="file", ok=False, message=str(e)))
+                emit(
+                    ControlApplied(
+                        step=step,
+                        command=str(rec.get("cmd")),
+                        args=rec.get("args") or {},
+                        seq=int(rec["seq"]),
+                        source="file",
+                        ok=False,
+                        message=str(e),
+                    )
+                )
 
     pending: list[Command] = []
 
@@ -491,8 +553,11 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 msg = _apply_set(cmd.args, live, optimizer, step, steps_per_epoch)
         except FinetuneError as e:
             ok, msg = False, str(e)
-        emit(ControlApplied(step=step, command=cmd.kind, args=cmd.args, seq=cmd.seq, source=cmd.source, ok=ok,
-                            message=msg))
+        emit(
+            ControlApplied(
+                step=step, command=cmd.kind, args=cmd.args, seq=cmd.seq, source=cmd.source, ok=ok, message=msg
+            )
+        )
 
     # ---------------------------------------------------------------- epochs
     model.train()
@@ -513,8 +578,14 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     while step < planned_total() and state == "finished":
         batches = epoch_batches(job.train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
         data_gen.manual_seed(cfg.seed + epoch)  # DataLoader draws its base seed here, not from the dropout stream
-        loader = DataLoader(job.train_data, batch_sampler=batches[batch_pos:], collate_fn=collate,
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda", generator=data_gen)
+        loader = DataLoader(
+            job.train_data,
+            batch_sampler=batches[batch_pos:],
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=data_gen,
+        )
         cycle_start, cycle_rng, micro = batch_pos, _rng_state(), 0
         cycle_loss = None
         cycle_len = min(cfg.grad_accum, n_batches - batch_pos)
@@ -533,8 +604,17 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 optimizer.zero_grad(set_to_none=True)
                 ack_run_commands(only_flow=True)
                 for cmd in pending:  # changes that never reached an optimizer step
-                    emit(ControlApplied(step=step, command=cmd.kind, args=cmd.args, seq=cmd.seq, source=cmd.source,
-                                        ok=False, message="not applied: the run stopped first"))
+                    emit(
+                        ControlApplied(
+                            step=step,
+                            command=cmd.kind,
+                            args=cmd.args,
+                            seq=cmd.seq,
+                            source=cmd.source,
+                            ok=False,
+                            message="not applied: the run stopped first",
+                        )
+                    )
                 pending.clear()
                 state, reason = "stopped", "abort" if controls.abort_event.is_set() else "user"
                 if reason == "user" and controls.stop_save and last_ckpt_step != step:
@@ -568,9 +648,17 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             step_losses.append(cycle_loss)
             batch_pos = b_idx + 1
             cur_epoch = epoch + batch_pos / n_batches
-            emit(StepEnded(step=step, epoch=cur_epoch, total_steps=total, samples=samples, tokens=tokens,
-                           elapsed=time.perf_counter() - t_start,
-                           lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0))
+            emit(
+                StepEnded(
+                    step=step,
+                    epoch=cur_epoch,
+                    total_steps=total,
+                    samples=samples,
+                    tokens=tokens,
+                    elapsed=time.perf_counter() - t_start,
+                    lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
+                )
+            )
 
             # ---- log point: the one place device values are read (one transfer for all of them)
             at_end = step >= planned_total() or batch_pos >= n_batches
@@ -580,11 +668,20 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 bad = int(nonfinite.item())
                 now_t = time.perf_counter()
                 dt = max(now_t - t_log, 1e-9)
-                emit(Logged(step=step, epoch=cur_epoch, loss=float(np.mean(vals)),
-                            lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
-                            grad_norm=float(np.mean(norms)) if norms else None,
-                            samples_per_s=(samples - samples_at_log) / dt, tokens_per_s=(tokens - tokens_at_log) / dt,
-                            nonfinite_steps=bad, losses=vals, memory_mb=_memory_mb(device)))
+                emit(
+                    Logged(
+                        step=step,
+                        epoch=cur_epoch,
+                        loss=float(np.mean(vals)),
+                        lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
+                        grad_norm=float(np.mean(norms)) if norms else None,
+                        samples_per_s=(samples - samples_at_log) / dt,
+                        tokens_per_s=(tokens - tokens_at_log) / dt,
+                        nonfinite_steps=bad,
+                        losses=vals,
+                        memory_mb=_memory_mb(device),
+                    )
+                )
                 step_losses, grad_norms = [], []
                 nonfinite.zero_()
                 t_log, samples_at_log, tokens_at_log = now_t, samples, tokens
@@ -601,20 +698,25 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             if do_eval:
                 metrics = evaluate()
                 value = metrics.get(metric_name)
-                if value is not None and (best_metric is None or _improved(value, best_metric, higher_better,
-                                                                            cfg.early_stopping)):
+                if value is not None and (
+                    best_metric is None or _improved(value, best_metric, higher_better, cfg.early_stopping)
+                ):
                     best_metric, best_step, bad_evals, new_best = value, step, 0, True
                 else:
                     bad_evals += 1
                 emit(EvalEnded(step=step, epoch=cur_epoch, metrics=metrics, is_best=new_best))
             since = time.monotonic() - last_save_time
             if _due(live.save_every, step, epoch_end, since) or (new_best and cfg.early_stopping is not None):
-                checkpoint("epoch" if epoch_end and live.save_every == "epoch" else "interval",
-                           *position_after(epoch, batch_pos, n_batches))
+                checkpoint(
+                    "epoch" if epoch_end and live.save_every == "epoch" else "interval",
+                    *position_after(epoch, batch_pos, n_batches),
+                )
                 last_save_time = time.monotonic()
             elif new_best and last_ckpt_step == step:
-                write_json_atomic(rd.checkpoints_dir / "best.json", {"checkpoint": f"step-{step:06d}",
-                                                                       "metric": metric_name, "value": best_metric})
+                write_json_atomic(
+                    rd.checkpoints_dir / "best.json",
+                    {"checkpoint": f"step-{step:06d}", "metric": metric_name, "value": best_metric},
+                )
             if cfg.early_stopping is not None and bad_evals >= cfg.early_stopping.patience:
                 state, reason = "finished", "early_stopping"
                 break
@@ -743,8 +845,9 @@ def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_
     for key, value in values.items():
         name = canonical_name(key)
         if name == "freeze" or name not in allowed:
-            raise FinetuneError(f"'{name}' cannot change during a run; live fields: "
-                                f"{', '.join(k for k in allowed if k != 'freeze')}")
+            raise FinetuneError(
+                f"'{name}' cannot change during a run; live fields: {', '.join(k for k in allowed if k != 'freeze')}"
+            )
         FinetuneConfig.model_validate({name: value})  # type and range checks from the schema
         if name == "lr":
             live.lr = float(value)
@@ -772,8 +875,9 @@ def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_
     return ", ".join(changes)
 
 
-def evaluate_model(model, data: TokenizedData, cfg: FinetuneConfig, collate, device, metrics_fn, num_labels,
-                   mask_4d: bool = False):
+def evaluate_model(
+    model, data: TokenizedData, cfg: FinetuneConfig, collate, device, metrics_fn, num_labels, mask_4d: bool = False
+):
     """Loss and task metrics on `data`; one device->host transfer per batch for predictions."""
     import torch
 

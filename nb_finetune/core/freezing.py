@@ -139,7 +139,11 @@ def build_layer_map(model) -> LayerMap:
         if not names:
             continue
         for g in groups:
-            if g.kind != "block" and names <= owned[g.name] and not any(name.startswith(m + ".") for m in g.module_names):
+            if (
+                g.kind != "block"
+                and names <= owned[g.name]
+                and not any(name.startswith(m + ".") for m in g.module_names)
+            ):
                 g.module_names.append(name)
     groups = [g for g in groups if g.param_names or g.kind == "block"]
     return LayerMap(groups, path)

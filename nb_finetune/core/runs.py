@@ -169,8 +169,13 @@ class RunDir:
             d.mkdir(parents=True, exist_ok=True)
             write_json_atomic(
                 d / f"{hashlib.sha1(str(self.path).encode()).hexdigest()[:16]}.json",
-                {"name": self.name, "run_dir": str(self.path), "pid": os.getpid(), "host": socket.gethostname(),
-                 "registered": time.time()},
+                {
+                    "name": self.name,
+                    "run_dir": str(self.path),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "registered": time.time(),
+                },
             )
 
     # ------------------------------------------------------------ files
@@ -211,7 +216,9 @@ class RunDir:
         if which == "last":
             cks = self.checkpoints()
             if not cks:
-                raise FinetuneError(f"resume_from: last: run '{self.name}' has no checkpoint in {self.checkpoints_dir}")
+                raise FinetuneError(
+                    f"resume_from: last: run '{self.name}' has no checkpoint in {self.checkpoints_dir}"
+                )
             return cks[-1]
         if which == "best":
             best = self.best_checkpoint()
@@ -324,23 +331,45 @@ class RegistryCallback:
                 rd.write_status(step=e.step, epoch=round(e.epoch, 4), total_steps=e.total_steps)
             return
         if isinstance(e, RunStarted):
-            rd.write_status(state="training", reason=None, step=e.start_step, total_steps=e.total_steps,
-                            pid=os.getpid(), host=socket.gethostname(), started=e.time)
+            rd.write_status(
+                state="training",
+                reason=None,
+                step=e.start_step,
+                total_steps=e.total_steps,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                started=e.time,
+            )
             rd.append_metrics({k: v for k, v in e.to_dict().items() if k != "layers"})
         elif isinstance(e, Logged):
-            rd.append_metrics({"event": "log", "time": e.time, "step": e.step, "epoch": e.epoch, "loss": e.loss,
-                               "lr": e.lr, "grad_norm": e.grad_norm, "samples_per_s": e.samples_per_s,
-                               "tokens_per_s": e.tokens_per_s, "nonfinite_steps": e.nonfinite_steps,
-                               "losses": e.losses, "memory_mb": e.memory_mb})
+            rd.append_metrics(
+                {
+                    "event": "log",
+                    "time": e.time,
+                    "step": e.step,
+                    "epoch": e.epoch,
+                    "loss": e.loss,
+                    "lr": e.lr,
+                    "grad_norm": e.grad_norm,
+                    "samples_per_s": e.samples_per_s,
+                    "tokens_per_s": e.tokens_per_s,
+                    "nonfinite_steps": e.nonfinite_steps,
+                    "losses": e.losses,
+                    "memory_mb": e.memory_mb,
+                }
+            )
             rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
         elif isinstance(e, EvalEnded):
-            rd.append_metrics({"event": "eval", "time": e.time, "step": e.step, "epoch": e.epoch, **e.metrics,
-                               "is_best": e.is_best})
+            rd.append_metrics(
+                {"event": "eval", "time": e.time, "step": e.step, "epoch": e.epoch, **e.metrics, "is_best": e.is_best}
+            )
             rd.write_status(metrics=e.metrics)
         elif isinstance(e, ControlApplied):
             rd.append_metrics(e.to_dict())
             st = rd.status()
-            fields: dict[str, Any] = {"last_command": max(e.seq, st.get("last_command") or 0)} if e.source == "file" else {}
+            fields: dict[str, Any] = (
+                {"last_command": max(e.seq, st.get("last_command") or 0)} if e.source == "file" else {}
+            )
             if e.command == "pause" and e.ok:
                 fields["state"] = "paused"
             elif e.command == "resume" and e.ok:

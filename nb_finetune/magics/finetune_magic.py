@@ -131,14 +131,30 @@ def _runs_table():
     seen = set()
     for r in api.all_runs():
         seen.add(str(r.dir))
-        rows.append({"name": r.name, "state": r.status, "step": r.step, "total": r.total_steps,
-                     **{k: round(v, 4) for k, v in r.metrics.items() if k.startswith("eval_")}, "dir": str(r.dir),
-                     "where": "this kernel"})
+        rows.append(
+            {
+                "name": r.name,
+                "state": r.status,
+                "step": r.step,
+                "total": r.total_steps,
+                **{k: round(v, 4) for k, v in r.metrics.items() if k.startswith("eval_")},
+                "dir": str(r.dir),
+                "where": "this kernel",
+            }
+        )
     for r in runs.list_runs():
         if r["run_dir"] in seen:
             continue
-        rows.append({"name": r.get("name"), "state": r.get("state"), "step": r.get("step"),
-                     "total": r.get("total_steps"), "dir": r["run_dir"], "where": f"pid {r.get('pid')}"})
+        rows.append(
+            {
+                "name": r.get("name"),
+                "state": r.get("state"),
+                "step": r.get("step"),
+                "total": r.get("total_steps"),
+                "dir": r["run_dir"],
+                "where": f"pid {r.get('pid')}",
+            }
+        )
     if not rows:
         print("no runs yet")
         return None

@@ -66,13 +66,17 @@ def parse_cell_line(line: str) -> CellArgs:
 
                 close = difflib.get_close_matches(tok, list(CELL_FLAGS), n=1)
                 hint = f" Did you mean {close[0]}?" if close else ""
-                raise FinetuneError(f"%%finetune: unknown option {tok}.{hint} Options: {', '.join(CELL_FLAGS)}. "
-                                    "Config keys go in the cell body.")
+                raise FinetuneError(
+                    f"%%finetune: unknown option {tok}.{hint} Options: {', '.join(CELL_FLAGS)}. "
+                    "Config keys go in the cell body."
+                )
             setattr(out, key, True)
         elif out.name is None:
             if not tok.isidentifier():
-                raise FinetuneError(f"%%finetune: run name {tok!r} must be a Python identifier (letters, digits, _): "
-                                    "the run is bound to a variable of that name")
+                raise FinetuneError(
+                    f"%%finetune: run name {tok!r} must be a Python identifier (letters, digits, _): "
+                    "the run is bound to a variable of that name"
+                )
             out.name = tok
         else:
             raise FinetuneError(f"%%finetune: unexpected {tok!r} after the run name; config keys go in the cell body")
@@ -91,8 +95,10 @@ def parse_line(line: str) -> LineCommand:
 
         close = difflib.get_close_matches(cmd, sorted(known), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise FinetuneError(f"%finetune: unknown command '{cmd}'.{hint} Commands: {', '.join(sorted(known))}. "
-                            "To start a run use the cell magic %%finetune NAME.")
+        raise FinetuneError(
+            f"%finetune: unknown command '{cmd}'.{hint} Commands: {', '.join(sorted(known))}. "
+            "To start a run use the cell magic %%finetune NAME."
+        )
     if cmd in ("runs", "schema"):
         return LineCommand(cmd)
     if not rest:

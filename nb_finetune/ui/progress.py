@@ -59,7 +59,8 @@ class ProgressView:
             self.state, self.total, self.step, self.start_step = "training", e.total_steps, e.start_step, e.start_step
         elif isinstance(e, ControlApplied):
             self.note = f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step}" + (
-                f": {e.message}" if e.message else "")
+                f": {e.message}" if e.message else ""
+            )
             if e.command == "pause" and e.ok:
                 self.state = "paused"
             elif e.command == "resume" and e.ok:

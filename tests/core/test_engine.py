@@ -75,8 +75,12 @@ def test_stop_on_endless_run_checkpoints_within_bounded_time(tiny_config):
     assert 3 <= run.step < 1_000_000
     ck = run.checkpoints
     assert ck and ck[-1].name == f"step-{run.step:06d}"
-    assert {p.name for p in ck[-1].iterdir()} >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors",
-                                                   "state.json"}
+    assert {p.name for p in ck[-1].iterdir()} >= {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+    }
     import json
 
     st = json.loads((run.dir / "status.json").read_text())

@@ -54,8 +54,9 @@ def counter(monkeypatch):
 
 
 def _run(cfg, counter, extra=()):
-    run = finetune({**cfg, "max_steps": 30, "log_every": 10, "eval_every": None, "save_every": None},
-                   callbacks=[counter, *extra])
+    run = finetune(
+        {**cfg, "max_steps": 30, "log_every": 10, "eval_every": None, "save_every": None}, callbacks=[counter, *extra]
+    )
     run.wait(timeout=120)
     assert run.status == "finished", run.error
     return run

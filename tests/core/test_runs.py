@@ -34,8 +34,10 @@ def test_live_run_directory_cannot_be_reused(tmp_path):
 
 def test_control_file_numbers_commands_across_processes(tmp_path):
     rd = runs.RunDir.create(tmp_path, "ctl")
-    code = ("import sys; from nb_finetune.core.runs import append_command\n"
-            "for i in range(20): append_command(sys.argv[1], 'set', source='p', lr=i * 1e-5)")
+    code = (
+        "import sys; from nb_finetune.core.runs import append_command\n"
+        "for i in range(20): append_command(sys.argv[1], 'set', source='p', lr=i * 1e-5)"
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(rd.path)], env=env) for _ in range(3)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
@@ -86,7 +88,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
 
     rd = runs.RunDir.create(tmp_path, "atomic")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    opt = torch.optim.AdamW([{"params": list(model.parameters()), "param_names": [n for n, _ in model.named_parameters()]}])
+    opt = torch.optim.AdamW(
+        [{"params": list(model.parameters()), "param_names": [n for n, _ in model.named_parameters()]}]
+    )
     cfg = FinetuneConfig.from_dict({"model": "x"})
     state = {"step": 1, "epoch": 0, "batch": 1}
     engine.save_checkpoint(rd, model, opt, state, engine._rng_state(), cfg)

@@ -89,15 +89,23 @@ def test_background_run_stopped_from_another_cell(kernel, tmp_path):
     r = execute(kernel, "%finetune stop bg")
     assert r["reply"]["status"] == "ok", text_of(r["outputs"])
     seen += r["outputs"] + r["others"]
-    r = execute(kernel, "bg.wait(timeout=60)\nimport time; time.sleep(1.0)\n"
-                        "print(bg.status, bg.reason, len(bg.checkpoints), bg.step < 1000000)")
+    r = execute(
+        kernel,
+        "bg.wait(timeout=60)\nimport time; time.sleep(1.0)\n"
+        "print(bg.status, bg.reason, len(bg.checkpoints), bg.step < 1000000)",
+    )
     assert "stopped user 1 True" in text_of(r["outputs"])
     seen += r["outputs"] + r["others"]
-    updates = [m for m in seen if m["msg_type"] == "update_display_data"
-               and m["content"]["transient"]["display_id"] == display_id]
+    updates = [
+        m
+        for m in seen
+        if m["msg_type"] == "update_display_data" and m["content"]["transient"]["display_id"] == display_id
+    ]
     assert updates, "the progress display is updated in place"
     assert "bg: stopped (user)" in updates[-1]["content"]["data"]["text/plain"]
-    assert not [m for m in seen if m["msg_type"] == "stream" and "bg:" in m["content"]["text"]], "the worker never prints"
+    assert not [m for m in seen if m["msg_type"] == "stream" and "bg:" in m["content"]["text"]], (
+        "the worker never prints"
+    )
     assert any((tmp_path / "runs" / "bg" / "checkpoints").glob("step-*/model.safetensors"))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nb_finetune.magics.parsing import parse_cell_line, parse_line
 from nb_finetune.errors import FinetuneError
+from nb_finetune.magics.parsing import parse_cell_line, parse_line
 
 
 @pytest.fixture()
@@ -91,7 +91,10 @@ def test_finished_run_rerun_writes_versioned_dir(ip):
     "body, needle",
     [
         ("model: {{model_dir}}\ndata: {{df}}\nlrr: 1e-3\n", "line 4 (lrr): unknown key 'lrr'. Did you mean 'lr'?"),
-        ("model: {{model_dir}}\ndata:\n  train: {{df}}\n  label: sentiment\n", "column 'sentiment' is not in data.train"),
+        (
+            "model: {{model_dir}}\ndata:\n  train: {{df}}\n  label: sentiment\n",
+            "column 'sentiment' is not in data.train",
+        ),
         ("model: {{nope}}\ndata: {{df}}\n", "no variable 'nope'"),
         ("model: /no/such/dir\ndata: {{df}}\n", "does not exist"),
         ("model: {{model_dir}}\ndata: missing.csv\n", "file 'missing.csv' does not exist"),
@@ -105,7 +108,9 @@ def test_bad_input_is_a_usage_error_without_traceback(ip, body, needle):
 
 
 def test_line_commands_steer_a_run(ip):
-    body = "%%finetune steer\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 1\nwarmup: 0\nlr: 1e-5\n"
+    body = (
+        "%%finetune steer\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 1\nwarmup: 0\nlr: 1e-5\n"
+    )
     assert cell(ip, body).success
     run = ip.user_ns["steer"]
     wait_for(lambda: run.step >= 2)

@@ -36,8 +36,10 @@ def _hub_error(what: str, ref: str, e: Exception) -> ModelError:
     local = Path(ref).expanduser()
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     if local.exists():
-        return ModelError(f"{what}: could not load {ref!r} from the local directory ({first}). "
-                          "It needs a config.json and weights (model.safetensors or pytorch_model.bin).")
+        return ModelError(
+            f"{what}: could not load {ref!r} from the local directory ({first}). "
+            "It needs a config.json and weights (model.safetensors or pytorch_model.bin)."
+        )
     looks_local = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
     if looks_local:
         return ModelError(f"{what}: directory {ref!r} does not exist (working directory: {Path.cwd()})")
@@ -76,8 +78,10 @@ def preflight(cfg) -> Prepared:
             hf_config = AutoConfig.from_pretrained(model_id, trust_remote_code=cfg.trust_remote_code, **kw)
         except ValueError as e:
             if "trust_remote_code" in str(e):
-                raise ModelError(f"model: {model_id!r} needs code shipped with the checkpoint; set "
-                                 "`trust_remote_code: true` only if you trust its author") from None
+                raise ModelError(
+                    f"model: {model_id!r} needs code shipped with the checkpoint; set "
+                    "`trust_remote_code: true` only if you trust its author"
+                ) from None
             raise _hub_error("model", model_id, e) from None
         except Exception as e:  # noqa: BLE001
             raise _hub_error("model", model_id, e) from None
@@ -101,8 +105,10 @@ def preflight(cfg) -> Prepared:
     elif model_obj is not None:
         src = getattr(model_obj, "name_or_path", "")
         if not src or not Path(src).expanduser().exists():
-            raise ModelError("tokenizer: the model object carries no tokenizer; add `tokenizer: {{tok}}` "
-                             "(a tokenizer object) or `tokenizer: <hub id or directory>`")
+            raise ModelError(
+                "tokenizer: the model object carries no tokenizer; add `tokenizer: {{tok}}` "
+                "(a tokenizer object) or `tokenizer: <hub id or directory>`"
+            )
         tokenizer = _load_tokenizer(src, cfg.trust_remote_code)
     else:
         tokenizer = _load_tokenizer(model_id, cfg.trust_remote_code, what="model (its tokenizer)")
@@ -123,31 +129,49 @@ def preflight(cfg) -> Prepared:
     if eval_ is not None:
         missing = [c for c in (text_col, label_col, pair_col) if c and c not in eval_.column_names]
         if missing:
-            raise DataError(f"data.eval lacks column(s) {missing} that data.train has "
-                            f"(data.eval columns: {', '.join(eval_.column_names)})")
+            raise DataError(
+                f"data.eval lacks column(s) {missing} that data.train has "
+                f"(data.eval columns: {', '.join(eval_.column_names)})"
+            )
     elif cfg.data.eval_split:
         if len(train) < 2:
             raise DataError("data.eval_split: data.train has fewer than 2 examples; nothing to hold out")
         train, eval_ = D.holdout_split(train, cfg.data.eval_split, cfg.seed)
     names, mapping = D.infer_labels(train, eval_, label_col, cfg.labels)
     if model_obj is not None and getattr(hf_config, "num_labels", len(names)) != len(names):
-        raise ModelError(f"model: the model object has {hf_config.num_labels} labels but the data has "
-                         f"{len(names)} ({names[:10]}); build it with num_labels={len(names)}")
+        raise ModelError(
+            f"model: the model object has {hf_config.num_labels} labels but the data has "
+            f"{len(names)} ({names[:10]}); build it with num_labels={len(names)}"
+        )
 
     limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < 1e6 else 512
     pos = getattr(hf_config, "max_position_embeddings", None) if hf_config is not None else None
     max_length = cfg.max_length or min(512, limit, pos or 512)
     if pos and max_length > pos:
-        raise ConfigError(f"Invalid finetune config: max_length {max_length} is longer than the model's "
-                          f"{pos} positions; use at most {pos}")
+        raise ConfigError(
+            f"Invalid finetune config: max_length {max_length} is longer than the model's "
+            f"{pos} positions; use at most {pos}"
+        )
     # tokenize two examples now, so a broken text column fails here rather than in the worker
     sample = train.select(range(min(2, len(train))))
     try:
         tokenizer([str(t) for t in sample[text_col]], truncation=True, max_length=max_length)
     except Exception as e:  # noqa: BLE001
         raise DataError(f"data.text: the tokenizer cannot read column '{text_col}': {e}") from None
-    return Prepared(tokenizer, hf_config, model_obj, model_id, train, eval_, text_col, pair_col, label_col,
-                    names, mapping, max_length)
+    return Prepared(
+        tokenizer,
+        hf_config,
+        model_obj,
+        model_id,
+        train,
+        eval_,
+        text_col,
+        pair_col,
+        label_col,
+        names,
+        mapping,
+        max_length,
+    )
 
 
 def build_model(cfg, prep: Prepared, *, meta: bool = False):
@@ -159,8 +183,9 @@ def build_model(cfg, prep: Prepared, *, meta: bool = False):
         model = prep.model_obj
     else:
         names = prep.label_names
-        kwargs = dict(num_labels=len(names), id2label=dict(enumerate(names)),
-                      label2id={n: i for i, n in enumerate(names)})
+        kwargs = dict(
+            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+        )
         if meta:
             conf = prep.hf_config.__class__.from_dict({**prep.hf_config.to_dict(), **kwargs})
             with torch.device("meta"):
@@ -189,8 +214,14 @@ def set_dropout(model, p: float) -> None:
         for attr in ("dropout_prob", "attention_dropout"):
             if isinstance(getattr(m, attr, None), float):
                 setattr(m, attr, p)
-    for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
-                 "classifier_dropout", "dropout"):
+    for attr in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "attention_dropout",
+        "hidden_dropout",
+        "classifier_dropout",
+        "dropout",
+    ):
         if isinstance(getattr(model.config, attr, None), float):
             setattr(model.config, attr, p)
 
@@ -202,8 +233,9 @@ def _encode(prep: Prepared, ds) -> D.TokenizedData:
     if prep.label_col in ds.column_names:
         raw = ds[prep.label_col]
         try:
-            labels = [prep.label_map[v if isinstance(v, str) else float(v) if isinstance(v, float) else int(v)]
-                      for v in raw]
+            labels = [
+                prep.label_map[v if isinstance(v, str) else float(v) if isinstance(v, float) else int(v)] for v in raw
+            ]
         except KeyError as e:
             raise DataError(f"data.label: value {e.args[0]!r} is not one of the labels {prep.label_names}") from None
     return D.tokenize(prep.tokenizer, texts, pairs, prep.max_length, labels)
@@ -240,8 +272,13 @@ def predict(model, tokenizer, texts: list[str], label_names: list[str], max_leng
     try:
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_length,
-                                padding=True, return_tensors="pt").to(device)
+                enc = tokenizer(
+                    list(texts[i : i + batch_size]),
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
                 probs = model(**enc).logits.float().softmax(-1).cpu()
                 for row in probs:
                     j = int(row.argmax())
