@@ -424,11 +424,14 @@ class Run:
 
     def save(self, path: str | Path) -> Path:
         """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
+        from .core.engine import library_logging_to
+
         model = self._need_model("save")
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path, safe_serialization=True)
-        self._prep.tokenizer.save_pretrained(path)
+        with library_logging_to(self.dir / "run.log"):  # no library progress bars in the user's cell
+            model.save_pretrained(path, safe_serialization=True)
+            self._prep.tokenizer.save_pretrained(path)
         (path / "finetune_config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return path
 
