@@ -239,7 +239,8 @@ class Run:
     def metrics(self) -> dict[str, float]:
         """The latest evaluation's metrics ({} before the first)."""
         with self._lock:
-            return dict(self._evals[-1]) if self._evals else {}
+            last = self._evals[-1] if self._evals else {}
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
 
     @property
     def model(self):
@@ -275,7 +276,7 @@ class Run:
         total = self.total_steps
         prog = f"step {self.step}/{total}" if total else f"step {self.step}"
         m = self.metrics
-        best = ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "step") if m else ""
+        best = ", ".join(f"{k.removeprefix('eval_')}={v:.4g}" for k, v in m.items())
         return f"<Run {self.name!r} {self.status}{' (' + self._reason + ')' if self._reason else ''} {prog}" + (
             f" | {best}>" if best else ">"
         )

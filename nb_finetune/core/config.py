@@ -262,8 +262,12 @@ class FinetuneConfig(_Strict):
     )
     cache_frozen: CacheFrozen = _field(
         CacheFrozen.auto,
-        "Frozen-prefix activation cache. auto = on only where it is exact (performance work in progress; "
-        "the current engine computes the frozen prefix every step whatever this says).",
+        "Frozen-prefix activation cache: the output of the frozen embeddings + bottom blocks is computed once per "
+        "example and reused by later epochs, which skip the prefix. auto = on when it is exact (frozen_mode: eval, "
+        "checked on the model at start-up) and there is more than one epoch.",
+    )
+    cache_max_gb: float = _field(
+        4.0, "Most memory the frozen-prefix cache may hold; beyond it, examples are computed as usual.", gt=0
     )
     dropout: float | None = _field(
         None, "Override the model's dropout probabilities (hidden and attention).", ge=0.0, lt=1.0

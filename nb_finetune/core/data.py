@@ -287,6 +287,7 @@ class TokenizedData:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {k: v[i] for k, v in self.features.items()}
+        item["idx"] = i
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
@@ -330,6 +331,9 @@ def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
 
 
+HOST_KEYS = ("num_tokens", "lengths", "idx")
+
+
 class Collator:
     """Pads a list of examples to the longest in the batch (dynamic padding)."""
 
@@ -342,6 +346,8 @@ class Collator:
         longest = max(len(it["input_ids"]) for it in items)
         out: dict[str, Any] = {}
         for key in items[0]:
+            if key == "idx":
+                continue
             if key == "labels":
                 out["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
                 continue
@@ -349,5 +355,9 @@ class Collator:
             out[key] = torch.tensor(
                 [list(it[key]) + [pad] * (longest - len(it[key])) for it in items], dtype=torch.long
             )
-        out["num_tokens"] = sum(len(it["input_ids"]) for it in items)  # host int: no device read needed
+        # host-side bookkeeping (no device read needed): example ids and real lengths
+        out["lengths"] = [len(it["input_ids"]) for it in items]
+        out["num_tokens"] = sum(out["lengths"])
+        if "idx" in items[0]:
+            out["idx"] = [it["idx"] for it in items]
         return out

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, FinetuneError
+from .cache import FrozenPrefixCache, prefix_depth
+from .cache import probe as probe_cache
 from .config import FinetuneConfig, live_fields, parse_interval
-from .data import Collator, TokenizedData, epoch_batches
+from .data import HOST_KEYS, Collator, TokenizedData, epoch_batches
 from .events import (
     CheckpointSaved,
     Command,
@@ -34,6 +36,7 @@ from .events import (
     RunStarted,
     StepEnded,
 )
+from .flops import FlopModel, peak_flops
 from .freezing import LayerMap, apply_freeze, resolve_freeze, set_frozen_eval
 from .runs import ControlFileReader, RunDir, write_json_atomic
 
@@ -466,17 +469,36 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         return path
 
     def evaluate() -> dict[str, float]:
-        nonlocal last_eval_step
+        nonlocal last_eval_step, t_log
+        t0 = time.perf_counter()
         metrics = evaluate_model(
             model, job.eval_data, cfg, collate, device, job.metrics_fn, len(job.label_names), mask_4d
         )
         last_eval_step = step
+        t_log += time.perf_counter() - t0  # throughput counts training time only
         model.train()
         if cfg.frozen_mode.value == "eval":
             set_frozen_eval(model, lm, live.frozen)
         return metrics
 
     mask_4d = probe_4d_mask(model, job.train_data, collate, device)
+    param_dtype = next(accelerator.unwrap_model(model).parameters()).dtype
+    cache_ctl, cache_note = _setup_cache(
+        cfg,
+        accelerator.unwrap_model(model),
+        lm,
+        live.frozen,
+        job.train_data,
+        collate,
+        device,
+        precision,
+        planned_total() / steps_per_epoch,
+    )
+    flop_model = FlopModel(accelerator.unwrap_model(model), lm)
+    flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
+    peak = peak_flops(_device_name(device), precision) if device.type == "cuda" else None
+    flops = flops_at_log = 0.0
+    t_log = time.perf_counter()
     emit(
         RunStarted(
             name=rd.name,
@@ -491,6 +513,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             params_trainable=trainable,
             layers=lm.table(live.frozen),
             start_step=step,
+            cache=cache_note,
         )
     )
     file_ctl = ControlFileReader(rd.path, start_after_seq=int(rd.status().get("last_command") or 0))
@@ -545,6 +568,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     trainable, _ = apply_freeze(accelerator.unwrap_model(model), lm, new)
                     live.frozen = new
                     optimizer = _rebuild_optimizer(accelerator, model, lm, live, fused, optimizer)
+                    if cache_ctl is not None:
+                        cache_ctl.set_depth(prefix_depth(lm, live.frozen))
+                    flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
                     model.train()
                     if cfg.frozen_mode.value == "eval":
                         set_frozen_eval(model, lm, live.frozen)
@@ -559,190 +585,210 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             )
         )
 
-    # ---------------------------------------------------------------- epochs
-    model.train()
-    if cfg.frozen_mode.value == "eval":
-        set_frozen_eval(model, lm, live.frozen)
-    if cfg.eval_at_start and job.eval_data is not None and step == 0:
-        emit(EvalEnded(step=0, epoch=0.0, metrics=evaluate()))
+    try:
+        # ---------------------------------------------------------------- epochs
+        model.train()
+        if cfg.frozen_mode.value == "eval":
+            set_frozen_eval(model, lm, live.frozen)
+        if cfg.eval_at_start and job.eval_data is not None and step == 0:
+            emit(EvalEnded(step=0, epoch=0.0, metrics=evaluate()))
 
-    state, reason = "finished", "completed"
-    step_losses: list = []  # 0-d device tensors, one per optimizer step since the last log point
-    grad_norms: list = []
-    nonfinite = torch.zeros((), dtype=torch.int32, device=device)
-    t_start = t_log = time.perf_counter()
-    samples_at_log, tokens_at_log = samples, tokens
-    last_save_time = time.monotonic()
-    data_gen = torch.Generator()
+        state, reason = "finished", "completed"
+        step_losses: list = []  # 0-d device tensors, one per optimizer step since the last log point
+        grad_norms: list = []
+        nonfinite = torch.zeros((), dtype=torch.int32, device=device)
+        t_start = t_log = time.perf_counter()
+        samples_at_log, tokens_at_log = samples, tokens
+        last_save_time = time.monotonic()
+        data_gen = torch.Generator()
 
-    while step < planned_total() and state == "finished":
-        batches = epoch_batches(job.train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-        data_gen.manual_seed(cfg.seed + epoch)  # DataLoader draws its base seed here, not from the dropout stream
-        loader = DataLoader(
-            job.train_data,
-            batch_sampler=batches[batch_pos:],
-            collate_fn=collate,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            generator=data_gen,
-        )
-        cycle_start, cycle_rng, micro = batch_pos, _rng_state(), 0
-        cycle_loss = None
-        cycle_len = min(cfg.grad_accum, n_batches - batch_pos)
-        for b_idx, batch in enumerate(loader, start=batch_pos):
-            # ---- stop / pause: honoured at every micro-batch
-            now = time.monotonic()
-            if now - last_poll > 0.2:
-                last_poll = now
-                poll_file()
-            if controls.paused and not controls.stop_requested:
-                ack_run_commands(only_flow=True)
-                controls.wait_if_paused(poll=poll_file)
-                ack_run_commands(only_flow=True)
-            if controls.stop_requested:
-                # a stop mid-accumulation discards the partial gradient; the checkpoint is the last optimizer step
-                optimizer.zero_grad(set_to_none=True)
-                ack_run_commands(only_flow=True)
-                for cmd in pending:  # changes that never reached an optimizer step
-                    emit(
-                        ControlApplied(
-                            step=step,
-                            command=cmd.kind,
-                            args=cmd.args,
-                            seq=cmd.seq,
-                            source=cmd.source,
-                            ok=False,
-                            message="not applied: the run stopped first",
-                        )
-                    )
-                pending.clear()
-                state, reason = "stopped", "abort" if controls.abort_event.is_set() else "user"
-                if reason == "user" and controls.stop_save and last_ckpt_step != step:
-                    checkpoint("stop", epoch, cycle_start, cycle_rng)
-                break
-
-            # ---- forward / backward
-            n_tok = batch.pop("num_tokens")
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**(_as_4d_mask(batch) if mask_4d else batch))
-            loss = out.loss / cycle_len
-            accelerator.backward(loss)
-            cycle_loss = loss.detach() if cycle_loss is None else cycle_loss + loss.detach()
-            samples += len(batch["labels"])
-            tokens += n_tok
-            micro += 1
-            if micro < cycle_len:
-                continue
-
-            # ---- optimizer step (no host sync: nothing below reads a device value)
-            total = planned_total()
-            factor = lr_factor(step, total, _warmup_steps(cfg.warmup, total), cfg.scheduler.value)
-            for g in optimizer.param_groups:
-                g["lr"] = live.lr * g.get("lr_mult", 1.0) * factor
-            if live.max_grad_norm is not None:
-                grad_norms.append(accelerator.clip_grad_norm_(model.parameters(), live.max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            nonfinite += (~torch.isfinite(cycle_loss)).int()
-            step_losses.append(cycle_loss)
-            batch_pos = b_idx + 1
-            cur_epoch = epoch + batch_pos / n_batches
-            emit(
-                StepEnded(
-                    step=step,
-                    epoch=cur_epoch,
-                    total_steps=total,
-                    samples=samples,
-                    tokens=tokens,
-                    elapsed=time.perf_counter() - t_start,
-                    lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
-                )
+        while step < planned_total() and state == "finished":
+            batches = epoch_batches(job.train_data.lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+            data_gen.manual_seed(cfg.seed + epoch)  # DataLoader draws its base seed here, not from the dropout stream
+            loader = DataLoader(
+                job.train_data,
+                batch_sampler=batches[batch_pos:],
+                collate_fn=collate,
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+                generator=data_gen,
             )
+            cycle_start, cycle_rng, micro = batch_pos, _rng_state(), 0
+            cycle_loss = None
+            cycle_len = min(cfg.grad_accum, n_batches - batch_pos)
+            for b_idx, batch in enumerate(loader, start=batch_pos):
+                # ---- stop / pause: honoured at every micro-batch
+                now = time.monotonic()
+                if now - last_poll > 0.2:
+                    last_poll = now
+                    poll_file()
+                if controls.paused and not controls.stop_requested:
+                    ack_run_commands(only_flow=True)
+                    controls.wait_if_paused(poll=poll_file)
+                    ack_run_commands(only_flow=True)
+                if controls.stop_requested:
+                    # a stop mid-accumulation discards the partial gradient; the checkpoint is the last optimizer step
+                    optimizer.zero_grad(set_to_none=True)
+                    ack_run_commands(only_flow=True)
+                    for cmd in pending:  # changes that never reached an optimizer step
+                        emit(
+                            ControlApplied(
+                                step=step,
+                                command=cmd.kind,
+                                args=cmd.args,
+                                seq=cmd.seq,
+                                source=cmd.source,
+                                ok=False,
+                                message="not applied: the run stopped first",
+                            )
+                        )
+                    pending.clear()
+                    state, reason = "stopped", "abort" if controls.abort_event.is_set() else "user"
+                    if reason == "user" and controls.stop_save and last_ckpt_step != step:
+                        checkpoint("stop", epoch, cycle_start, cycle_rng)
+                    break
 
-            # ---- log point: the one place device values are read (one transfer for all of them)
-            at_end = step >= planned_total() or batch_pos >= n_batches
-            if step % live.log_every == 0 or at_end:
-                vals = torch.stack(step_losses).float().tolist()
-                norms = torch.stack(grad_norms).float().tolist() if grad_norms else []
-                bad = int(nonfinite.item())
-                now_t = time.perf_counter()
-                dt = max(now_t - t_log, 1e-9)
+                # ---- forward / backward
+                n_tok, idx, lens = batch.pop("num_tokens"), batch.pop("idx"), batch.pop("lengths")
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                width = batch["input_ids"].shape[1]
+                served = 0
+                if cache_ctl is not None:  # replay the frozen prefix from the cache, or capture it
+                    served = cache_ctl.prepare(idx, lens, width, device, param_dtype)
+                flops += flop_model.per_batch(n_tok, width, len(lens), served)
+                out = model(**(_as_4d_mask(batch) if mask_4d else batch))
+                if cache_ctl is not None:
+                    cache_ctl.done()
+                loss = out.loss / cycle_len
+                accelerator.backward(loss)
+                cycle_loss = loss.detach() if cycle_loss is None else cycle_loss + loss.detach()
+                samples += len(batch["labels"])
+                tokens += n_tok
+                micro += 1
+                if micro < cycle_len:
+                    continue
+
+                # ---- optimizer step (no host sync: nothing below reads a device value)
+                total = planned_total()
+                factor = lr_factor(step, total, _warmup_steps(cfg.warmup, total), cfg.scheduler.value)
+                for g in optimizer.param_groups:
+                    g["lr"] = live.lr * g.get("lr_mult", 1.0) * factor
+                if live.max_grad_norm is not None:
+                    grad_norms.append(accelerator.clip_grad_norm_(model.parameters(), live.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                nonfinite += (~torch.isfinite(cycle_loss)).int()
+                step_losses.append(cycle_loss)
+                batch_pos = b_idx + 1
+                cur_epoch = epoch + batch_pos / n_batches
                 emit(
-                    Logged(
+                    StepEnded(
                         step=step,
                         epoch=cur_epoch,
-                        loss=float(np.mean(vals)),
+                        total_steps=total,
+                        samples=samples,
+                        tokens=tokens,
+                        elapsed=time.perf_counter() - t_start,
                         lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
-                        grad_norm=float(np.mean(norms)) if norms else None,
-                        samples_per_s=(samples - samples_at_log) / dt,
-                        tokens_per_s=(tokens - tokens_at_log) / dt,
-                        nonfinite_steps=bad,
-                        losses=vals,
-                        memory_mb=_memory_mb(device),
                     )
                 )
-                step_losses, grad_norms = [], []
-                nonfinite.zero_()
-                t_log, samples_at_log, tokens_at_log = now_t, samples, tokens
 
-            # ---- commands that change the run: between optimizer steps
-            ack_run_commands(only_flow=False)
+                # ---- log point: the one place device values are read (one transfer for all of them)
+                at_end = step >= planned_total() or batch_pos >= n_batches
+                if step % live.log_every == 0 or at_end:
+                    parts = [torch.stack(step_losses).float(), nonfinite.float()[None]]
+                    if grad_norms:
+                        parts.append(torch.stack(grad_norms).float())
+                    read = torch.cat(parts).tolist()  # the one device->host transfer of this log point
+                    vals, bad, norms = (
+                        read[: len(step_losses)],
+                        int(read[len(step_losses)]),
+                        read[len(step_losses) + 1 :],
+                    )
+                    now_t = time.perf_counter()
+                    dt = max(now_t - t_log, 1e-9)
+                    tflops = (flops - flops_at_log) / dt / 1e12
+                    emit(
+                        Logged(
+                            step=step,
+                            epoch=cur_epoch,
+                            loss=float(np.mean(vals)),
+                            lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
+                            grad_norm=float(np.mean(norms)) if norms else None,
+                            samples_per_s=(samples - samples_at_log) / dt,
+                            tokens_per_s=(tokens - tokens_at_log) / dt,
+                            nonfinite_steps=bad,
+                            losses=vals,
+                            memory_mb=_memory_mb(device),
+                            tflops=tflops,
+                            mfu=tflops * 1e12 / peak if peak else None,
+                        )
+                    )
+                    step_losses, grad_norms = [], []
+                    nonfinite.zero_()
+                    t_log, samples_at_log, tokens_at_log, flops_at_log = now_t, samples, tokens, flops
 
-            # ---- eval / checkpoint / early stopping
-            epoch_end = batch_pos >= n_batches
-            do_eval = job.eval_data is not None and _due(live.eval_every, step, epoch_end, None)
-            if step >= planned_total() and job.eval_data is not None and live.eval_every is not None:
-                do_eval = True
-            new_best = False
-            if do_eval:
-                metrics = evaluate()
-                value = metrics.get(metric_name)
-                if value is not None and (
-                    best_metric is None or _improved(value, best_metric, higher_better, cfg.early_stopping)
-                ):
-                    best_metric, best_step, bad_evals, new_best = value, step, 0, True
-                else:
-                    bad_evals += 1
-                emit(EvalEnded(step=step, epoch=cur_epoch, metrics=metrics, is_best=new_best))
-            since = time.monotonic() - last_save_time
-            if _due(live.save_every, step, epoch_end, since) or (new_best and cfg.early_stopping is not None):
-                checkpoint(
-                    "epoch" if epoch_end and live.save_every == "epoch" else "interval",
-                    *position_after(epoch, batch_pos, n_batches),
-                )
-                last_save_time = time.monotonic()
-            elif new_best and last_ckpt_step == step:
-                write_json_atomic(
-                    rd.checkpoints_dir / "best.json",
-                    {"checkpoint": f"step-{step:06d}", "metric": metric_name, "value": best_metric},
-                )
-            if cfg.early_stopping is not None and bad_evals >= cfg.early_stopping.patience:
-                state, reason = "finished", "early_stopping"
+                # ---- commands that change the run: between optimizer steps
+                ack_run_commands(only_flow=False)
+
+                # ---- eval / checkpoint / early stopping
+                epoch_end = batch_pos >= n_batches
+                do_eval = job.eval_data is not None and _due(live.eval_every, step, epoch_end, None)
+                if step >= planned_total() and job.eval_data is not None and live.eval_every is not None:
+                    do_eval = True
+                new_best = False
+                if do_eval:
+                    metrics = evaluate()
+                    value = metrics.get(metric_name)
+                    if value is not None and (
+                        best_metric is None or _improved(value, best_metric, higher_better, cfg.early_stopping)
+                    ):
+                        best_metric, best_step, bad_evals, new_best = value, step, 0, True
+                    else:
+                        bad_evals += 1
+                    emit(EvalEnded(step=step, epoch=cur_epoch, metrics=metrics, is_best=new_best))
+                since = time.monotonic() - last_save_time
+                if _due(live.save_every, step, epoch_end, since) or (new_best and cfg.early_stopping is not None):
+                    checkpoint(
+                        "epoch" if epoch_end and live.save_every == "epoch" else "interval",
+                        *position_after(epoch, batch_pos, n_batches),
+                    )
+                    last_save_time = time.monotonic()
+                elif new_best and last_ckpt_step == step:
+                    write_json_atomic(
+                        rd.checkpoints_dir / "best.json",
+                        {"checkpoint": f"step-{step:06d}", "metric": metric_name, "value": best_metric},
+                    )
+                if cfg.early_stopping is not None and bad_evals >= cfg.early_stopping.patience:
+                    state, reason = "finished", "early_stopping"
+                    break
+                if step >= planned_total():
+                    break
+                # next accumulation cycle
+                cycle_start, cycle_rng, micro, cycle_loss = batch_pos, _rng_state(), 0, None
+                cycle_len = min(cfg.grad_accum, n_batches - batch_pos)
+            else:
+                epoch, batch_pos = epoch + 1, 0
+                continue
+            if reason == "early_stopping":
                 break
-            if step >= planned_total():
-                break
-            # next accumulation cycle
-            cycle_start, cycle_rng, micro, cycle_loss = batch_pos, _rng_state(), 0, None
-            cycle_len = min(cfg.grad_accum, n_batches - batch_pos)
-        else:
-            epoch, batch_pos = epoch + 1, 0
-            continue
+            if state == "finished" and batch_pos >= n_batches:
+                epoch, batch_pos = epoch + 1, 0
+
+        # ---------------------------------------------------------------- finish
         if reason == "early_stopping":
-            break
-        if state == "finished" and batch_pos >= n_batches:
-            epoch, batch_pos = epoch + 1, 0
-
-    # ---------------------------------------------------------------- finish
-    if reason == "early_stopping":
-        best = rd.best_checkpoint()
-        if best is not None:
-            load_checkpoint(best, accelerator.unwrap_model(model), device)
-    elif state == "finished" and last_ckpt_step != step:
-        checkpoint("final", *position_after(epoch, batch_pos, n_batches))
-    model.eval()
-    best_ck = rd.best_checkpoint()
-    return RunResult(state, reason, step, best_metric, str(best_ck) if best_ck else None)
+            best = rd.best_checkpoint()
+            if best is not None:
+                load_checkpoint(best, accelerator.unwrap_model(model), device)
+        elif state == "finished" and last_ckpt_step != step:
+            checkpoint("final", *position_after(epoch, batch_pos, n_batches))
+        model.eval()
+        best_ck = rd.best_checkpoint()
+        return RunResult(state, reason, step, best_metric, str(best_ck) if best_ck else None)
+    finally:
+        if cache_ctl is not None:
+            cache_ctl.remove()  # the user's model gets its own forward methods back
 
 
 def _as_4d_mask(batch: dict[str, Any]) -> dict[str, Any]:
@@ -771,7 +817,8 @@ def probe_4d_mask(model, data: TokenizedData, collate, device) -> bool:
     if data.lengths[short] == data.lengths[long_]:
         return False
     batch = collate([data[short], data[long_]])
-    batch.pop("num_tokens")
+    for key in HOST_KEYS:
+        batch.pop(key, None)
     batch.pop("labels", None)
     batch = {k: v.to(device) for k, v in batch.items()}
     was_training = model.training
@@ -785,6 +832,40 @@ def probe_4d_mask(model, data: TokenizedData, collate, device) -> bool:
         return False
     finally:
         model.train(was_training)
+
+
+def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, planned_epochs):
+    """The frozen-prefix cache for this run, or None, and a line saying which and why."""
+    import torch
+
+    mode = cfg.cache_frozen.value
+    if mode == "off":
+        return None, "off (cache_frozen: off)"
+    if cfg.frozen_mode.value != "eval":
+        return None, "off (frozen_mode: train makes the frozen prefix random)"
+    if mode == "auto" and planned_epochs <= 1:
+        return None, "off (a single pass over the data: nothing to reuse)"
+    if lm.num_blocks < 1 or len(data) < 2:
+        return None, "off (no blocks to skip)"
+    store_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    order = np.argsort(data.lengths, kind="stable")
+    pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    batch = collate([data[i] for i in pick])
+    for key in (*HOST_KEYS, "labels"):
+        batch.pop(key, None)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    probe_depth = max(1, min(prefix_depth(lm, frozen), lm.num_blocks))
+    if not probe_cache(model, lm, probe_depth, batch, store_dtype):
+        return None, "off (this model's structure does not allow replaying its prefix exactly)"
+    max_bytes = int(cfg.cache_max_gb * 2**30)
+    store_device = torch.device("cpu")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if max_bytes < 0.3 * free:
+            store_device = device
+    ctl = FrozenPrefixCache(model, lm, prefix_depth(lm, frozen), store_dtype, store_device, max_bytes)
+    ctl.install()
+    return ctl, ctl.describe()
 
 
 def _device_type() -> str:
@@ -888,7 +969,8 @@ def evaluate_model(
     with torch.inference_mode():
         for i in range(0, len(order), bs):
             batch = collate([data[int(j)] for j in order[i : i + bs]])
-            batch.pop("num_tokens")
+            for key in HOST_KEYS:
+                batch.pop(key, None)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             out = model(**(_as_4d_mask(batch) if mask_4d else batch))
             k = len(batch["labels"])

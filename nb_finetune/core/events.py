@@ -55,6 +55,7 @@ class RunStarted(Event):
     params_trainable: int
     layers: list[dict[str, Any]]
     start_step: int = 0
+    cache: str = "off"  # frozen-prefix activation cache: "on (...)" or "off (why)"
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Logged(Event):
     nonfinite_steps: int = 0
     losses: list[float] = field(default_factory=list)  # one per optimizer step since the last log point
     memory_mb: float | None = None
+    tflops: float | None = None  # executed training FLOP/s since the last log point (see core/flops.py), in 1e12
+    mfu: float | None = None  # tflops over the device's peak, when the peak is known
 
 
 @dataclass

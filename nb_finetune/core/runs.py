@@ -356,6 +356,8 @@ class RegistryCallback:
                     "nonfinite_steps": e.nonfinite_steps,
                     "losses": e.losses,
                     "memory_mb": e.memory_mb,
+                    "tflops": e.tflops,
+                    "mfu": e.mfu,
                 }
             )
             rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)

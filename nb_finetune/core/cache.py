@@ -1,0 +1,313 @@
+"""Frozen-prefix activation cache.
+
+Frozen blocks run in eval mode (no dropout, fixed normalisation statistics), so the output of the frozen
+prefix — embeddings and blocks 0..k-1 — is a pure function of the example. The first pass over the data
+stores it (non-pad tokens only); later passes skip the prefix: the embeddings module returns the stored
+hidden states and the frozen blocks pass them through untouched, so block k receives exactly what it would
+have computed. Whether that holds for a given model is checked once at start-up on real examples (`probe`),
+not assumed: a model whose structure does not fit simply trains without the cache.
+
+When freezing goes deeper (k -> k' > k) the stored level-k states still feed blocks k..k'-1, which now run
+frozen, and the new level-k' states are captured on the way; when freezing gets shallower the prefix weights
+may change later, so everything is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PrefixCache", "PrefixRunner"]
+
+
+class PrefixCache:
+    """Per-example hidden states of one depth, non-pad tokens only, on the host (or the device), size-bounded."""
+
+    def __init__(self, depth: int, dtype, device, max_bytes: int):
+        self.depth = depth
+        self.dtype = dtype
+        self.device = device
+        self.max_bytes = max_bytes
+        self.rows: dict[int, Any] = {}
+        self.nbytes = 0
+        self.full = False  # the budget ran out: some examples are not cached
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def has(self, indices) -> bool:
+        rows = self.rows
+        return all(i in rows for i in indices)
+
+    def put(self, indices, lengths, hidden) -> None:
+        """Store rows of `hidden` (B, L, H): a device-side copy, no host read of its values."""
+        import torch
+
+        h = hidden.detach()
+        per_token = h.shape[-1] * torch.empty((), dtype=self.dtype).element_size()
+        for row, (i, n) in enumerate(zip(indices, lengths)):
+            if i in self.rows:
+                continue
+            size = int(n) * per_token
+            if self.nbytes + size > self.max_bytes:
+                self.full = True
+                continue
+            piece = h[row, : int(n)].to(self.dtype)
+            if piece.device != self.device:
+                dst = torch.empty(
+                    piece.shape,
+                    dtype=self.dtype,
+                    device=self.device,
+                    pin_memory=self.device.type == "cpu" and piece.device.type == "cuda",
+                )
+                dst.copy_(piece, non_blocking=True)
+                piece = dst
+            else:
+                piece = piece.clone()
+            self.rows[i] = piece
+            self.nbytes += size
+
+    def get(self, indices, width: int, device, dtype):
+        """(B, width, H) batch of stored rows, zero-padded on the right (pad positions are masked anyway)."""
+        import torch
+
+        first = self.rows[indices[0]]
+        out = torch.zeros((len(indices), width, first.shape[-1]), dtype=self.dtype, device=self.device)
+        for row, i in enumerate(indices):
+            r = self.rows[i]
+            out[row, : r.shape[0]] = r
+        return out.to(device=device, dtype=dtype, non_blocking=True)
+
+
+class PrefixRunner:
+    """Hooks that let one forward pass either capture the prefix output or replace the prefix by the cache.
+
+    Modes per forward: `None` (plain forward), `capture` (plain forward, the output of block `capture_depth-1`
+    goes into `target`), `replay` (embeddings return the cached states of depth `inject_depth`, blocks below it
+    pass them through; blocks `inject_depth..capture_depth-1` run, and their output is captured when
+    `target` is set).
+    """
+
+    def __init__(self, model, layer_map):
+        self.model = model
+        modules = dict(model.named_modules())
+        emb = [g for g in layer_map.groups if g.kind == "embeddings"]
+        self.embeddings = [modules[m] for m in emb[0].module_names] if emb else []
+        self.blocks = [modules[g.module_names[0]] for g in layer_map.groups if g.kind == "block"]
+        self.inject_depth = 0
+        self.inject_states = None
+        self.capture_depth = 0
+        self.target: PrefixCache | None = None
+        self.batch_indices: list[int] = []
+        self.batch_lengths: list[int] = []
+        self.block_calls = [0] * len(self.blocks)  # real forward passes per block (tests read this)
+        self.embedding_calls = 0
+        self._out_format: tuple | None = None
+        self._saved: list[tuple[Any, Any]] = []
+        self._handles = []
+        self.installed = False
+
+    # ------------------------------------------------------------ install / remove
+    def install(self) -> None:
+        if self.installed or len(self.embeddings) != 1:
+            return
+        emb = self.embeddings[0]
+        orig_emb = emb.forward
+
+        def emb_forward(*args, **kwargs):
+            if self.inject_depth > 0 and self.inject_states is not None:
+                return self.inject_states
+            self.embedding_calls += 1
+            return orig_emb(*args, **kwargs)
+
+        self._saved.append((emb, orig_emb))
+        emb.forward = emb_forward
+        for idx, block in enumerate(self.blocks):
+            orig = block.forward
+
+            def block_forward(*args, _orig=orig, _idx=idx, **kwargs):
+                if _idx < self.inject_depth and self.inject_states is not None:
+                    hs = args[0] if args else kwargs.get("hidden_states")
+                    return self._like_output(hs)
+                self.block_calls[_idx] += 1
+                out = _orig(*args, **kwargs)
+                if self._out_format is None:
+                    self._out_format = ("tensor",) if not isinstance(out, tuple) else ("tuple", len(out))
+                if self.target is not None and _idx == self.capture_depth - 1:
+                    hidden = out if not isinstance(out, tuple) else out[0]
+                    self.target.put(self.batch_indices, self.batch_lengths, hidden)
+                return out
+
+            self._saved.append((block, orig))
+            block.forward = block_forward
+        self.installed = True
+
+    def remove(self) -> None:
+        for mod, orig in self._saved:
+            mod.forward = orig
+        self._saved.clear()
+        self.installed = False
+
+    def _like_output(self, hs):
+        fmt = self._out_format or ("tensor",)
+        return hs if fmt[0] == "tensor" else (hs,) + (None,) * (fmt[1] - 1)
+
+    # ------------------------------------------------------------ per batch
+    def set_batch(
+        self,
+        indices,
+        lengths,
+        *,
+        inject: PrefixCache | None,
+        width: int,
+        device,
+        dtype,
+        target: PrefixCache | None,
+        capture_depth: int,
+    ) -> None:
+        self.batch_indices, self.batch_lengths = indices, lengths
+        if inject is not None:
+            self.inject_depth = inject.depth
+            self.inject_states = inject.get(indices, width, device, dtype)
+        else:
+            self.inject_depth, self.inject_states = 0, None
+        self.target = target
+        self.capture_depth = capture_depth
+
+    def clear_batch(self) -> None:
+        self.inject_depth, self.inject_states, self.target = 0, None, None
+
+
+def prefix_depth(layer_map, frozen: set[str]) -> int:
+    """How many blocks, from the bottom, form a frozen prefix together with frozen embeddings (0: none)."""
+    if "embeddings" not in frozen:
+        return 0
+    k = 0
+    for g in layer_map.groups:
+        if g.kind != "block":
+            continue
+        if g.name not in frozen:
+            break
+        k += 1
+    return k
+
+
+class FrozenPrefixCache:
+    """Decides per batch whether to capture, replay or both, and keeps the stores in step with freezing."""
+
+    def __init__(self, model, layer_map, depth: int, store_dtype, store_device, max_bytes: int):
+        self.runner = PrefixRunner(model, layer_map)
+        self.store_dtype, self.store_device, self.max_bytes = store_dtype, store_device, max_bytes
+        self.depth = depth
+        self.current = self._new(depth)
+        self.source: PrefixCache | None = None
+        self.replayed = 0  # micro-batches that skipped the prefix
+        self.captured = 0
+
+    def _new(self, depth: int) -> PrefixCache | None:
+        return PrefixCache(depth, self.store_dtype, self.store_device, self.max_bytes) if depth > 0 else None
+
+    def install(self) -> None:
+        self.runner.install()
+
+    def remove(self) -> None:
+        self.runner.remove()
+
+    def prepare(self, indices, lengths, width: int, device, dtype) -> int:
+        """Set the hooks for this batch; returns how many blocks the batch skips (0: the whole prefix runs)."""
+        cur, src = self.current, self.source
+        if cur is None:
+            self.runner.clear_batch()
+            return 0
+        if cur.has(indices):  # replay: skip the whole frozen prefix
+            inject, target = cur, None
+            self.replayed += 1
+        elif src is not None and src.has(indices):  # freezing went deeper: replay the old level, capture the new
+            inject, target = src, cur
+            self.captured += 1
+        else:  # first pass: compute the prefix and capture its output
+            inject, target = None, cur
+            self.captured += 1
+        self.runner.set_batch(
+            indices,
+            lengths,
+            inject=inject,
+            width=width,
+            device=device,
+            dtype=dtype,
+            target=target,
+            capture_depth=self.depth,
+        )
+        return inject.depth if inject is not None else 0
+
+    def done(self) -> None:
+        self.runner.clear_batch()
+
+    def set_depth(self, depth: int) -> None:
+        """Freezing changed. Deeper: the old states feed the newly frozen blocks. Shallower: drop everything."""
+        if depth == self.depth:
+            return
+        if depth > self.depth and self.current is not None and len(self.current):
+            self.source = self.current
+        else:
+            self.source = None
+        self.depth = depth
+        self.current = self._new(depth)
+
+    def describe(self) -> str:
+        cur = self.current
+        if cur is None:
+            return "off (no frozen prefix)"
+        return (
+            f"on (depth {self.depth}, {len(cur)} examples, {cur.nbytes / 2**20:.0f} MiB{', full' if cur.full else ''})"
+        )
+
+
+def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
+    """Check on a real batch that replaying the captured prefix output gives the model's own logits."""
+    import torch
+
+    if depth <= 0 or not any(g.kind == "embeddings" for g in layer_map.groups):
+        return False
+    runner = PrefixRunner(model, layer_map)
+    if len(runner.embeddings) != 1:
+        return False
+    lengths = (
+        batch["attention_mask"].sum(-1).tolist()
+        if "attention_mask" in batch
+        else [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
+    )
+    indices = list(range(len(lengths)))
+    device = batch["input_ids"].device
+    dtype = next(model.parameters()).dtype
+    tmp = PrefixCache(depth, store_dtype, device, 1 << 40)
+    was_training = model.training
+    model.eval()
+    runner.install()
+    try:
+        with torch.inference_mode():
+            runner.set_batch(
+                indices, lengths, inject=None, width=0, device=device, dtype=dtype, target=tmp, capture_depth=depth
+            )
+            ref = model(**batch).logits.float()
+            if not tmp.has(indices):
+                return False
+            runner.set_batch(
+                indices,
+                lengths,
+                inject=tmp,
+                width=batch["input_ids"].shape[1],
+                device=device,
+                dtype=dtype,
+                target=None,
+                capture_depth=depth,
+            )
+            calls = list(runner.block_calls)
+            alt = model(**batch).logits.float()
+            skipped = runner.block_calls[:depth] == calls[:depth]
+        tol = 1e-5 if store_dtype == torch.float32 else 3e-2
+        return bool(skipped and torch.allclose(ref, alt, atol=tol, rtol=tol))
+    except Exception:  # noqa: BLE001 - a model this does not fit trains without the cache
+        return False
+    finally:
+        runner.remove()
+        model.train(was_training)
