@@ -256,6 +256,11 @@ class Run:
         return list(self._prep.label_names)
 
     @property
+    def timings(self) -> dict[str, float]:
+        """Seconds (wall and CPU) of set-up, the training loop and the finish, once the run has ended."""
+        return dict(self._result.timings) if self._result is not None else {}
+
+    @property
     def checkpoints(self) -> list[Path]:
         return self._run_dir.checkpoints()
 

@@ -69,6 +69,7 @@ class RunResult:
     best_metric: float | None = None
     best_checkpoint: str | None = None
     error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # setup_s, loop_s, finish_s and their *_cpu_s
 
 
 @dataclass
@@ -371,6 +372,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     from torch.utils.data import DataLoader
 
     cfg, lm, rd = job.config, job.layer_map, job.run_dir
+    t_setup, c_setup = time.perf_counter(), time.process_time()
     emit = _emitter(list(callbacks))
     accelerator = _make_accelerator(resolve_precision(cfg.precision.value, _device_type()))
     device = accelerator.device
@@ -597,7 +599,8 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         step_losses: list = []  # 0-d device tensors, one per optimizer step since the last log point
         grad_norms: list = []
         nonfinite = torch.zeros((), dtype=torch.int32, device=device)
-        t_start = t_log = time.perf_counter()
+        t_start = t_log = t_last_step = time.perf_counter()
+        c_start = c_last_step = time.process_time()
         samples_at_log, tokens_at_log = samples, tokens
         last_save_time = time.monotonic()
         data_gen = torch.Generator()
@@ -678,6 +681,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                t_last_step, c_last_step = time.perf_counter(), time.process_time()
                 nonfinite += (~torch.isfinite(cycle_loss)).int()
                 step_losses.append(cycle_loss)
                 batch_pos = b_idx + 1
@@ -785,7 +789,15 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             checkpoint("final", *position_after(epoch, batch_pos, n_batches))
         model.eval()
         best_ck = rd.best_checkpoint()
-        return RunResult(state, reason, step, best_metric, str(best_ck) if best_ck else None)
+        timings = {
+            "setup_s": t_start - t_setup,
+            "setup_cpu_s": c_start - c_setup,
+            "loop_s": t_last_step - t_start,
+            "loop_cpu_s": c_last_step - c_start,
+            "finish_s": time.perf_counter() - t_last_step,
+            "finish_cpu_s": time.process_time() - c_last_step,
+        }
+        return RunResult(state, reason, step, best_metric, str(best_ck) if best_ck else None, timings=timings)
     finally:
         if cache_ctl is not None:
             cache_ctl.remove()  # the user's model gets its own forward methods back

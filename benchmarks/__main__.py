@@ -1,0 +1,192 @@
+"""Side-by-side benchmark: HF Trainer (plain and tuned), a plain Accelerate loop, and nb_finetune.
+
+    python -m benchmarks            # full: 1,024 examples x 3 epochs, k in {0, L/2, 2L/3}, 4 arms, 3 repetitions
+    python -m benchmarks --quick    # reduced: 512 examples, k in {0, 2L/3}, 2 repetitions (under 10 min, 2 cores)
+    python -m benchmarks --table benchmarks/results/cpu-quick.json   # print the table of saved raw results
+
+Each arm runs in a fresh process; arms are interleaved (A B C D A B C D ...) and medians are reported. The raw
+measurements go to a JSON file; the table and the summary line are computed from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .common import ROOT, Spec, flop_bound, prepare
+
+ARMS = ("B0", "B1", "B2", "N")
+NAMES = {
+    "B0": "HF Trainer, padded to max_length",
+    "B1": "HF Trainer, tuned",
+    "B2": "Accelerate loop",
+    "N": "nb_finetune",
+}
+
+
+def _plan(spec: Spec, quick: bool) -> list[tuple[int, str]]:
+    L = spec.layers
+    half, two_thirds = L // 2, (2 * L) // 3
+    if quick:
+        return [(0, a) for a in ARMS] + [(two_thirds, a) for a in ("B1", "N")]
+    return [(k, a) for k in (0, half, two_thirds) for a in ARMS]
+
+
+def run_all(spec: Spec, quick: bool, reps: int, out: Path) -> dict:
+    prepare(spec)
+    plan = _plan(spec, quick)
+    runs = []
+    tmp = Path(tempfile.mkdtemp())
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NB_FINETUNE_INDEX_DIR": str(tmp / "index"),
+    }
+    t0 = time.time()
+    for rep in range(reps):
+        for k, arm in plan:  # interleaved: every repetition runs every arm once, in the same order
+            s = Spec(**{**asdict(spec), "k": k})
+            spec_file, res_file = tmp / f"spec-{k}.json", tmp / f"{arm}-{k}-{rep}.json"
+            spec_file.write_text(s.to_json())
+            started = time.time()
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.arms", arm, str(spec_file), str(res_file)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"arm {arm} (k={k}) failed")
+            res = json.loads(res_file.read_text())
+            res["rep"] = rep
+            runs.append(res)
+            print(
+                f"[{time.time() - t0:6.0f}s] rep {rep} k={k} {arm:<2} wall {res['wall_s']:6.1f}s "
+                f"({time.time() - started:.0f}s with start-up)",
+                file=sys.stderr,
+                flush=True,
+            )
+    doc = {
+        "spec": asdict(spec),
+        "quick": quick,
+        "reps": reps,
+        "machine": _machine(),
+        "runs": runs,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def _machine() -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def summarize(doc: dict) -> tuple[str, str]:
+    """The table and the one summary line, from the raw results alone."""
+    spec = doc["spec"]
+    L, E = spec["layers"], spec["epochs"]
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["k"], r["arm"]), []).append(r)
+
+    def med(k, arm, key):
+        vals = [r[key] for r in groups.get((k, arm), []) if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    lines = [
+        f"workload: BERT {L}x{spec['hidden']} (from a config) on {spec['n_train']:,} movie-review sentences x {E} "
+        f"epochs, batch {spec['batch_size']}, max_length {spec['max_length']}, fp32; "
+        f"{doc['reps']} repetitions, medians; {doc['machine'].get('gpu') or str(doc['machine']['cpu_count']) + ' CPU cores'}",
+        "",
+        "| k | arm | wall s | CPU s | samples/s | real tokens/s | peak RSS MB | syncs/100 steps | train loss | accuracy | speed-up of N |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ks = sorted({k for k, _ in groups})
+    summary = {}
+    for k in ks:
+        n_wall = med(k, "N", "wall_s")
+        for arm in ARMS:
+            if (k, arm) not in groups:
+                continue
+            wall = med(k, arm, "wall_s")
+            ratio = ""
+            if arm != "N" and n_wall:
+                ratio = f"N/{arm} {wall / n_wall:.2f}x"
+                if arm == "B1" and k > 0:
+                    ratio += f" (bound {flop_bound(L, k, E):.2f}x)"
+                summary[(k, arm)] = wall / n_wall
+            cache = groups[(k, arm)][0].get("cache")
+            name = NAMES[arm] + (f" [cache {cache.split(' ')[0]}]" if cache and k > 0 else "")
+            lines.append(
+                f"| {k} | {arm} {name} | {wall:.1f} | {med(k, arm, 'cpu_s'):.1f} | {med(k, arm, 'samples_per_s'):.1f} | "
+                f"{med(k, arm, 'tokens_per_s'):,.0f} | {med(k, arm, 'peak_rss_mb'):,.0f} | "
+                f"{med(k, arm, 'syncs_per_100_steps'):.0f} | {med(k, arm, 'train_loss'):.4f} | "
+                f"{med(k, arm, 'accuracy'):.3f} | {ratio} |"
+            )
+    deep = max(ks) if ks else 0
+    parts = []
+    if (0, "B1") in summary:
+        parts.append(f"N/B1 k=0: {summary[(0, 'B1')]:.2f}x")
+    if deep > 0 and (deep, "B1") in summary:
+        parts.append(f"k=2L/3 cached: {summary[(deep, 'B1')]:.2f}x (bound {flop_bound(L, deep, E):.2f}x)")
+    return "\n".join(lines), " | ".join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="reduced run, under 10 minutes on a 2-core CPU")
+    p.add_argument("--reps", type=int, help="repetitions (default: 3, quick: 2)")
+    p.add_argument("--out", type=Path, help="raw results JSON (default: benchmarks/results/cpu[-quick].json)")
+    p.add_argument("--table", type=Path, help="only print the table of an existing raw results file")
+    p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".work"))
+    args = p.parse_args(argv)
+    if args.table:
+        doc = json.loads(args.table.read_text())
+    else:
+        spec = Spec(work_dir=args.work_dir, n_train=512 if args.quick else 1024)
+        reps = args.reps or (2 if args.quick else 3)
+        out = args.out or ROOT / "benchmarks" / "results" / f"cpu{'-quick' if args.quick else ''}.json"
+        doc = run_all(spec, args.quick, reps, out)
+        print(f"raw results: {out}")
+    table, line = summarize(doc)
+    print(table)
+    print()
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
