@@ -41,8 +41,8 @@ def _losses(run):
     return run.history["loss"].dropna().tolist()
 
 
-def _run(tiny_config, cache, extra_callbacks=(), **kw):
-    counter = PrefixCounter()
+def _run(tiny_config, cache, extra_callbacks=(), counter=None, **kw):
+    counter = counter or PrefixCounter()
     cfg = {
         **tiny_config,
         "freeze": "bottom 1",
@@ -85,27 +85,14 @@ def test_auto_is_off_for_a_single_epoch_and_for_frozen_mode_train(tiny_config):
 
 
 def test_freezing_deeper_reuses_the_cache(tiny_config):
-    holder = {}
+    counter = PrefixCounter()
 
     class FreezeMore:
         def on_event(self, e):
             if isinstance(e, StepEnded) and e.epoch == 1.0:
-                holder["run"].freeze("bottom 2")
+                counter.run.freeze("bottom 2")
 
-    counter = PrefixCounter()
-    cfg = {
-        **tiny_config,
-        "freeze": "bottom 1",
-        "epochs": 3,
-        "eval_every": None,
-        "save_every": None,
-        "precision": "fp32",
-        "cache_frozen": "on",
-    }
-    run = finetune(cfg, callbacks=[counter, FreezeMore()])
-    counter.run = holder["run"] = run
-    run.wait(timeout=180)
-    assert run.status == "finished", run.error
+    _run(tiny_config, "on", extra_callbacks=[FreezeMore()], counter=counter)
     c = counter.calls
     # epoch 2: level-1 states replayed (embeddings and block 0 skipped), block 1 computed once and captured
     assert c.get((1, "embeddings"), 0) == 0 and c.get((1, "blocks.0"), 0) == 0 and c[(1, "blocks.1")] > 0
