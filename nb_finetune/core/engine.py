@@ -506,6 +506,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
     peak = peak_flops(_device_name(device), precision) if device.type == "cuda" else None
     flops = flops_at_log = 0.0
+    padded = padded_at_log = 0  # tokens including padding, to report the share of work spent on padding
     t_log = time.perf_counter()
     emit(
         RunStarted(
@@ -665,6 +666,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 if cache_ctl is not None:  # replay the frozen prefix from the cache, or capture it
                     served = cache_ctl.prepare(idx, lens, width, device, param_dtype)
                 flops += flop_model.per_batch(n_tok, width, len(lens), served)
+                padded += width * len(lens)
                 out = model(**(_as_4d_mask(batch) if mask_4d else batch))
                 if cache_ctl is not None:
                     cache_ctl.done()
@@ -733,11 +735,13 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                             memory_mb=_memory_mb(device),
                             tflops=tflops,
                             mfu=tflops * 1e12 / peak if peak else None,
+                            padding=1 - (tokens - tokens_at_log) / max(padded - padded_at_log, 1),
                         )
                     )
                     step_losses, grad_norms = [], []
                     nonfinite.zero_()
                     t_log, samples_at_log, tokens_at_log, flops_at_log = now_t, samples, tokens, flops
+                    padded_at_log = padded
 
                 # ---- commands that change the run: between optimizer steps
                 ack_run_commands(only_flow=False)

@@ -87,6 +87,7 @@ class Logged(Event):
     memory_mb: float | None = None
     tflops: float | None = None  # executed training FLOP/s since the last log point (see core/flops.py), in 1e12
     mfu: float | None = None  # tflops over the device's peak, when the peak is known
+    padding: float | None = None  # share of the processed tokens that were padding, since the last log point
 
 
 @dataclass

@@ -358,6 +358,7 @@ class RegistryCallback:
                     "memory_mb": e.memory_mb,
                     "tflops": e.tflops,
                     "mfu": e.mfu,
+                    "padding": e.padding,
                 }
             )
             rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)

@@ -42,6 +42,7 @@ class ProgressView:
         self.start_step = 0
         self.metrics: dict[str, float] = {}
         self.note = ""
+        self.cache = ""
         self.renders = 0
         self._dirty = True
         self._last_render = 0.0
@@ -57,6 +58,7 @@ class ProgressView:
             self.metrics = dict(e.metrics)
         elif isinstance(e, RunStarted):
             self.state, self.total, self.step, self.start_step = "training", e.total_steps, e.start_step, e.start_step
+            self.cache = e.cache if e.cache.startswith("on") else ""
         elif isinstance(e, ControlApplied):
             self.note = f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step}" + (
                 f": {e.message}" if e.message else ""
@@ -87,6 +89,8 @@ class ProgressView:
             rate = (self.step - self.start_step) / max(self.elapsed, 1e-9)
             parts.append(f"ETA {_fmt_time((self.total - self.step) / rate)}")
         line = " | ".join(parts)
+        if self.cache:
+            line += f" | frozen-prefix cache {self.cache.split(' (')[0]}"
         if self.metrics:
             line += "\n" + "eval: " + ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in self.metrics.items())
         if self.error:
