@@ -14,68 +14,120 @@ may change later, so everything is dropped.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Any
 
 __all__ = ["PrefixCache", "PrefixRunner"]
 
 
 class PrefixCache:
-    """Per-example hidden states of one depth, non-pad tokens only, on the host (or the device), size-bounded."""
+    """Per-example hidden states of one depth, non-pad tokens only, size-bounded.
 
-    def __init__(self, depth: int, dtype, device, max_bytes: int):
+    Rows live in memory (the training device, or host memory) up to `max_bytes`; past that they spill into a file
+    under `spill_dir` up to `spill_bytes` (written with a host copy: the slow path), and past that examples are
+    simply not cached (their batches compute the prefix as usual).
+    """
+
+    def __init__(self, depth: int, dtype, device, max_bytes: int, spill_dir=None, spill_bytes: int = 0):
         self.depth = depth
         self.dtype = dtype
         self.device = device
         self.max_bytes = max_bytes
         self.rows: dict[int, Any] = {}
+        self.disk_rows: dict[int, tuple[int, int]] = {}  # example -> (offset, tokens) in the spill file
         self.nbytes = 0
-        self.full = False  # the budget ran out: some examples are not cached
+        self.disk_bytes = 0
+        self.spill_bytes = spill_bytes if spill_dir is not None else 0
+        self.spill_path = None if spill_dir is None else Path(spill_dir) / f"prefix-depth{depth}-{id(self):x}.bin"
+        self._fd: int | None = None
+        self.hidden = 0
+        self.full = False  # both budgets ran out: some examples are not cached
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self.disk_rows)
 
     def has(self, indices) -> bool:
-        rows = self.rows
-        return all(i in rows for i in indices)
+        rows, disk = self.rows, self.disk_rows
+        return all(i in rows or i in disk for i in indices)
 
     def put(self, indices, lengths, hidden) -> None:
-        """Store rows of `hidden` (B, L, H): a device-side copy, no host read of its values."""
+        """Store rows of `hidden` (B, L, H): a device-side copy, no host read of its values (until spilling)."""
         import torch
 
         h = hidden.detach()
+        self.hidden = h.shape[-1]
         per_token = h.shape[-1] * torch.empty((), dtype=self.dtype).element_size()
         for row, (i, n) in enumerate(zip(indices, lengths)):
-            if i in self.rows:
+            if i in self.rows or i in self.disk_rows:
                 continue
             size = int(n) * per_token
-            if self.nbytes + size > self.max_bytes:
-                self.full = True
-                continue
             piece = h[row, : int(n)].to(self.dtype)
-            if piece.device != self.device:
-                dst = torch.empty(
-                    piece.shape,
-                    dtype=self.dtype,
-                    device=self.device,
-                    pin_memory=self.device.type == "cpu" and piece.device.type == "cuda",
-                )
-                dst.copy_(piece, non_blocking=True)
-                piece = dst
+            if self.nbytes + size <= self.max_bytes:
+                self.rows[i] = self._keep(piece)
+                self.nbytes += size
+            elif self.disk_bytes + size <= self.spill_bytes:
+                self.disk_rows[i] = (self._append(piece), int(n))
+                self.disk_bytes += size
             else:
-                piece = piece.clone()
-            self.rows[i] = piece
-            self.nbytes += size
+                self.full = True
+
+    def _keep(self, piece):
+        import torch
+
+        if piece.device == self.device:
+            return piece.clone()
+        dst = torch.empty(
+            piece.shape,
+            dtype=self.dtype,
+            device=self.device,
+            pin_memory=self.device.type == "cpu" and piece.device.type == "cuda",
+        )
+        dst.copy_(piece, non_blocking=True)
+        return dst
+
+    def _append(self, piece) -> int:
+        import torch
+
+        if self._fd is None:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        raw = piece.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        offset = os.lseek(self._fd, 0, os.SEEK_END)
+        os.write(self._fd, raw)
+        return offset
+
+    def _read(self, i: int):
+        import torch
+
+        offset, n = self.disk_rows[i]
+        size = n * self.hidden * torch.empty((), dtype=self.dtype).element_size()
+        buf = bytearray(os.pread(self._fd, size, offset))
+        return torch.frombuffer(buf, dtype=self.dtype).view(n, self.hidden)
 
     def get(self, indices, width: int, device, dtype):
         """(B, width, H) batch of stored rows, zero-padded on the right (pad positions are masked anyway)."""
         import torch
 
-        first = self.rows[indices[0]]
-        out = torch.zeros((len(indices), width, first.shape[-1]), dtype=self.dtype, device=self.device)
+        out = torch.zeros((len(indices), width, self.hidden), dtype=self.dtype, device=self.device)
         for row, i in enumerate(indices):
-            r = self.rows[i]
+            r = self.rows[i] if i in self.rows else self._read(i).to(self.device)
             out[row, : r.shape[0]] = r
         return out.to(device=device, dtype=dtype, non_blocking=True)
+
+    def close(self) -> None:
+        """Free memory and delete the spill file."""
+        self.rows.clear()
+        self.disk_rows.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.spill_path is not None:
+            with contextlib.suppress(OSError):
+                self.spill_path.unlink()
+            with contextlib.suppress(OSError):
+                self.spill_path.parent.rmdir()  # only when empty
 
 
 class PrefixRunner:
@@ -194,9 +246,20 @@ def prefix_depth(layer_map, frozen: set[str]) -> int:
 class FrozenPrefixCache:
     """Decides per batch whether to capture, replay or both, and keeps the stores in step with freezing."""
 
-    def __init__(self, model, layer_map, depth: int, store_dtype, store_device, max_bytes: int):
+    def __init__(
+        self,
+        model,
+        layer_map,
+        depth: int,
+        store_dtype,
+        store_device,
+        max_bytes: int,
+        spill_dir=None,
+        spill_bytes: int = 0,
+    ):
         self.runner = PrefixRunner(model, layer_map)
         self.store_dtype, self.store_device, self.max_bytes = store_dtype, store_device, max_bytes
+        self.spill_dir, self.spill_bytes = spill_dir, spill_bytes
         self.depth = depth
         self.current = self._new(depth)
         self.source: PrefixCache | None = None
@@ -204,13 +267,20 @@ class FrozenPrefixCache:
         self.captured = 0
 
     def _new(self, depth: int) -> PrefixCache | None:
-        return PrefixCache(depth, self.store_dtype, self.store_device, self.max_bytes) if depth > 0 else None
+        if depth <= 0:
+            return None
+        return PrefixCache(
+            depth, self.store_dtype, self.store_device, self.max_bytes, self.spill_dir, self.spill_bytes
+        )
 
     def install(self) -> None:
         self.runner.install()
 
     def remove(self) -> None:
         self.runner.remove()
+        for store in (self.current, self.source):
+            if store is not None:
+                store.close()
 
     def prepare(self, indices, lengths, width: int, device, dtype) -> int:
         """Set the hooks for this batch; returns how many blocks the batch skips (0: the whole prefix runs)."""
@@ -246,9 +316,13 @@ class FrozenPrefixCache:
         """Freezing changed. Deeper: the old states feed the newly frozen blocks. Shallower: drop everything."""
         if depth == self.depth:
             return
+        if self.source is not None:
+            self.source.close()
         if depth > self.depth and self.current is not None and len(self.current):
             self.source = self.current
         else:
+            if self.current is not None:
+                self.current.close()
             self.source = None
         self.depth = depth
         self.current = self._new(depth)
@@ -257,9 +331,9 @@ class FrozenPrefixCache:
         cur = self.current
         if cur is None:
             return "off (no frozen prefix)"
-        return (
-            f"on (depth {self.depth}, {len(cur)} examples, {cur.nbytes / 2**20:.0f} MiB{', full' if cur.full else ''})"
-        )
+        spilled = f", {cur.disk_bytes / 2**20:.0f} MiB on disk" if cur.disk_bytes else ""
+        full = ", full" if cur.full else ""
+        return f"on (depth {self.depth}, {len(cur)} examples, {cur.nbytes / 2**20:.0f} MiB{spilled}{full})"
 
 
 def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:

@@ -267,7 +267,10 @@ class FinetuneConfig(_Strict):
         "checked on the model at start-up) and there is more than one epoch.",
     )
     cache_max_gb: float = _field(
-        4.0, "Most memory the frozen-prefix cache may hold; beyond it, examples are computed as usual.", gt=0
+        4.0, "Memory the frozen-prefix cache may hold; beyond it, rows spill to disk (cache_spill_gb).", gt=0
+    )
+    cache_spill_gb: float = _field(
+        20.0, "Disk under the run directory the cache may use once cache_max_gb is full (0: no spilling).", ge=0
     )
     dropout: float | None = _field(
         None, "Override the model's dropout probabilities (hidden and attention).", ge=0.0, lt=1.0

@@ -501,6 +501,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         device,
         precision,
         planned_total() / steps_per_epoch,
+        spill_dir=rd.path / "cache",
     )
     flop_model = FlopModel(accelerator.unwrap_model(model), lm)
     flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
@@ -856,7 +857,7 @@ def probe_4d_mask(model, data: TokenizedData, collate, device) -> bool:
         model.train(was_training)
 
 
-def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, planned_epochs):
+def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, planned_epochs, spill_dir=None):
     """The frozen-prefix cache for this run, or None, and a line saying which and why."""
     import torch
 
@@ -885,7 +886,16 @@ def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, plann
         free, _ = torch.cuda.mem_get_info(device)
         if max_bytes < 0.3 * free:
             store_device = device
-    ctl = FrozenPrefixCache(model, lm, prefix_depth(lm, frozen), store_dtype, store_device, max_bytes)
+    ctl = FrozenPrefixCache(
+        model,
+        lm,
+        prefix_depth(lm, frozen),
+        store_dtype,
+        store_device,
+        max_bytes,
+        spill_dir=spill_dir,
+        spill_bytes=int(cfg.cache_spill_gb * 2**30),
+    )
     ctl.install()
     return ctl, ctl.describe()
 

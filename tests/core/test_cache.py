@@ -98,3 +98,34 @@ def test_freezing_deeper_reuses_the_cache(tiny_config):
     assert c.get((1, "embeddings"), 0) == 0 and c.get((1, "blocks.0"), 0) == 0 and c[(1, "blocks.1")] > 0
     # epoch 3: level-2 states replayed: no block runs at all, only the head trains
     assert c.get((2, "blocks.0"), 0) == 0 and c.get((2, "blocks.1"), 0) == 0
+
+
+def test_rows_past_the_memory_budget_spill_to_disk_and_replay_exactly(tiny_config, tmp_path):
+    """With a memory budget of a few rows, the rest spills to a file under the run directory; replay stays exact
+    and the file is gone when the run ends."""
+    ref, _ = _run(tiny_config, "off")
+    spilled, count = _run(tiny_config, "on", cache_max_gb=2e-6, cache_spill_gb=1.0)
+    assert _losses(spilled) == pytest.approx(_losses(ref), rel=1e-5, abs=1e-6)
+    assert count.calls.get((2, "blocks.0"), 0) == 0  # every example came back from memory or disk
+    assert not (spilled.dir / "cache").exists()
+
+
+def test_prefix_cache_store_roundtrip_in_bf16(tmp_path):
+    import torch
+
+    from nb_finetune.core.cache import PrefixCache
+
+    store = PrefixCache(
+        2, torch.bfloat16, torch.device("cpu"), max_bytes=3 * 8 * 2, spill_dir=tmp_path / "cache", spill_bytes=1 << 20
+    )
+    hidden = torch.randn(3, 5, 8)
+    store.put([10, 11, 12], [5, 3, 4], hidden)
+    assert len(store.rows) == 1 and len(store.disk_rows) == 2 and store.has([10, 11, 12])
+    out = store.get([12, 10], width=6, device=torch.device("cpu"), dtype=torch.float32)
+    assert out.shape == (2, 6, 8)
+    assert torch.equal(out[0, :4], hidden[2, :4].to(torch.bfloat16).float())
+    assert torch.equal(out[1, :5], hidden[0, :5].to(torch.bfloat16).float())
+    assert (out[0, 4:] == 0).all()
+    assert (tmp_path / "cache").is_dir()
+    store.close()
+    assert not (tmp_path / "cache").exists()
