@@ -272,6 +272,11 @@ class FinetuneConfig(_Strict):
     cache_spill_gb: float = _field(
         20.0, "Disk under the run directory the cache may use once cache_max_gb is full (0: no spilling).", ge=0
     )
+    compile: bool = _field(
+        False,
+        "torch.compile the model for training. The first steps are slow while it compiles (timings: first_step_s); "
+        "it turns the frozen-prefix cache off.",
+    )
     dropout: float | None = _field(
         None, "Override the model's dropout probabilities (hidden and attention).", ge=0.0, lt=1.0
     )

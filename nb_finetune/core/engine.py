@@ -503,6 +503,8 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         planned_total() / steps_per_epoch,
         spill_dir=rd.path / "cache",
     )
+    # torch.compile for the training forward only (evaluation keeps the eager module: no recompiles for eval mode)
+    train_forward = torch.compile(model, dynamic=True) if cfg.compile else model
     flop_model = FlopModel(accelerator.unwrap_model(model), lm)
     flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
     peak = peak_flops(_device_name(device), precision) if device.type == "cuda" else None
@@ -608,6 +610,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         grad_norms: list = []
         nonfinite = torch.zeros((), dtype=torch.int32, device=device)
         t_start = t_log = t_last_step = time.perf_counter()
+        first_step_s = None
         c_start = c_last_step = time.process_time()
         samples_at_log, tokens_at_log = samples, tokens
         last_save_time = time.monotonic()
@@ -668,7 +671,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     served = cache_ctl.prepare(idx, lens, width, device, param_dtype)
                 flops += flop_model.per_batch(n_tok, width, len(lens), served)
                 padded += width * len(lens)
-                out = model(**(_as_4d_mask(batch) if mask_4d else batch))
+                out = train_forward(**(_as_4d_mask(batch) if mask_4d else batch))
                 if cache_ctl is not None:
                     cache_ctl.done()
                 loss = out.loss / cycle_len
@@ -691,6 +694,8 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 t_last_step, c_last_step = time.perf_counter(), time.process_time()
+                if first_step_s is None:
+                    first_step_s = t_last_step - t_start
                 nonfinite += (~torch.isfinite(cycle_loss)).int()
                 step_losses.append(cycle_loss)
                 batch_pos = b_idx + 1
@@ -801,6 +806,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         model.eval()
         best_ck = rd.best_checkpoint()
         timings = {
+            "first_step_s": first_step_s or 0.0,  # includes compilation with compile: true
             "setup_s": t_start - t_setup,
             "setup_cpu_s": c_start - c_setup,
             "loop_s": t_last_step - t_start,
@@ -864,6 +870,8 @@ def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, plann
     mode = cfg.cache_frozen.value
     if mode == "off":
         return None, "off (cache_frozen: off)"
+    if cfg.compile:
+        return None, "off (compile: true; a compiled graph cannot skip modules per batch)"
     if cfg.frozen_mode.value != "eval":
         return None, "off (frozen_mode: train makes the frozen prefix random)"
     if mode == "auto" and planned_epochs <= 1:

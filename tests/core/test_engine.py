@@ -134,3 +134,17 @@ def test_bf16_run_then_fp32_run_in_one_process(tiny_config, first, second):
         assert started["precision"] == prec
         runs.append(run)
     assert all(json.loads((r.dir / "status.json").read_text())["state"] == "finished" for r in runs)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_config):
+    """compile: true trains through torch.compile (inductor) and reaches the same losses; the first step's time,
+    which includes compilation, is reported on its own."""
+    cfg = {**tiny_config, "max_steps": 4, "dropout": 0.0, "precision": "fp32", "save_every": None}
+    eager = finetune({**cfg, "name": "eager"}, wait=True)
+    compiled = finetune({**cfg, "name": "compiled", "compile": True}, wait=True)
+    assert compiled.status == "finished", compiled.error
+    assert compiled.history["loss"].dropna().tolist() == pytest.approx(
+        eager.history["loss"].dropna().tolist(), rel=1e-4, abs=1e-5
+    )
+    assert compiled.timings["first_step_s"] > eager.timings["first_step_s"]
