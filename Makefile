@@ -33,12 +33,12 @@ test-fast: venv
 	$(VPY) -m pytest -q -m "not slow and not kernel and not browser"
 
 lint: venv
-	$(VPY) -m ruff check nb_finetune tests scripts
-	$(VPY) -m ruff format --check nb_finetune tests scripts
+	$(VPY) -m ruff check nb_finetune tests scripts benchmarks
+	$(VPY) -m ruff format --check nb_finetune tests scripts benchmarks
 
 format: venv
-	$(VPY) -m ruff check --fix nb_finetune tests scripts
-	$(VPY) -m ruff format nb_finetune tests scripts
+	$(VPY) -m ruff check --fix nb_finetune tests scripts benchmarks
+	$(VPY) -m ruff format nb_finetune tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache runs notebooks/executed
