@@ -126,7 +126,7 @@ def summarize(doc: dict) -> tuple[str, str]:
 
     lines = [
         f"workload: BERT {L}x{spec['hidden']} (from a config) on {spec['n_train']:,} movie-review sentences x {E} "
-        f"epochs, batch {spec['batch_size']}, max_length {spec['max_length']}, fp32; "
+        f"epochs, batch {spec['batch_size']}, max_length {spec['max_length']}, {spec.get('precision', 'fp32')}; "
         f"{doc['reps']} repetitions, medians; {doc['machine'].get('gpu') or str(doc['machine']['cpu_count']) + ' CPU cores'}",
         "",
         "| k | arm | wall s | CPU s | samples/s | real tokens/s | peak RSS MB | syncs/100 steps | train loss | accuracy | speed-up of N |",
@@ -141,6 +141,8 @@ def summarize(doc: dict) -> tuple[str, str]:
                 continue
             wall = med(k, arm, "wall_s")
             ratio = ""
+            if arm == "N" and med(k, "N", "mfu") is not None:
+                ratio = f"MFU {100 * med(k, 'N', 'mfu'):.0f}%"
             if arm != "N" and n_wall:
                 ratio = f"N/{arm} {wall / n_wall:.2f}x"
                 if arm == "B1" and k > 0:
@@ -168,6 +170,7 @@ def main(argv=None) -> int:
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="reduced run, under 10 minutes on a 2-core CPU")
+    p.add_argument("--gpu", action="store_true", help="the GPU workload: BERT-base from its config, bf16, on CUDA")
     p.add_argument("--reps", type=int, help="repetitions (default: 3, quick: 2)")
     p.add_argument("--out", type=Path, help="raw results JSON (default: benchmarks/results/cpu[-quick].json)")
     p.add_argument("--table", type=Path, help="only print the table of an existing raw results file")
@@ -177,8 +180,21 @@ def main(argv=None) -> int:
         doc = json.loads(args.table.read_text())
     else:
         spec = Spec(work_dir=args.work_dir, n_train=512 if args.quick else 1024)
+        if args.gpu:
+            spec = Spec(
+                work_dir=args.work_dir,
+                n_train=2048 if args.quick else 8192,
+                max_length=128,
+                layers=12,
+                hidden=768,
+                heads=12,
+                intermediate=3072,
+                device="cuda",
+                precision="bf16",
+            )
         reps = args.reps or (2 if args.quick else 3)
-        out = args.out or ROOT / "benchmarks" / "results" / f"cpu{'-quick' if args.quick else ''}.json"
+        kind = "gpu" if args.gpu else "cpu"
+        out = args.out or ROOT / "benchmarks" / "results" / f"{kind}{'-quick' if args.quick else ''}.json"
         doc = run_all(spec, args.quick, reps, out)
         print(f"raw results: {out}")
     table, line = summarize(doc)

@@ -27,6 +27,13 @@ from .common import ROOT, Spec, SyncCounter, accuracy, freeze_in_eval_mode, load
 sys.path.insert(0, str(ROOT))
 
 
+def _median(values):
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def _labels(df) -> list[int]:
     return [1 if x == "positive" else 0 for x in df.label]
 
@@ -112,7 +119,8 @@ def run_trainer(spec: Spec, tuned: bool, counter: SyncCounter) -> dict:
         disable_tqdm=True,
         lr_scheduler_type="linear",
         max_grad_norm=1.0,
-        use_cpu=True,
+        use_cpu=spec.device == "cpu",
+        bf16=spec.precision == "bf16",
     )
     if tuned:
         kwargs.update(
@@ -168,7 +176,7 @@ def run_accelerate(spec: Spec, counter: SyncCounter) -> dict:
     counter.threads.add(threading.get_ident())
     counter.install()
     t0, c0 = time.perf_counter(), time.process_time()
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator(cpu=spec.device == "cpu", mixed_precision="bf16" if spec.precision == "bf16" else "no")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -186,6 +194,7 @@ def run_accelerate(spec: Spec, counter: SyncCounter) -> dict:
             batch = collate([items[int(i)] for i in b])
             for key in ("num_tokens", "lengths", "idx"):
                 batch.pop(key, None)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             out = model(**batch)
             accelerator.backward(out.loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -239,7 +248,7 @@ def run_nb_finetune(spec: Spec, counter: SyncCounter) -> dict:
             "weight_decay": spec.weight_decay,
             "seed": spec.seed,
             "freeze": spec.k or None,
-            "precision": "fp32",
+            "precision": spec.precision,
             "eval_every": None,
             "save_every": None,
             "log_every": 50,
@@ -268,6 +277,8 @@ def run_nb_finetune(spec: Spec, counter: SyncCounter) -> dict:
         "accuracy": accuracy(run.model, run.tokenizer, spec),
         "real_tokens": int(lengths.sum()) * spec.epochs,
         "cache": seen["cache"],
+        "mfu": _median([r.get("mfu") for r in run._run_dir.read_metrics() if r.get("event") == "log"]),
+        "tflops": _median([r.get("tflops") for r in run._run_dir.read_metrics() if r.get("event") == "log"]),
     }
 
 

@@ -31,6 +31,8 @@ class Spec:
     seed: int = 0
     k: int = 0  # frozen blocks (with the embeddings)
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "cpu"  # "cpu" or "cuda"
+    precision: str = "fp32"  # "fp32" or "bf16" (the GPU workload)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -159,7 +161,8 @@ def accuracy(model, tokenizer, spec: Spec) -> float:
     import torch
 
     df = load_split(spec.eval_file)
-    labels = torch.tensor([1 if x == "positive" else 0 for x in df.label])
+    device = next(model.parameters()).device
+    labels = torch.tensor([1 if x == "positive" else 0 for x in df.label], device=device)
     model.eval()
     preds = []
     with torch.inference_mode():
@@ -170,7 +173,7 @@ def accuracy(model, tokenizer, spec: Spec) -> float:
                 max_length=spec.max_length,
                 padding=True,
                 return_tensors="pt",
-            )
+            ).to(device)
             preds.append(model(**enc).logits.argmax(-1))
     return float((torch.cat(preds) == labels).float().mean())
 

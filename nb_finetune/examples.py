@@ -67,7 +67,7 @@ def fetch_movie_reviews(cache_dir: str | Path | None = None, quiet: bool = False
     """
     root = _cache_dir(cache_dir)
     target = root / "movie_reviews.tsv"
-    if target.is_file():
+    if all((root / f"{key}.tsv").is_file() for key in CORPORA):
         return target
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +150,10 @@ def train_test_split(df, test_size: int | float = 1000, seed: int = 0):
     Args:
         df: the DataFrame to split.
         test_size: number of held-out rows, or a fraction of them when < 1.
-        seed: the split is a function of `seed` alone.
+        seed: the split is a function of `seed` (and the row count) alone.
+
+    Returns:
+        `(train, test)`: two DataFrames, disjoint, together all rows of `df`, each in `df`'s order.
     """
     import numpy as np
 
@@ -164,6 +167,14 @@ def train_test_split(df, test_size: int | float = 1000, seed: int = 0):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m nb_finetune.examples fetch [--cache-dir D]`: fetch the sentences and print the path.
+
+    Args:
+        argv: command-line arguments (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0, or 2 when the data cannot be fetched.
+    """
     p = argparse.ArgumentParser(prog="python -m nb_finetune.examples")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download the movie-review sentences into the cache")

