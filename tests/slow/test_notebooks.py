@@ -1,0 +1,32 @@
+"""The notebooks in notebooks/ run end to end in a real kernel (what `make demo` does)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+def test_notebook_runs(name, tmp_path, monkeypatch):
+    import shutil
+
+    import nbformat
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import run_demo
+
+    nb_path = tmp_path / name  # run a copy, so runs/ and saved models land in tmp_path
+    shutil.copy(ROOT / "notebooks" / name, nb_path)
+    assert run_demo.main(str(nb_path)) == 0
+    nb = nbformat.read(tmp_path / "executed" / name, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    if name == "01_quickstart.ipynb":
+        before = float(re.search(r"accuracy before fine-tuning: ([0-9.]+)", text).group(1))
+        after = float(re.search(r"accuracy after \d+ steps: ([0-9.]+)", text).group(1))
+        assert after >= before + 0.10, (before, after)
