@@ -69,6 +69,22 @@ def build_tiny_model(d, num_layers: int = 2) -> str:
     return str(d)
 
 
+def tiny_bert(num_layers: int = 4):
+    """A randomly initialised BERT classifier (hidden 32), for tests that need a model object but no tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_df():
     import pandas as pd

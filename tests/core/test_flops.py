@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_bert
 
 from nb_finetune.core.flops import FlopModel, peak_flops
 from nb_finetune.core.freezing import build_layer_map, resolve_freeze
@@ -10,17 +11,7 @@ from nb_finetune.core.freezing import build_layer_map, resolve_freeze
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    model = BertForSequenceClassification(cfg)
+    model = tiny_bert(num_layers=4)
     return model, build_layer_map(model)
 
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch.nn as nn
+from conftest import tiny_bert
 
 from nb_finetune.core.freezing import apply_freeze, build_layer_map, resolve_freeze, set_frozen_eval
 from nb_finetune.errors import ConfigError
 
 
 def _bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    return BertForSequenceClassification(
-        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
-    )
+    return tiny_bert(num_layers=4)
 
 
 def _llama():
