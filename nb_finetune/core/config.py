@@ -88,6 +88,8 @@ def parse_interval(value: int | str | None) -> tuple[str, float] | None:
     if isinstance(value, bool):
         return ("epoch", 1)
     if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is not an interval: use a number of steps >= 1 (0 or 'never' turns it off)")
         return ("steps", value) if value > 0 else None
     s = str(value).strip().lower()
     if s in ("epoch", "epochs", "every epoch"):
@@ -99,6 +101,8 @@ def parse_interval(value: int | str | None) -> tuple[str, float] | None:
         raise ValueError(f"{value!r} is not an interval: use a number of steps (500), minutes ('30min'), or 'epoch'")
     amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
     if unit.startswith("step"):
+        if amount < 1 or amount != int(amount):
+            raise ValueError(f"{value!r} is not an interval: use a whole number of steps >= 1 (or 'never')")
         return ("steps", int(amount))
     scale = {"s": 1, "sec": 1, "h": 3600, "hr": 3600, "hours": 3600}.get(unit, 60)
     return ("seconds", amount * scale)
@@ -322,6 +326,12 @@ class FinetuneConfig(_Strict):
     def _bool_cache(cls, v):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("eval_every", "save_every", mode="before")
+    @classmethod
+    def _bool_interval(cls, v):
+        # before pydantic turns True into 1 (every step): true means every epoch, as in parse_interval
+        return ("epoch" if v else None) if isinstance(v, bool) else v
+
     @field_validator("eval_every", "save_every")
     @classmethod
     def _interval(cls, v):
@@ -492,7 +502,8 @@ def _normalize(model, data, path, lines):
             )
             continue
         given[canon] = key_s
-        if canon != key_s and path + (key_s,) in lines:
+        # errors report canonical keys: give them the alias's line, unless the canonical key has its own line
+        if canon != key_s and path + (key_s,) in lines and path + (canon,) not in lines:
             lines[path + (canon,)] = lines[path + (key_s,)]
         sub = _NESTED.get(canon) if model is FinetuneConfig else None
         if sub is not None and isinstance(value, Mapping):
@@ -771,6 +782,7 @@ def load_config(config: FinetuneConfig | Mapping | str | Path | None = None, /, 
             canon = table.get(k, k)
             for existing in [e for e in cfg_dict if table.get(e) == canon]:
                 del cfg_dict[existing]
+                lines = {p: n for p, n in lines.items() if p[0] not in (existing, canon)}  # not the override's line
             cfg_dict[k] = v
     return FinetuneConfig.from_dict(cfg_dict, lines=lines)
 

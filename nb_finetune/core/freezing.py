@@ -152,10 +152,13 @@ def build_layer_map(model) -> LayerMap:
 def _fallback_map(model, params) -> LayerMap:
     groups = []
     by_child = {}
+    children = {name for name, _ in model.named_children()}
     for pname, p in params:
         child = pname.split(".", 1)[0]
         if child not in by_child:
-            by_child[child] = LayerGroup(f"blocks.{len(by_child)}", "block", module_names=[child])
+            # a parameter of the model itself (no dot) has no module to switch to eval mode
+            mods = [child] if child in children else []
+            by_child[child] = LayerGroup(f"blocks.{len(by_child)}", "block", module_names=mods)
             groups.append(by_child[child])
         by_child[child].param_names.append(pname)
         by_child[child].num_params += p.numel()
