@@ -4,9 +4,28 @@
 from nb_finetune import finetune # from Python
 """
 
-from .api import DryRunReport, Run, finetune, get_run
-from .core.config import FinetuneConfig
-from .errors import ConfigError, DataError, FinetuneError, ModelError, RunStateError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily (PEP 562): the server extension and the CLI must not pull in torch
+    from .api import DryRunReport, Run, finetune, get_run
+    from .core.config import FinetuneConfig
+    from .errors import ConfigError, DataError, FinetuneError, ModelError, RunStateError
+
+_LAZY = {
+    "finetune": ".api",
+    "Run": ".api",
+    "DryRunReport": ".api",
+    "get_run": ".api",
+    "FinetuneConfig": ".core.config",
+    "FinetuneError": ".errors",
+    "ConfigError": ".errors",
+    "DataError": ".errors",
+    "ModelError": ".errors",
+    "RunStateError": ".errors",
+}
 
 __version__ = "0.1.0.dev0"
 __all__ = [
@@ -21,6 +40,23 @@ __all__ = [
     "ModelError",
     "RunStateError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def _jupyter_server_extension_points():
+    """`jupyter server extension enable nb_finetune`: the handlers live in `nb_finetune.server` (no torch)."""
+    return [{"module": "nb_finetune.server"}]
 
 
 def load_ipython_extension(ipython):

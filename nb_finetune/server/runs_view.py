@@ -1,0 +1,405 @@
+"""What the runs API reports about each run, read cheaply from the run directories (the sidebar polls every ~2 s).
+
+Runs are found only through the per-user index (`nb_finetune.core.runs.index_dir()`) and addressed by the index
+entry's file stem; nothing a client sends is ever joined into a path. An entry is used only when it is
+consistent: its stem is the sha1 of its `run_dir` (as `RunDir.register` writes it), `run_dir` is an absolute,
+symlink-free path to a real directory, and the run's files there are regular files, not symlinks.
+
+`metrics.jsonl` is read incrementally: each poll reads only the bytes appended since the last one (nothing when
+its size and mtime are unchanged), and a first read of a very long file starts from its tail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from ..core.runs import ACTIVE_STATES, RunDir, index_dir, read_commands
+
+__all__ = ["ID_RE", "COMMANDS", "RunEntry", "RunsView", "clean_json"]
+
+ID_RE = re.compile(r"^[0-9a-f]{16}$")
+COMMANDS = ("stop", "pause", "resume", "checkpoint", "abort", "set")
+RUN_FILES = ("status.json", "metrics.jsonl", "control.jsonl", "config.yaml")
+HISTORY_POINTS = 60  # loss_history length sent to the sparkline
+_KEEP_LOSSES = 2048  # losses kept per run (evenly thinned beyond this)
+_RATE_WINDOW = 20  # log events the step rate (ETA) is measured over
+_MAX_TAIL = 8 << 20  # first read of a long metrics.jsonl: its last 8 MiB only
+_MAX_SMALL_FILE = 1 << 20  # config.yaml / status.json larger than this are ignored
+_RECENT_COMMANDS = 20
+
+
+def clean_json(value: Any) -> Any:
+    """Non-finite floats -> None, recursively: the browser's JSON.parse refuses NaN and Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _is_regular_or_absent(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _read_small(path: str) -> bytes | None:
+    """The file's bytes, never through a symlink; None when absent, not a regular file or too large."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SMALL_FILE:
+            return None
+        return f.read(_MAX_SMALL_FILE + 1)
+
+
+class RunEntry:
+    """One validated index entry."""
+
+    __slots__ = ("id", "run_dir", "entry")
+
+    def __init__(self, run_id: str, run_dir: str, entry: dict[str, Any]):
+        self.id = run_id
+        self.run_dir = run_dir
+        self.entry = entry
+
+    def file(self, name: str) -> str:
+        assert name in RUN_FILES
+        return os.path.join(self.run_dir, name)
+
+
+def validate_entry(run_id: str, entry: Any) -> RunEntry | None:
+    """The entry when it is safe to use, else None (the run is then unknown to the API)."""
+    if not ID_RE.match(run_id) or not isinstance(entry, dict):
+        return None
+    run_dir = entry.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir or "\x00" in run_dir or not os.path.isabs(run_dir):
+        return None
+    # the index names an entry by the sha1 of its resolved run_dir: an edited or swapped entry does not match
+    if hashlib.sha1(run_dir.encode()).hexdigest()[:16] != run_id:
+        return None
+    # symlink-free and normalised: no component of the path may be a link or `..`
+    if os.path.realpath(run_dir) != run_dir:
+        return None
+    try:
+        if not stat.S_ISDIR(os.lstat(run_dir).st_mode):
+            return None
+    except OSError:
+        return None
+    if not all(_is_regular_or_absent(os.path.join(run_dir, f)) for f in RUN_FILES):
+        return None
+    return RunEntry(run_id, run_dir, entry)
+
+
+class _MetricsSummary:
+    """What the API needs from metrics.jsonl, updated line by line."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.stride = 1  # keep every `stride`-th loss once the list would exceed _KEEP_LOSSES
+        self.seen = 0
+        self.last_log: dict[str, Any] | None = None
+        self.window: deque[tuple[float, float]] = deque(maxlen=_RATE_WINDOW)  # (time, step) at log events
+        self.best_flagged: dict[str, Any] | None = None  # the last eval record the engine marked is_best
+        self.evals = 0
+        self.extremes: dict[str, tuple[float, float]] = {}  # metric -> (min, max) over eval records
+
+    def add(self, rec: dict[str, Any]) -> None:
+        kind = rec.get("event")
+        if kind == "log":
+            self.last_log = rec
+            t, step = _finite(rec.get("time")), _finite(rec.get("step"))
+            if t is not None and step is not None:
+                if self.window and step < self.window[-1][1]:
+                    self.window.clear()
+                self.window.append((t, step))
+            loss = _finite(rec.get("loss"))
+            if loss is not None:
+                if self.seen % self.stride == 0:
+                    self.losses.append(loss)
+                    if len(self.losses) > _KEEP_LOSSES:
+                        self.losses = self.losses[::2]
+                        self.stride *= 2
+                self.seen += 1
+        elif kind == "eval":
+            self.evals += 1
+            if rec.get("is_best"):
+                self.best_flagged = rec
+            for k, v in rec.items():
+                v = _finite(v)
+                if k.startswith("eval_") and v is not None:
+                    lo, hi = self.extremes.get(k, (v, v))
+                    self.extremes[k] = (min(lo, v), max(hi, v))
+        elif kind == "RunStarted" or (kind == "ControlApplied" and rec.get("command") in ("pause", "resume")):
+            self.window.clear()  # a resumed or paused run: the rate starts over
+
+    def steps_per_s(self) -> float | None:
+        if len(self.window) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.window[0], self.window[-1]
+        if t1 <= t0 or s1 <= s0:
+            return None
+        return (s1 - s0) / (t1 - t0)
+
+    def best(self, metric: str) -> dict[str, Any] | None:
+        if self.best_flagged is not None and _finite(self.best_flagged.get(metric)) is not None:
+            return {"name": metric, "value": float(self.best_flagged[metric])}
+        if metric in self.extremes:
+            lo, hi = self.extremes[metric]
+            return {"name": metric, "value": lo if "loss" in metric else hi}
+        return None
+
+    def history(self, points: int = HISTORY_POINTS) -> list[float]:
+        n = len(self.losses)
+        if n <= points:
+            return list(self.losses)
+        return [self.losses[round(i * (n - 1) / (points - 1))] for i in range(points)]
+
+
+class _MetricsTail:
+    """Incremental reader of one metrics.jsonl."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) at the last read
+        self.offset = 0
+        self.summary = _MetricsSummary()
+
+    def update(self, path: str) -> _MetricsSummary:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            self.__init__()
+            return self.summary
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                self.__init__()
+                return self.summary
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if key == self.key:
+                return self.summary
+            if self.key is None or self.key[0] != st.st_ino or st.st_size < self.offset:
+                self.__init__()  # new or rewritten file
+            start = self.offset
+            skip_partial = False
+            if st.st_size - start > _MAX_TAIL:
+                start, skip_partial = st.st_size - _MAX_TAIL, True
+            f.seek(start)
+            chunk = f.read(st.st_size - start)
+            if skip_partial:
+                nl = chunk.find(b"\n")
+                chunk, start = (chunk[nl + 1 :], start + nl + 1) if nl >= 0 else (b"", st.st_size)
+            end = chunk.rfind(b"\n")
+            complete = chunk[: end + 1] if end >= 0 else b""
+            self.offset = start + len(complete)
+            for line in complete.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    self.summary.add(rec)
+            # a half-written last line is read again next time: remember the size only up to the complete part
+            self.key = key if self.offset == st.st_size else (st.st_ino, -1, -1)
+        return self.summary
+
+
+class _SmallFileCache:
+    """Parsed small files (config.yaml, control.jsonl), re-read when their (inode, size, mtime) changes."""
+
+    def __init__(self, parse):
+        self.parse = parse
+        self.items: dict[str, tuple[tuple, Any]] = {}
+
+    def get(self, path: str, default: Any) -> Any:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.items.pop(path, None)
+            return default
+        if not stat.S_ISREG(st.st_mode):
+            return default
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = self.items.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = self.parse(path)
+        self.items[path] = (key, value)
+        return value
+
+
+def _parse_config(path: str) -> dict[str, Any]:
+    import yaml  # light; the server reads only `model` and the best-checkpoint metric
+
+    raw = _read_small(path)
+    if raw is None:
+        return {}
+    try:
+        data = yaml.safe_load(raw.decode("utf-8", "replace"))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _parse_commands(path: str) -> list[dict[str, Any]]:
+    return [c for c in read_commands(os.path.dirname(path)) if isinstance(c, dict)]
+
+
+def _best_metric_name(cfg: dict[str, Any]) -> str:
+    es = cfg.get("early_stopping")
+    name = es.get("metric") if isinstance(es, dict) and es.get("metric") else cfg.get("metric_for_best")
+    name = name if isinstance(name, str) and name else "eval_loss"
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+class RunsView:
+    """Reads the index and the run directories; thread-safe, with per-run caches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._metrics: dict[str, _MetricsTail] = {}
+        self._configs = _SmallFileCache(_parse_config)
+        self._commands = _SmallFileCache(_parse_commands)
+
+    # ------------------------------------------------------------ lookup
+    def entries(self) -> list[RunEntry]:
+        d = index_dir()
+        out = []
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            return out
+        for fname in names:
+            stem, ext = os.path.splitext(fname)
+            if ext != ".json" or not ID_RE.match(stem):
+                continue
+            e = self._entry(d, stem)
+            if e is not None:
+                out.append(e)
+        return out
+
+    def lookup(self, run_id: Any) -> RunEntry | None:
+        """The entry for an id from a client, or None. The id is matched, never used as a path until it is."""
+        if not isinstance(run_id, str) or not ID_RE.match(run_id):
+            return None
+        return self._entry(index_dir(), run_id)
+
+    @staticmethod
+    def _entry(d: Path, run_id: str) -> RunEntry | None:
+        raw = _read_small(os.path.join(d, run_id + ".json"))
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return None
+        return validate_entry(run_id, entry)
+
+    # ------------------------------------------------------------ reports
+    def list(self) -> list[dict[str, Any]]:
+        entries = self.entries()
+        runs = [self.describe(e) for e in entries]
+        with self._lock:  # forget runs that left the index
+            keep = {e.run_dir for e in entries}
+            for gone in [k for k in self._metrics if k not in keep]:
+                del self._metrics[gone]
+        runs.sort(key=lambda r: (r.get("_registered") or 0, r.get("started") or 0), reverse=True)
+        for r in runs:
+            r.pop("_registered", None)
+        return runs
+
+    def describe(self, e: RunEntry, *, with_commands: bool = False) -> dict[str, Any]:
+        rd = RunDir(e.run_dir)
+        st = rd.status()
+        alive = rd.is_live()
+        state = st.get("state") or "queued"
+        if state in ACTIVE_STATES and not alive:
+            state = "dead"
+        elif state not in ACTIVE_STATES and state not in ("finished", "stopped", "failed"):
+            state = "queued" if alive else "dead"
+        now = time.time()
+        with self._lock:
+            tail = self._metrics.setdefault(e.run_dir, _MetricsTail())
+            m = tail.update(e.file("metrics.jsonl"))
+            cfg = self._configs.get(e.file("config.yaml"), {})
+            commands = self._commands.get(e.file("control.jsonl"), [])
+            history = m.history()
+            rate = m.steps_per_s()
+            best = m.best(_best_metric_name(cfg))
+            last_log = dict(m.last_log or {})
+        step = _finite(st.get("step"))
+        total = _finite(st.get("total_steps"))
+        eta = None
+        if state == "training" and rate and total is not None and step is not None:
+            eta = max(0.0, (total - step) / rate)
+        last_command = int(_finite(st.get("last_command")) or 0)
+        heartbeat = _finite(st.get("heartbeat"))
+        model = cfg.get("model")
+        loss = _finite(last_log.get("loss"))
+        if loss is None and not last_log:
+            loss = _finite(st.get("loss"))
+        run: dict[str, Any] = {
+            "id": e.id,
+            "name": st.get("name") or e.entry.get("name") or os.path.basename(e.run_dir),
+            "run_dir": e.run_dir,
+            "state": state,
+            "reason": st.get("reason"),
+            "alive": alive,
+            "heartbeat_age_s": round(max(0.0, now - heartbeat), 1) if heartbeat is not None else None,
+            "pid": st.get("pid") if isinstance(st.get("pid"), int) else e.entry.get("pid"),
+            "step": int(step) if step is not None else 0,
+            "total_steps": int(total) if total is not None else None,
+            "epoch": _finite(st.get("epoch")),
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "samples_per_s": _finite(last_log.get("samples_per_s")),
+            "loss": loss,
+            "best_metric": best,
+            "loss_history": history,
+            "last_command": last_command,
+            "pending": [int(c["seq"]) for c in commands if alive and int(c["seq"]) > last_command],
+            "model": model if isinstance(model, str) else None,
+            "started": _finite(st.get("started")),
+            "finished": _finite(st.get("finished")),
+            "_registered": _finite(e.entry.get("registered")),
+        }
+        if with_commands:
+            run.pop("_registered")
+            run["commands"] = [
+                {
+                    "seq": int(c["seq"]),
+                    "cmd": c.get("cmd"),
+                    "args": c.get("args") if isinstance(c.get("args"), dict) else {},
+                    "source": c.get("source"),
+                    "time": _finite(c.get("time")),
+                    "acknowledged": int(c["seq"]) <= last_command,
+                }
+                for c in commands[-_RECENT_COMMANDS:]
+            ]
+        return clean_json(run)
