@@ -315,10 +315,11 @@ class Run:
         return self
 
     def set(self, **values) -> Run:
-        """Change live fields (`lr`, `weight_decay`, `epochs`, ...); applied at the next optimizer step."""
+        """Change live fields (`lr`, `weight_decay`, `epochs`, `layer_lr_decay`, `group_lr`, `unfreeze_every`, ...);
+        applied at the next optimizer step."""
         self._check_active("set values")
         allowed = live_fields()
-        from .core.config import canonical_name
+        from .core.config import canonical_name, check_live_value
 
         clean = {}
         for k, v in values.items():
@@ -330,10 +331,12 @@ class Run:
                     f"'{name}' cannot change during a run. Live fields: "
                     f"{', '.join(n for n in allowed if n != 'freeze')}"
                 )
-            try:
-                FinetuneConfig.model_validate({name: v})
-            except Exception as e:  # noqa: BLE001 - pydantic ValidationError -> message
-                raise ConfigError(f"{name}={v!r}: {str(e).splitlines()[-1].strip()}") from None
+            checked = check_live_value(name, v)  # ConfigError `name=value: why`
+            if name in ("layer_lr_decay", "group_lr") and self._layer_map is not None:
+                from .core.freezing import lr_multipliers
+
+                # group names are checked against this model now, in the caller's cell
+                lr_multipliers(self._layer_map, *((checked, None) if name == "layer_lr_decay" else (None, checked)))
             clean[name] = v
         self.controls.set(**clean)
         return self
@@ -450,6 +453,8 @@ class Run:
         if isinstance(e, RunStarted):
             self._started = e
             self._state = "training"
+            if e.layers:  # the trainable set the loop starts with (a resumed run: the checkpoint's)
+                self._frozen = {row["group"] for row in e.layers if not row.get("trainable", True)}
         elif isinstance(e, StepEnded):
             self._last_step = e
         elif isinstance(e, Logged):

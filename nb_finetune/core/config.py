@@ -81,8 +81,12 @@ def _field(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = ()
 _INTERVAL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|mins|minutes|h|hr|hours|steps?)?\s*$", re.I)
 
 
+_EPOCHS_RE = re.compile(r"^(?:every\s+)?(\d+)\s*epochs?$")
+
+
 def parse_interval(value: int | str | None) -> tuple[str, float] | None:
-    """``500`` -> ("steps", 500); ``"30min"`` -> ("seconds", 1800); ``"epoch"`` -> ("epoch", 1); None -> None."""
+    """``500`` -> ("steps", 500); ``"30min"`` -> ("seconds", 1800); ``"epoch"`` -> ("epoch", 1);
+    ``"2 epochs"`` -> ("epoch", 2); None -> None."""
     if value is None or value is False:
         return None
     if isinstance(value, bool):
@@ -94,11 +98,18 @@ def parse_interval(value: int | str | None) -> tuple[str, float] | None:
     s = str(value).strip().lower()
     if s in ("epoch", "epochs", "every epoch"):
         return ("epoch", 1)
+    m = _EPOCHS_RE.match(s)
+    if m:
+        if int(m.group(1)) < 1:
+            raise ValueError(f"{value!r} is not an interval: use a whole number of epochs >= 1 (or 'never')")
+        return ("epoch", int(m.group(1)))
     if s in ("never", "no", "off", "none", "0"):
         return None
     m = _INTERVAL_RE.match(s)
     if not m:
-        raise ValueError(f"{value!r} is not an interval: use a number of steps (500), minutes ('30min'), or 'epoch'")
+        raise ValueError(
+            f"{value!r} is not an interval: use a number of steps (500), minutes ('30min'), 'epoch' or '2 epochs'"
+        )
     amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
     if unit.startswith("step"):
         if amount < 1 or amount != int(amount):
@@ -242,6 +253,22 @@ class FinetuneConfig(_Strict):
         ge=0,
     )
     scheduler: Scheduler = _field(Scheduler.linear, "Learning-rate decay after warm-up.", aliases=("lr_scheduler",))
+    layer_lr_decay: float | None = _field(
+        None,
+        "Layer-wise learning-rate decay (discriminative lr): the head trains at `lr`, the top block at lr x d, the "
+        "next at lr x d^2, ..., the embeddings at lr x d^(n+1). Typical: 0.8-0.95.",
+        aliases=("layerwise_lr_decay", "llrd"),
+        gt=0,
+        le=1,
+        live="Applies from the next optimizer step; the running schedule's shape goes on.",
+    )
+    group_lr: dict[str, float] | None = _field(
+        None,
+        "Learning-rate multipliers by layer group, on top of `layer_lr_decay`: "
+        "`{embeddings: 0.1, blocks.0-5: 0.5, head: 2}` (group names as in `freeze`).",
+        aliases=("group_lrs",),
+        live="Applies from the next optimizer step.",
+    )
     max_grad_norm: float | None = _field(
         1.0,
         "Clip gradients to this global norm; null disables clipping.",
@@ -260,6 +287,20 @@ class FinetuneConfig(_Strict):
         "`all_but_head`, `[embeddings, blocks.0-7]`, or none.",
         live="The trainable set changes at the next optimizer step; parameters that stay trainable keep "
         "their optimizer state.",
+    )
+    unfreeze_every: int | str | None = _field(
+        None,
+        "Gradual unfreezing: every N optimizer steps, every 'epoch' or every 'N epochs', the top-most frozen group "
+        "becomes trainable (blocks from the top down, embeddings last). Starts from what `freeze` freezes (e.g. "
+        "`all_but_head`); with nothing frozen the run warns at start.",
+        aliases=("gradual_unfreeze",),
+        live="The interval counts from the last scheduled unfreeze (or the start, or the change when the schedule "
+        "was off); null stops unfreezing.",
+    )
+    unfreeze_until: str | int | list[str] | None = _field(
+        None,
+        "Gradual unfreezing stops here: groups this freeze spec names stay frozen (`bottom 2` keeps the embeddings "
+        "and blocks 0-1 frozen). Default: until everything trains.",
     )
     frozen_mode: FrozenMode = _field(
         FrozenMode.eval, "How frozen blocks run: eval (no dropout, fixed norm statistics) or train."
@@ -287,7 +328,7 @@ class FinetuneConfig(_Strict):
     group_by_length: bool = _field(True, "Batch examples of similar length together (less padding).")
     eval_every: int | str | None = _field(
         "epoch",
-        "Evaluate every N optimizer steps, or 'epoch'.",
+        "Evaluate every N optimizer steps, every 'epoch' or every 'N epochs'.",
         aliases=("eval_steps",),
         live="Applies from the next optimizer step.",
     )
@@ -301,7 +342,7 @@ class FinetuneConfig(_Strict):
     )
     save_every: int | str | None = _field(
         "epoch",
-        "Checkpoint every N optimizer steps, every 'N min', or every 'epoch'; null for end-of-run only.",
+        "Checkpoint every N optimizer steps, every 'N min', every 'epoch' or 'N epochs'; null for end-of-run only.",
         aliases=("save_steps",),
         live="Applies from the next optimizer step.",
     )
@@ -326,7 +367,7 @@ class FinetuneConfig(_Strict):
     def _bool_cache(cls, v):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
-    @field_validator("eval_every", "save_every", mode="before")
+    @field_validator("eval_every", "save_every", "unfreeze_every", mode="before")
     @classmethod
     def _bool_interval(cls, v):
         # before pydantic turns True into 1 (every step): true means every epoch, as in parse_interval
@@ -337,12 +378,29 @@ class FinetuneConfig(_Strict):
     def _interval(cls, v):
         return _check_interval(v)
 
-    @field_validator("freeze")
+    @field_validator("unfreeze_every")
+    @classmethod
+    def _unfreeze_interval(cls, v):
+        _check_interval(v)
+        iv = parse_interval(v)
+        if iv is not None and iv[0] == "seconds":
+            raise ValueError("gradual unfreezing counts optimizer steps (500) or epochs ('epoch', '2 epochs')")
+        return v
+
+    @field_validator("freeze", "unfreeze_until")
     @classmethod
     def _freeze(cls, v):
         from .freezing import parse_freeze_spec  # local: freezing imports torch lazily too
 
         parse_freeze_spec(v)
+        return v
+
+    @field_validator("group_lr")
+    @classmethod
+    def _group_lr(cls, v):
+        from .freezing import parse_group_lr
+
+        parse_group_lr(v)
         return v
 
     @field_validator("model", "tokenizer")
@@ -365,6 +423,8 @@ class FinetuneConfig(_Strict):
     def _cross(self):
         if self.early_stopping is not None and self.eval_every is None:
             raise ValueError("early_stopping needs evaluation: set eval_every (steps or 'epoch')")
+        if self.unfreeze_until is not None and self.unfreeze_every is None:
+            raise ValueError("unfreeze_until needs unfreeze_every (how often to unfreeze the next group)")
         return self
 
     # ---------------------------------------------------------------- constructors
@@ -795,6 +855,17 @@ def live_fields() -> dict[str, str]:
         for n, f in FinetuneConfig.model_fields.items()
         if f.json_schema_extra and f.json_schema_extra.get("live")
     }
+
+
+def check_live_value(name: str, value: Any) -> Any:
+    """Validate a new value of the live field `name` with the schema; returns it validated.
+
+    Raises ConfigError `name=value: why` (one line, no pydantic boilerplate)."""
+    try:
+        return getattr(FinetuneConfig.model_validate({name: value}), name)
+    except ValidationError as e:
+        why = str(e.errors()[0]["msg"]).removeprefix("Value error, ").removeprefix(f"{name}: ")
+        raise ConfigError(f"{name}={_short(value)!r}: {why[:1].lower()}{why[1:]}") from None
 
 
 def field_help(name: str) -> str:

@@ -37,7 +37,7 @@ from .events import (
     StepEnded,
 )
 from .flops import FlopModel, peak_flops
-from .freezing import LayerMap, apply_freeze, resolve_freeze, set_frozen_eval
+from .freezing import LayerMap, apply_freeze, lr_multipliers, next_unfreeze, resolve_freeze, set_frozen_eval
 from .runs import ControlFileReader, RunDir, write_json_atomic
 
 __all__ = ["Job", "RunResult", "train", "resolve_precision", "lr_factor", "build_optimizer"]
@@ -85,6 +85,38 @@ class _Live:
     save_every: Any
     log_every: int
     frozen: set[str] = field(default_factory=set)
+    layer_lr_decay: float | None = None
+    group_lr: dict[str, float] | None = None
+    lr_mults: dict[str, float] = field(default_factory=dict)  # per layer group, from the two above
+    unfreeze_every: Any = None
+    unfreeze_until: Any = None
+    unfreeze_floor: set[str] = field(default_factory=set)  # groups gradual unfreezing never opens
+    unfreeze_from: int = 0  # the step the unfreezing interval counts from (start, last unfreeze, user freeze)
+    unfreeze_at: int | None = None  # the step of the next scheduled unfreeze; None: no schedule
+
+    def plan_unfreeze(self, steps_per_epoch: int) -> None:
+        """Recompute `unfreeze_at` from `unfreeze_every` and `unfreeze_from`."""
+        iv = parse_interval(self.unfreeze_every)
+        if iv is None:
+            self.unfreeze_at = None
+        elif iv[0] == "epoch":  # on epoch boundaries: the N-th epoch end after unfreeze_from
+            self.unfreeze_at = (self.unfreeze_from // steps_per_epoch + int(iv[1])) * steps_per_epoch
+        else:
+            self.unfreeze_at = self.unfreeze_from + int(iv[1])
+
+    def saved(self) -> dict[str, Any]:
+        """The live values a checkpoint stores (and resume restores)."""
+        return {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "max_grad_norm": self.max_grad_norm,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "layer_lr_decay": self.layer_lr_decay,
+            "group_lr": self.group_lr,
+            "unfreeze_every": self.unfreeze_every,
+            "unfreeze_from": self.unfreeze_from,
+        }
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -134,6 +166,9 @@ def _warmup_steps(warmup: float, total: int) -> int:
 def build_optimizer(model, layer_map: LayerMap, frozen: set[str], live: _Live, fused: bool, old=None):
     """AdamW over trainable parameters only, one group per layer group x (decay, no decay).
 
+    Each group's `lr_mult` comes from `live.lr_mults` (layer_lr_decay / group_lr); the loop sets
+    `lr = live.lr x lr_mult x schedule factor` before every optimizer step.
+
     `old`: a previous optimizer whose per-parameter state is carried over for parameters that stay trainable.
     """
     import torch
@@ -155,7 +190,7 @@ def build_optimizer(model, layer_map: LayerMap, frozen: set[str], live: _Live, f
             "lr": live.lr,
             "group": g,
             "decay": decay,
-            "lr_mult": 1.0,
+            "lr_mult": live.lr_mults.get(g, 1.0),
             "param_names": names[(g, decay)],
         }
         for (g, decay), ps in groups.items()
@@ -397,7 +432,13 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         cfg.save_every,
         cfg.log_every,
         resolve_freeze(cfg.freeze, lm),
+        layer_lr_decay=cfg.layer_lr_decay,
+        group_lr=cfg.group_lr,
+        unfreeze_every=cfg.unfreeze_every,
+        unfreeze_until=cfg.unfreeze_until,
     )
+    live.lr_mults = lr_multipliers(lm, live.layer_lr_decay, live.group_lr)  # unknown group names: ConfigError
+    live.unfreeze_floor = resolve_freeze(cfg.unfreeze_until, lm)
     model = job.model.to(device)
     trainable, total_params = apply_freeze(model, lm, live.frozen)
 
@@ -407,6 +448,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     def planned_total() -> int:
         return live.max_steps if live.max_steps is not None else math.ceil(live.epochs * steps_per_epoch)
 
+    live.plan_unfreeze(steps_per_epoch)
     fused = device.type in ("cuda", "cpu")
     optimizer = build_optimizer(model, lm, live.frozen, live, fused)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -426,8 +468,21 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         step, epoch, batch_pos = st["step"], st["epoch"], st["batch"]
         samples, tokens = st.get("samples", 0), st.get("tokens", 0)
         best_metric, best_step = st.get("best_metric"), st.get("best_step")
-        live.lr = st.get("live", {}).get("lr", live.lr)
-        live.weight_decay = st.get("live", {}).get("weight_decay", live.weight_decay)
+        saved_live = st.get("live", {})
+        live.lr = saved_live.get("lr", live.lr)
+        live.weight_decay = saved_live.get("weight_decay", live.weight_decay)
+        # layer-wise lr and the unfreezing schedule: the values the run had (set live or not), unless the config
+        # given for the resume changes them; checkpoints written before these existed lack them
+        saved_cfg = st.get("config") or {}
+        for name in ("layer_lr_decay", "group_lr", "unfreeze_every"):
+            if name in saved_live and saved_cfg.get(name, getattr(cfg, name)) == getattr(cfg, name):
+                setattr(live, name, saved_live[name])
+        live.lr_mults = lr_multipliers(lm, live.layer_lr_decay, live.group_lr)
+        for g in optimizer.param_groups:
+            g["lr_mult"] = live.lr_mults.get(g["group"], 1.0)
+        # where the unfreezing schedule was (no double unfreeze after a resume)
+        live.unfreeze_from = saved_live.get("unfreeze_from", st["step"])
+        live.plan_unfreeze(steps_per_epoch)
         _set_rng_state(rng)
         last_ckpt_step = step
     else:
@@ -452,13 +507,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             "frozen": sorted(live.frozen),
             "best_metric": best_metric,
             "best_step": best_step,
-            "live": {
-                "lr": live.lr,
-                "weight_decay": live.weight_decay,
-                "max_grad_norm": live.max_grad_norm,
-                "epochs": live.epochs,
-                "max_steps": live.max_steps,
-            },
+            "live": live.saved(),
         }
 
     def checkpoint(reason: str, ep: int, b: int, rng=None) -> Path:
@@ -491,6 +540,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
     mask_4d = probe_4d_mask(model, job.train_data, collate, device)
     param_dtype = next(accelerator.unwrap_model(model).parameters()).dtype
+    unfreeze_epochs = None if live.unfreeze_at is None else (live.unfreeze_at - live.unfreeze_from) / steps_per_epoch
     cache_ctl, cache_note = _setup_cache(
         cfg,
         accelerator.unwrap_model(model),
@@ -502,6 +552,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         precision,
         planned_total() / steps_per_epoch,
         spill_dir=rd.path / "cache",
+        unfreeze_epochs=unfreeze_epochs,
     )
     # torch.compile for the training forward only (evaluation keeps the eager module: no recompiles for eval mode)
     train_forward = torch.compile(model, dynamic=True) if cfg.compile else model
@@ -528,6 +579,25 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
             cache=cache_note,
         )
     )
+    if (
+        live.unfreeze_at is not None
+        and job.resume_checkpoint is None
+        and next_unfreeze(lm, live.frozen, live.unfreeze_floor) is None
+    ):
+        note = "unfreeze_every is set but nothing is frozen" + (" above unfreeze_until" if live.unfreeze_floor else "")
+        log.warning("gradual unfreezing: %s", note)
+        emit(
+            ControlApplied(
+                step=step,
+                command="freeze",
+                args={"spec": sorted(live.frozen)},
+                seq=0,
+                source="schedule",
+                ok=False,
+                message=f"gradual unfreezing: {note}, so it has nothing to do. "
+                "Freeze layers to unfreeze gradually, e.g. `freeze: all_but_head`.",
+            )
+        )
     file_ctl = ControlFileReader(rd.path, start_after_seq=int(rd.status().get("last_command") or 0))
     last_poll = 0.0
 
@@ -570,25 +640,55 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 keep.append(cmd)
         pending[:] = keep
 
-    def apply_change(cmd: Command) -> None:
+    def set_frozen(new: set[str]) -> None:
+        """Change the trainable set (a `freeze` command or the unfreezing schedule), between optimizer steps."""
         nonlocal optimizer, trainable
+        if new == live.frozen:
+            return
+        trainable, _ = apply_freeze(accelerator.unwrap_model(model), lm, new)
+        live.frozen = new
+        # rebuilt over the new trainable set; parameters that stay trainable keep their state, lr_mult from live
+        optimizer = _rebuild_optimizer(accelerator, model, lm, live, fused, optimizer)
+        if cache_ctl is not None:
+            cache_ctl.set_depth(prefix_depth(lm, live.frozen))
+        flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
+        model.train()
+        if cfg.frozen_mode.value == "eval":
+            set_frozen_eval(model, lm, live.frozen)
+
+    def scheduled_unfreeze() -> None:
+        """Gradual unfreezing: the top-most frozen group above the floor becomes trainable."""
+        new = next_unfreeze(lm, live.frozen, live.unfreeze_floor)
+        live.unfreeze_from = step
+        live.plan_unfreeze(steps_per_epoch)
+        if new is None:  # nothing left above the floor; a later `freeze` command gives the schedule work again
+            return
+        opened = ", ".join(g for g in lm.names if g in live.frozen and g not in new)
+        set_frozen(new)
+        more = next_unfreeze(lm, live.frozen, live.unfreeze_floor) is not None
+        after = f"; next at step {live.unfreeze_at}" if more else "; nothing left to unfreeze"
+        emit(
+            ControlApplied(
+                step=step,
+                command="freeze",
+                args={"spec": sorted(live.frozen)},
+                seq=0,
+                source="schedule",
+                message=f"gradual unfreezing: {opened} trainable (trainable {trainable:,} of {total_params:,}{after})",
+            )
+        )
+
+    def apply_change(cmd: Command) -> None:
         ok, msg = True, ""
         try:
             if cmd.kind == "freeze":
-                new = resolve_freeze(cmd.args.get("spec"), lm)
-                if new != live.frozen:
-                    trainable, _ = apply_freeze(accelerator.unwrap_model(model), lm, new)
-                    live.frozen = new
-                    optimizer = _rebuild_optimizer(accelerator, model, lm, live, fused, optimizer)
-                    if cache_ctl is not None:
-                        cache_ctl.set_depth(prefix_depth(lm, live.frozen))
-                    flop_model.update(live.frozen, cache_ctl.depth if cache_ctl is not None else 0)
-                    model.train()
-                    if cfg.frozen_mode.value == "eval":
-                        set_frozen_eval(model, lm, live.frozen)
+                set_frozen(resolve_freeze(cmd.args.get("spec"), lm))
+                # the unfreezing schedule goes on from the new frozen set, a full interval from now
+                live.unfreeze_from = step
+                live.plan_unfreeze(steps_per_epoch)
                 msg = f"trainable {trainable:,} of {total_params:,}"
             else:
-                msg = _apply_set(cmd.args, live, optimizer, step, steps_per_epoch)
+                msg = _apply_set(cmd.args, live, optimizer, step, steps_per_epoch, lm)
         except FinetuneError as e:
             ok, msg = False, str(e)
         emit(
@@ -686,8 +786,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 # ---- optimizer step (no host sync: nothing below reads a device value)
                 total = planned_total()
                 factor = lr_factor(step, total, _warmup_steps(cfg.warmup, total), cfg.scheduler.value)
+                base_lr = live.lr * factor  # what events report as `lr`; each group trains at base_lr x lr_mult
                 for g in optimizer.param_groups:
-                    g["lr"] = live.lr * g.get("lr_mult", 1.0) * factor
+                    g["lr"] = base_lr * g.get("lr_mult", 1.0)
                 if live.max_grad_norm is not None:
                     grad_norms.append(accelerator.clip_grad_norm_(model.parameters(), live.max_grad_norm))
                 optimizer.step()
@@ -708,7 +809,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                         samples=samples,
                         tokens=tokens,
                         elapsed=time.perf_counter() - t_start,
-                        lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
+                        lr=base_lr,
                     )
                 )
 
@@ -732,7 +833,8 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                             step=step,
                             epoch=cur_epoch,
                             loss=float(np.mean(vals)),
-                            lr=optimizer.param_groups[0]["lr"] if optimizer.param_groups else 0.0,
+                            lr=base_lr,
+                            group_lrs={g["group"]: g["lr"] for g in optimizer.param_groups},
                             grad_norm=float(np.mean(norms)) if norms else None,
                             samples_per_s=(samples - samples_at_log) / dt,
                             tokens_per_s=(tokens - tokens_at_log) / dt,
@@ -749,12 +851,14 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     t_log, samples_at_log, tokens_at_log, flops_at_log = now_t, samples, tokens, flops
                     padded_at_log = padded
 
-                # ---- commands that change the run: between optimizer steps
+                # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
                 ack_run_commands(only_flow=False)
+                if live.unfreeze_at is not None and step >= live.unfreeze_at and step < planned_total():
+                    scheduled_unfreeze()
 
                 # ---- eval / checkpoint / early stopping
                 epoch_end = batch_pos >= n_batches
-                do_eval = job.eval_data is not None and _due(live.eval_every, step, epoch_end, None)
+                do_eval = job.eval_data is not None and _due(live.eval_every, step, epoch_end, None, epoch + 1)
                 if step >= planned_total() and job.eval_data is not None and live.eval_every is not None:
                     do_eval = True
                 new_best = False
@@ -769,7 +873,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                         bad_evals += 1
                     emit(EvalEnded(step=step, epoch=cur_epoch, metrics=metrics, is_best=new_best))
                 since = time.monotonic() - last_save_time
-                if _due(live.save_every, step, epoch_end, since) or (new_best and cfg.early_stopping is not None):
+                if _due(live.save_every, step, epoch_end, since, epoch + 1) or (
+                    new_best and cfg.early_stopping is not None
+                ):
                     checkpoint(
                         "epoch" if epoch_end and live.save_every == "epoch" else "interval",
                         *position_after(epoch, batch_pos, n_batches),
@@ -875,8 +981,13 @@ def probe_4d_mask(model, data: TokenizedData, collate, device) -> bool:
         model.train(was_training)
 
 
-def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, planned_epochs, spill_dir=None):
-    """The frozen-prefix cache for this run, or None, and a line saying which and why."""
+def _setup_cache(
+    cfg, model, lm, frozen, data, collate, device, precision, planned_epochs, spill_dir=None, unfreeze_epochs=None
+):
+    """The frozen-prefix cache for this run, or None, and a line saying which and why.
+
+    `unfreeze_epochs`: epochs between scheduled unfreezes (gradual unfreezing), or None.
+    """
     import torch
 
     mode = cfg.cache_frozen.value
@@ -888,6 +999,8 @@ def _setup_cache(cfg, model, lm, frozen, data, collate, device, precision, plann
         return None, "off (frozen_mode: train makes the frozen prefix random)"
     if mode == "auto" and planned_epochs <= 1:
         return None, "off (a single pass over the data: nothing to reuse)"
+    if mode == "auto" and unfreeze_epochs is not None and unfreeze_epochs < 2:
+        return None, "off (gradual unfreezing shrinks the frozen prefix before its activations could be reused)"
     if lm.num_blocks < 1 or len(data) < 2:
         return None, "off (no blocks to skip)"
     store_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -945,13 +1058,13 @@ def _memory_mb(device) -> float | None:
     return None
 
 
-def _due(interval, step: int, epoch_end: bool, seconds_since: float | None) -> bool:
+def _due(interval, step: int, epoch_end: bool, seconds_since: float | None, epochs_done: int = 1) -> bool:
     iv = parse_interval(interval)
     if iv is None:
         return False
     kind, amount = iv
-    if kind == "epoch":
-        return epoch_end
+    if kind == "epoch":  # every epoch, or every N epochs
+        return epoch_end and epochs_done % int(amount) == 0
     if kind == "steps":
         return step % int(amount) == 0
     return seconds_since is not None and seconds_since >= amount
@@ -969,9 +1082,9 @@ def _rebuild_optimizer(accelerator, model, lm, live, fused, old):
     return accelerator.prepare_optimizer(new)
 
 
-def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_per_epoch: int) -> str:
+def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_per_epoch: int, lm: LayerMap) -> str:
     """Apply `set` values with the schema's live rules. Raises FinetuneError for a value it refuses."""
-    from .config import canonical_name
+    from .config import canonical_name, check_live_value
 
     allowed = live_fields()
     changes = []
@@ -981,11 +1094,20 @@ def _apply_set(values: dict[str, Any], live: _Live, optimizer, step: int, steps_
             raise FinetuneError(
                 f"'{name}' cannot change during a run; live fields: {', '.join(k for k in allowed if k != 'freeze')}"
             )
-        try:
-            FinetuneConfig.model_validate({name: value})  # type and range checks from the schema
-        except ValueError as e:  # pydantic's ValidationError: a refused command, not a failed run
-            raise FinetuneError(f"{name}={value!r}: {str(e).splitlines()[-1].strip()}") from None
-        if name == "lr":
+        checked = check_live_value(name, value)  # type and range checks from the schema: ConfigError, a refusal
+        if name in ("layer_lr_decay", "group_lr"):
+            decay = checked if name == "layer_lr_decay" else live.layer_lr_decay
+            group_lr = checked if name == "group_lr" else live.group_lr
+            mults = lr_multipliers(lm, decay, group_lr)  # unknown group names: ConfigError, the command is refused
+            live.layer_lr_decay, live.group_lr, live.lr_mults = decay, group_lr, mults
+            for g in optimizer.param_groups:  # the next optimizer step uses lr x lr_mult x schedule factor
+                g["lr_mult"] = mults.get(g["group"], 1.0)
+        elif name == "unfreeze_every":
+            if live.unfreeze_at is None:  # turned on now: the first interval starts now
+                live.unfreeze_from = step
+            live.unfreeze_every = checked
+            live.plan_unfreeze(steps_per_epoch)
+        elif name == "lr":
             live.lr = float(value)
         elif name == "weight_decay":
             live.weight_decay = float(value)

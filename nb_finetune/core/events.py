@@ -68,7 +68,7 @@ class StepEnded(Event):
     samples: int  # examples seen so far in this run
     tokens: int  # real (non-pad) tokens seen so far, counted on the host from lengths
     elapsed: float  # seconds of training so far
-    lr: float = 0.0  # learning rate this step used (first parameter group), a host float
+    lr: float = 0.0  # base learning rate this step used (lr x schedule factor; groups add multipliers), a host float
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Logged(Event):
     step: int
     epoch: float
     loss: float
-    lr: float
+    lr: float  # base lr x schedule factor (the lr of a group with multiplier 1, e.g. the head)
     grad_norm: float | None
     samples_per_s: float
     tokens_per_s: float
@@ -88,6 +88,9 @@ class Logged(Event):
     tflops: float | None = None  # executed training FLOP/s since the last log point (see core/flops.py), in 1e12
     mfu: float | None = None  # tflops over the device's peak, when the peak is known
     padding: float | None = None  # share of the processed tokens that were padding, since the last log point
+    # lr of each trainable layer group at the last step ({"embeddings": ..., "blocks.0": ..., "head": ...}):
+    # base lr x schedule factor x the group's multiplier (layer_lr_decay, group_lr); frozen groups are absent
+    group_lrs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +110,9 @@ class CheckpointSaved(Event):
 
 @dataclass
 class ControlApplied(Event):
+    """A command was applied (ok) or refused. Gradual unfreezing emits `command="freeze"`, `source="schedule"`,
+    `seq=0`, `args={"spec": [the groups frozen now]}`."""
+
     step: int
     command: str
     args: dict[str, Any]

@@ -14,7 +14,17 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["LayerGroup", "LayerMap", "build_layer_map", "parse_freeze_spec", "resolve_freeze", "apply_freeze"]
+__all__ = [
+    "LayerGroup",
+    "LayerMap",
+    "build_layer_map",
+    "parse_freeze_spec",
+    "resolve_freeze",
+    "apply_freeze",
+    "parse_group_lr",
+    "lr_multipliers",
+    "next_unfreeze",
+]
 
 
 @dataclass
@@ -301,3 +311,106 @@ def set_frozen_eval(model, layer_map: LayerMap, frozen: set[str]) -> None:
         if g.name in frozen:
             for mname in g.module_names:
                 mods[mname].eval()
+
+
+# --------------------------------------------------------------------------------------------- schedules
+_GROUP_KEY = re.compile(r"^(embeddings|head|blocks\.-?\d+(?:\s*-\s*-?\d+)?)$")
+
+
+def parse_group_lr(value: Any) -> Any:
+    """Check the syntax of a `group_lr` mapping (no model needed); returns it unchanged or raises ConfigError."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            "group_lr: expected a mapping of group to multiplier, e.g. `{embeddings: 0.1, blocks.0-5: 0.5}`"
+        )
+    for key, mult in value.items():
+        if not isinstance(key, str) or not _GROUP_KEY.match(key.strip().lower()):
+            raise ConfigError(
+                f"group_lr: {key!r} is not a layer group. Use `embeddings`, `head`, `blocks.3` or `blocks.0-5`."
+            )
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0 or mult != mult:
+            raise ConfigError(
+                f"group_lr: {key}: {mult!r} is not a multiplier > 0 (to stop a group training, freeze it)"
+            )
+    return value
+
+
+def _groups_of_key(key: str, layer_map: LayerMap) -> list[str]:
+    item = key.strip().lower()
+    names = layer_map.names
+    if item in ("embeddings", "head"):
+        if item not in names:
+            raise ConfigError(f"group_lr: this model has no '{item}' group (groups: {_short(layer_map)})")
+        return [item]
+    blocks = [g.name for g in layer_map.groups if g.kind == "block"]
+    m = _RANGE.match(item)
+    lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+    lo, hi = (lo + len(blocks) if lo < 0 else lo), (hi + len(blocks) if hi < 0 else hi)
+    if not (0 <= lo <= hi < len(blocks)):
+        raise ConfigError(f"group_lr: '{key}' is out of range (groups: {_short(layer_map)})")
+    return blocks[lo : hi + 1]
+
+
+def lr_multipliers(
+    layer_map: LayerMap, layer_lr_decay: float | None = None, group_lr: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Learning-rate multiplier of every layer group (discriminative / layer-wise lr decay).
+
+    With `layer_lr_decay` d: the head and any other group above the blocks x1, the top block x d, the next x d^2,
+    ..., the bottom block x d^n, the embeddings x d^(n+1). `group_lr` multiplies named groups on top of that
+    (`embeddings`, `head`, `blocks.3`, `blocks.0-5`; a later key wins over an earlier one for the same group).
+
+    Example:
+        >>> lm = LayerMap([LayerGroup("embeddings", "embeddings"), LayerGroup("blocks.0", "block"),
+        ...                LayerGroup("blocks.1", "block"), LayerGroup("head", "head")], "encoder.layer")
+        >>> lr_multipliers(lm, 0.5, {"embeddings": 2})
+        {'embeddings': 0.25, 'blocks.0': 0.25, 'blocks.1': 0.5, 'head': 1.0}
+    """
+    if layer_lr_decay is not None and not 0 < layer_lr_decay <= 1:
+        raise ConfigError(f"layer_lr_decay: {layer_lr_decay!r} must be > 0 and <= 1")
+    parse_group_lr(group_lr)
+    blocks = [g.name for g in layer_map.groups if g.kind == "block"]
+    n = len(blocks)
+    out: dict[str, float] = {}
+    for g in layer_map.groups:
+        depth = 0  # how many decay steps below the head
+        if layer_lr_decay is not None:
+            if g.kind == "block":
+                depth = n - blocks.index(g.name)
+            elif g.kind == "embeddings":
+                depth = n + 1
+        out[g.name] = float(layer_lr_decay**depth) if depth else 1.0
+    explicit: dict[str, float] = {}
+    for key, mult in (group_lr or {}).items():
+        for name in _groups_of_key(key, layer_map):
+            explicit[name] = float(mult)
+    for name, mult in explicit.items():
+        out[name] *= mult
+    return out
+
+
+def unfreeze_order(layer_map: LayerMap) -> list[str]:
+    """Groups in the order gradual unfreezing makes them trainable: head, blocks from the top down, embeddings."""
+    return [g.name for g in reversed(layer_map.groups)]
+
+
+def next_unfreeze(layer_map: LayerMap, frozen: set[str], floor: set[str] | None = None) -> set[str] | None:
+    """The frozen set after the next gradual-unfreezing step, or None when nothing above `floor` is frozen.
+
+    The top-most frozen group that is not in `floor` becomes trainable (blocks from the top down, embeddings last).
+
+    Example:
+        >>> lm = LayerMap([LayerGroup("embeddings", "embeddings"), LayerGroup("blocks.0", "block"),
+        ...                LayerGroup("blocks.1", "block"), LayerGroup("head", "head")], "encoder.layer")
+        >>> sorted(next_unfreeze(lm, {"embeddings", "blocks.0", "blocks.1"}))
+        ['blocks.0', 'embeddings']
+        >>> next_unfreeze(lm, {"embeddings", "blocks.0"}, floor={"embeddings", "blocks.0"}) is None
+        True
+    """
+    floor = floor or set()
+    for name in unfreeze_order(layer_map):
+        if name in frozen and name not in floor:
+            return set(frozen) - {name}
+    return None

@@ -359,6 +359,7 @@ class RegistryCallback:
                     "tflops": e.tflops,
                     "mfu": e.mfu,
                     "padding": e.padding,
+                    "group_lrs": e.group_lrs,
                 }
             )
             rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
