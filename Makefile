@@ -5,8 +5,14 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # this machine image carries a CPU build of torch 2.13.0 that pip installs in seconds; override at will
 TORCH   ?= torch==2.13.0
+# a second venv pinned to Google Colab's preinstalled stack (IPython 7.34, ipykernel 6.17.1, ipywidgets 7.7.1, bokeh 3.8.2);
+# the kernel tests run on it too, and tests/compat checks that installing us there moves no pin
+CVENV   := .venv-colab
+CPY     := $(CVENV)/bin/python
+CSTAMP  := $(CVENV)/.installed
+CPINS   := tests/compat/colab-pins.txt
 
-.PHONY: venv assets demo test test-fast lint format clean
+.PHONY: venv venv-colab assets demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -20,17 +26,28 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the pinned stack first, exactly; then the project on top with the pins as constraints (fails if it would move one)
+$(CSTAMP): pyproject.toml $(CPINS)
+	rm -rf $(CVENV)
+	$(PY) -m venv $(CVENV)
+	$(CPY) -m pip install -q -c $(CPINS) pip
+	$(CPY) -m pip install -q -r $(CPINS)
+	$(CPY) -m pip install -q -c $(CPINS) -e ".[notebook]"
+	touch $(CSTAMP)
+
+venv-colab: $(CSTAMP)
+
 assets: venv
 	$(VPY) -m nb_finetune.examples fetch
 
 demo: venv assets
 	$(VPY) scripts/run_demo.py notebooks/01_quickstart.ipynb
 
-test: venv assets
+test: venv assets venv-colab
 	$(VPY) -m pytest -m "" -q
 
 test-fast: venv
-	$(VPY) -m pytest -q -m "not slow and not kernel and not browser"
+	$(VPY) -m pytest -q -m "not slow and not kernel and not browser and not compat"
 
 lint: venv
 	$(VPY) -m ruff check nb_finetune tests scripts benchmarks
@@ -41,4 +58,4 @@ format: venv
 	$(VPY) -m ruff format nb_finetune tests scripts benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache runs notebooks/executed
+	rm -rf $(VENV) $(CVENV) build dist *.egg-info .pytest_cache .ruff_cache runs notebooks/executed

@@ -1,0 +1,102 @@
+"""What the Colab stack (IPython 7.34, ipykernel 6.17.1, ipywidgets 7.7.1, bokeh 3.8.2) must do like the current
+one: run the pinned versions, deliver widget comm messages, update a display handle from a thread, and show
+user mistakes in `%finetune` lines as a UsageError without a traceback. Each test runs on both stacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+VERSIONS = """
+import json, importlib.util, IPython, ipykernel, ipywidgets, bokeh
+print(json.dumps({"ipython": IPython.__version__, "ipykernel": ipykernel.__version__,
+    "ipywidgets": ipywidgets.__version__, "bokeh": bokeh.__version__,
+    "jupyter_bokeh": importlib.util.find_spec("jupyter_bokeh") is not None}))
+"""
+
+
+def test_kernel_runs_its_stack(kernel):
+    r = kernel.execute(VERSIONS)
+    assert r.reply["status"] == "ok", r.text
+    v = json.loads(r.text)
+    if kernel.stack == "colab":
+        assert v == {
+            "ipython": "7.34.0",
+            "ipykernel": "6.17.1",
+            "ipywidgets": "7.7.1",
+            "bokeh": "3.8.2",
+            "jupyter_bokeh": False,
+        }
+    else:
+        assert int(v["ipywidgets"].split(".")[0]) >= 8 and int(v["ipython"].split(".")[0]) >= 8, v
+
+
+def test_widget_comm_helpers_reach_the_widgets(kernel):
+    r = kernel.execute(
+        "import ipywidgets as W\n"
+        "n = W.IntSlider(value=1, max=10, description='blocks'); stop = W.Button(description='Stop')\n"
+        "clicks = []\n"
+        "stop.on_click(lambda b: clicks.append(b.description))\n"
+        "display(W.VBox([n, stop]))\n"
+    )
+    assert r.reply["status"] == "ok", r.text
+    assert any(m["msg_type"] == "comm_open" for m in r.comms)
+    (slider,) = kernel.find_widgets("IntSliderModel", description="blocks")
+    (button,) = kernel.find_widgets("ButtonModel", description="Stop")
+    assert kernel.widgets[slider]["value"] == 1
+    kernel.send_widget_update(slider, {"value": 7})
+    kernel.click_button(button)
+    r = kernel.execute("print(n.value, clicks)")
+    assert r.text.strip() == "7 ['Stop']"
+    r = kernel.execute("n.value = 4")  # a kernel-side change reaches the frontend as an update
+    assert r.reply["status"] == "ok"
+    assert kernel.widgets[slider]["value"] == 4
+
+
+def test_display_handle_updated_from_a_thread_after_the_cell_returned(kernel):
+    r = kernel.execute(
+        "import threading, time\n"
+        "from IPython.display import display\n"
+        "h = display({'text/plain': 'tick 0'}, raw=True, display_id=True)\n"
+        "def pump():\n"
+        "    for i in range(1, 4):\n"
+        "        time.sleep(0.2)\n"
+        "        h.update({'text/plain': f'tick {i}'}, raw=True)\n"
+        "threading.Thread(target=pump, daemon=True).start()\n"
+    )
+    assert r.reply["status"] == "ok", r.text
+    (display_id,) = r.display_ids
+    assert display_id
+    kernel.wait_for(
+        lambda m: m["msg_type"] == "update_display_data" and m["content"]["data"]["text/plain"] == "tick 3",
+        timeout=30,
+    )
+    assert [m["content"]["data"]["text/plain"] for m in kernel.updates(display_id)] == ["tick 1", "tick 2", "tick 3"]
+
+
+LINE_MISTAKES = [
+    ("%finetune frobnicate x", "frobnicate"),
+    ("%finetune stop", "name the run"),
+    ("%finetune stop nosuchrun", "nosuchrun"),
+    ("%finetune set nosuchrun lr", "key=value"),
+]
+
+
+def test_line_mistakes_are_usage_errors_without_traceback(kernel):
+    r = kernel.execute("%load_ext nb_finetune")
+    assert r.reply["status"] == "ok", r.text
+    for line, message in LINE_MISTAKES:
+        r = kernel.execute(line)
+        assert r.reply["status"] == "error", (line, r.text)
+        assert r.reply["ename"] == "UsageError", (line, r.text)
+        assert message in r.text, (line, r.text)
+        assert "Traceback" not in r.text and "File " not in r.text, (line, r.text)
+
+
+def test_help_lists_the_commands(kernel):
+    r = kernel.execute("%load_ext nb_finetune\n%finetune --help")
+    assert r.reply["status"] == "ok", r.text
+    assert "stop NAME" in r.text and "--wait" in r.text
