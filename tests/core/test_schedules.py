@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import tiny_bert  # noqa: E402
+from test_host_sync import counter  # noqa: E402, F401 - the sync-counting fixture
 
 from nb_finetune import finetune, get_run  # noqa: E402
 from nb_finetune.core.config import FinetuneConfig, parse_interval  # noqa: E402
@@ -514,3 +515,25 @@ def test_resume_mid_schedule_continues_it(tiny_config):
         if r.get("event") == "ControlApplied" and r["source"] == "schedule"
     ]
     assert on_disk == [3, 6, 9]
+
+
+def test_no_value_read_between_log_points_with_layer_lrs_and_unfreezing(tiny_config, counter):  # noqa: F811
+    """The per-step work these features add (group lrs, the schedule check, unfreezes with optimizer rebuilds)
+    reads no device value: the same sync counter as test_host_sync."""
+    cfg = {
+        **tiny_config,
+        "max_steps": 30,
+        "log_every": 10,
+        "eval_every": None,
+        "save_every": None,
+        "freeze": "all_but_head",
+        "unfreeze_every": 7,
+        "layer_lr_decay": 0.8,
+        "group_lr": {"head": 2},
+    }
+    rec = Recorder()
+    run = finetune(cfg, callbacks=[counter, rec], wait=True)
+    assert run.status == "finished", run.error
+    assert [s for s, _, _ in rec.schedule()] == [7, 14, 21]
+    assert counter.log_steps >= {10, 20, 30} and counter.reads
+    assert counter.per_step_reads() == {}
