@@ -1,0 +1,277 @@
+"""Completion inside `%%finetune` cells: the IPython >= 8.6 matcher through a real InteractiveShell, the v1
+fallback (IPython 7.34) through the same shell and through a completer that behaves like 7.34's, and a real
+kernel's complete_reply."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nb_finetune.core.config import FinetuneConfig
+from nb_finetune.magics import completion
+from nb_finetune.magics.completion import MATCHER_ID, finetune_completions, legacy_strings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def shell():
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "nb_finetune")
+    completion.install(ip)  # `load_ext` is a no-op when another test loaded it already
+    yield ip
+    completion.install(ip)  # leave the default API installed for the tests after this one
+
+
+def complete(ip, text: str, offset: int | None = None) -> list[tuple[str, str, str]]:
+    """(replaced text, completion text, type) for each completion, as a frontend applies them."""
+    from IPython.core.completer import provisionalcompleter
+
+    offset = len(text) if offset is None else offset
+    with provisionalcompleter():
+        return [(text[c.start : c.end], c.text, c.type) for c in ip.Completer.completions(text, offset)]
+
+
+def texts(ip, text: str) -> list[str]:
+    return [t for _, t, _ in complete(ip, text)]
+
+
+# ------------------------------------------------------------------------------------------------- v2 (IPython >= 8.6)
+def test_key_prefix_completes_to_key_colon_with_help(shell):
+    got = complete(shell, "%%finetune demo\nmodel: x\nmax_st")
+    assert got == [("max_st", "max_steps: ", got[0][2])]
+    help_text = FinetuneConfig.model_fields["max_steps"].description
+    assert got[0][2].startswith("int, live · ") and help_text[:40] in got[0][2]
+
+
+def test_alias_is_offered_with_its_canonical_name(shell):
+    got = {t: ty for _, t, ty in complete(shell, "%%finetune\nlearning_")}
+    assert got["learning_rate: "].startswith("alias of lr · Peak learning rate")
+    got = {t: ty for _, t, ty in complete(shell, "%%finetune\nlr")}
+    assert list(got)[0] == "lr: "  # canonical prefix matches first
+    assert got["lr_scheduler: "].startswith("alias of scheduler")
+
+
+def test_every_schema_key_and_alias_completes(shell):
+    for name, f in FinetuneConfig.model_fields.items():
+        for key in (name, *(f.json_schema_extra or {}).get("aliases", [])):
+            got = {t: ty for _, t, ty in complete(shell, f"%%finetune\n{key[:-1]}")}
+            assert any(t.rstrip(": ") == key for t in got), (key, list(got))
+            ty = next(ty for t, ty in got.items() if t.rstrip(": ") == key)
+            assert ty.startswith(f"alias of {name} ") if key != name else not ty.startswith("alias"), ty
+
+
+def test_values_after_an_enum_key(shell):
+    got = complete(shell, "%%finetune\nprecision: ")
+    assert [t for _, t, _ in got] == ["auto", "fp32", "bf16", "fp16"]
+    assert got[0][2] == "precision value (default)" and got[1][2] == "precision value"
+    assert texts(shell, "%%finetune\nprecision: bf") == ["bf16"]
+    assert texts(shell, "%%finetune\nmixed_precision: f") == ["fp32", "fp16"]  # through an alias too
+    assert texts(shell, "%%finetune\nprecision:") == [" auto", " fp32", " bf16", " fp16"]  # YAML needs the space
+
+
+def test_values_of_booleans_choices_and_documented_words(shell):
+    assert texts(shell, "%%finetune\ncompile: ") == ["true", "false"]
+    assert texts(shell, "%%finetune\nscheduler: c") == ["cosine", "constant"]
+    assert "last" in texts(shell, "%%finetune\nresume_from: ")
+    assert finetune_completions("%%finetune\nmodel: ", 1, 7) is None  # free text: nothing invented
+
+
+def test_nested_keys_and_values(shell):
+    assert texts(shell, "%%finetune\ndata:\n  train: x.csv\n  te") == ["text: ", "text_pair: ", "test: "]
+    assert texts(shell, "%%finetune\nearly_stopping:\n  metric: eval_f1\n  mode: ") == ["auto", "min", "max"]
+    assert finetune_completions("%%finetune\ndata:", 1, 5) is None  # nothing after the colon of a mapping key
+    assert texts(shell, "%%finetune\nd")[0] == "data:"  # a mapping key opens a block
+
+
+def test_keys_already_given_are_not_offered_again(shell):
+    assert "max_steps: " not in texts(shell, "%%finetune\nmax_steps: 5\nmax_")
+    assert "max_steps: " in texts(shell, "%%finetune\ndata:\n  max_steps: 5\nmax_")  # other mapping: not a sibling
+
+
+def test_notebook_variables_complete_inside_placeholders(shell):
+    shell.user_ns["reviews_df"] = [1, 2]
+    got = complete(shell, "%%finetune\ndata: {{revi")
+    assert got == [("revi", "reviews_df", "variable · list")]
+
+
+def test_python_completions_are_suppressed_inside_the_cell_only(shell):
+    shell.user_ns["max_stuff"] = 1
+    assert texts(shell, "%%finetune\nmax_st") == ["max_steps: "]
+    assert "max_stuff" in texts(shell, "max_st")
+    assert "max_stuff" in texts(shell, "x = 1\nmax_st")
+
+
+def test_no_completion_outside_the_body(shell):
+    for cell in ["%%finetune run max_st", "%%finetune\n# max_st", "%%finetune\nlr: 1e-5  # prec", "%%time\nmax_st"]:
+        assert not any(t.startswith("max_steps") for t in texts(shell, cell)), cell
+    ours = [c for c in complete(shell, "%finetune max_st")]
+    assert not any(t == "max_steps: " for _, t, _ in ours)
+    # the matcher returns nothing and suppresses nothing in Python code
+    assert "path" in texts(shell, "import os\nos.pa")
+
+
+def test_cell_may_start_after_blank_lines_and_cursor_mid_cell(shell):
+    text = "\n%%finetune\nmax_st\nlr: 1e-5\n"
+    offset = text.index("max_st") + len("max_st")
+    assert [t for _, t, _ in complete(shell, text, offset)] == ["max_steps: "]
+
+
+def test_unload_removes_the_matcher(shell):
+    shell.run_line_magic("unload_ext", "nb_finetune")
+    try:
+        assert not any(getattr(m, "matcher_identifier", None) == MATCHER_ID for m in shell.Completer.custom_matchers)
+        assert "max_steps: " not in texts(shell, "%%finetune\nmax_st")
+    finally:
+        shell.run_line_magic("load_ext", "nb_finetune")
+    assert texts(shell, "%%finetune\nmax_st") == ["max_steps: "]
+
+
+# ------------------------------------------------------------------------------------------------- v1 (IPython 7.34)
+def test_v1_fallback_in_a_real_shell(shell):
+    completion.install(shell, api="v1")
+    assert [m.matcher_identifier for m in shell.Completer.custom_matchers].count(MATCHER_ID) == 1
+    got = complete(shell, "%%finetune\nmodel: x\nmax_st")
+    assert ("max_st", "max_steps: ") in [(a, b) for a, b, _ in got]
+    got = complete(shell, "%%finetune\nprecision: b")
+    assert ("b", "bf16") in [(a, b) for a, b, _ in got]
+    assert "max_steps: " not in texts(shell, "import os\nmax_st")
+    completion.uninstall(shell)
+    assert "completions" not in vars(shell.Completer)  # the instance wrapper is gone again
+
+
+class Completer734:
+    """What IPython 7.34's IPCompleter does with v1 matchers: `completions(cell, offset)` sets `line_buffer` /
+    `text_until_cursor` to the cursor's line and calls each custom matcher with the token split off the line."""
+
+    def __init__(self):
+        from IPython.core.completer import CompletionSplitter
+
+        self.custom_matchers = []
+        self.splitter = CompletionSplitter()
+
+    def completions(self, text, offset):
+        before = text[:offset]
+        row, col = before.count("\n"), offset - (before.rfind("\n") + 1)
+        self.line_buffer = text.split("\n")[row]
+        self.text_until_cursor = self.line_buffer[:col]
+        token = self.splitter.split_line(self.line_buffer, col)
+        out = []
+        for matcher in self.custom_matchers:
+            out += [(token, m, matcher.__qualname__) for m in matcher(token)]
+        return iter(out)
+
+    def complete(self, line_buffer, cursor_pos):  # the single-line API
+        self.line_buffer = line_buffer
+        self.text_until_cursor = line_buffer[:cursor_pos]
+        token = self.splitter.split_line(line_buffer, cursor_pos)
+        return [m for matcher in self.custom_matchers for m in matcher(token)]
+
+
+def test_v1_fallback_with_a_734_style_completer():
+    class Shell:
+        Completer = Completer734()
+        user_ns = {"df": 1}
+
+    ip = Shell()
+    completion.install(ip, api="v1")
+    c = ip.Completer
+    [(token, text, origin)] = c.completions("%%finetune\nmax_st", 17)
+    assert (token, text) == ("max_st", "max_steps: ") and origin.endswith("finetune_cell_matches")
+    assert [m for _, m, _ in c.completions("%%finetune\nprecision: ", 22)] == ["auto", "fp32", "bf16", "fp16"]
+    assert [m for _, m, _ in c.completions("%%finetune\ndata:\n  tr", 21)] == ["train: "]
+    assert [m for _, m, _ in c.completions("%%finetune\ndata: {{d", 20)] == ["df"]
+    assert list(c.completions("x = 1\nmax_st", 12)) == []
+    # a single-line request after a cell request must not reuse that cell
+    assert c.complete("max_st", 6) == []
+    completion.uninstall(ip)
+    assert c.custom_matchers == [] and "completions" not in vars(c)
+
+
+def test_legacy_strings_rebase_items_onto_the_token():
+    # IPython's splitter may cut the token differently from the fragment the item replaces
+    cell = "%%finetune\nmax_st"
+    assert legacy_strings(cell, 1, 6, "max_st") == ["max_steps: "]
+    assert legacy_strings(cell, 1, 6, "st") == ["steps: "]
+    assert legacy_strings("%%finetune\nprecision: f", 1, 12, "f") == ["fp32", "fp16"]
+    assert legacy_strings("%%finetune\nprecision: f", 1, 12, "") == ["p32", "p16"]
+    assert legacy_strings("x = 1\nmax_st", 1, 6, "max_st") == []
+
+
+# ------------------------------------------------------------------------------------------------- pure function
+def test_pure_function_positions_and_fragments():
+    frag, items = finetune_completions("%%finetune\nmax_st\nlr: 1", 1, 6)
+    assert frag == "max_st" and [i.text for i in items] == ["max_steps: "]
+    assert finetune_completions("%%finetune\nmax_st", 0, 5) is None  # the magic line
+    assert finetune_completions("print(1)\nmax_st", 1, 6) is None
+    assert finetune_completions("%%finetune\n  ", 1, 2) is None  # indented under nothing
+    frag, items = finetune_completions("%%finetune\n", 1, 0)  # an empty line: every key
+    assert frag == "" and {i.text.rstrip(": ") for i in items} >= set(FinetuneConfig.model_fields)
+
+
+def test_completion_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from nb_finetune.magics.completion import finetune_completions\n"
+        "assert finetune_completions('%%finetune\\nmax_st', 1, 6)[1]\n"
+        "print([m for m in ('torch', 'transformers') if m in sys.modules])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "PYTHONPATH")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------- real kernel
+@pytest.mark.kernel
+def test_complete_request_through_a_real_kernel(tmp_path):
+    from jupyter_client.manager import KernelManager
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NB_FINETUNE_INDEX_DIR": str(tmp_path / "index")}
+    km = KernelManager(kernel_cmd=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    km.start_kernel(env=env, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        reply = kc.execute_interactive("%load_ext nb_finetune", timeout=120)
+        assert reply["content"]["status"] == "ok"
+
+        def ask(code: str) -> dict:
+            return kc.complete(code, len(code), reply=True, timeout=60)["content"]
+
+        code = "%%finetune demo\nmodel: m\nmax_st"
+        r = ask(code)
+        assert r["status"] == "ok" and r["matches"] == ["max_steps: "]
+        assert (r["cursor_start"], r["cursor_end"]) == (len(code) - len("max_st"), len(code))
+        types = r["metadata"].get("_jupyter_types_experimental")
+        if completion._has_context_matcher():  # IPython >= 8.6: typed completions, sent under this key
+            assert types is not None
+        if types is not None:
+            assert types[0]["text"] == "max_steps: " and "optimizer steps" in types[0]["type"]
+
+        r = ask("%%finetune\nprecision: ")
+        assert r["matches"] == ["auto", "fp32", "bf16", "fp16"]
+        types = r["metadata"].get("_jupyter_types_experimental")
+        if types is not None:
+            assert json.dumps(types[0]["type"]) == json.dumps("precision value (default)")
+
+        r = ask("import os\nos.pa")  # ordinary cells still complete Python
+        assert "path" in r["matches"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
