@@ -33,6 +33,8 @@ $(CSTAMP): pyproject.toml $(CPINS)
 	$(CPY) -m pip install -q -c $(CPINS) pip
 	$(CPY) -m pip install -q -r $(CPINS)
 	$(CPY) -m pip install -q -c $(CPINS) -e ".[notebook]"
+	# Colab's image has IPython 7.34 without jedi (IPython then completes from live objects only)
+	$(CPY) -m pip uninstall -q -y jedi
 	touch $(CSTAMP)
 
 venv-colab: $(CSTAMP)

@@ -36,6 +36,7 @@ def finetune(
     callbacks=(),
     overwrite: bool = False,
     namespace: dict | None = None,
+    start: bool = True,
     **overrides,
 ) -> Run | DryRunReport:
     """Fine-tune a pretrained model. Returns a `Run` at once; training goes on in a worker thread.
@@ -47,6 +48,7 @@ def finetune(
         callbacks: objects with `on_event(event)`, called on the training thread.
         overwrite: replace an existing run directory of the same name instead of writing `name-2`.
         namespace: where `{{name}}` placeholders in YAML text are looked up.
+        start: with False, the run waits until `run.start()`; `run.configure(...)` may change it until then.
         **overrides: config fields (canonical names or aliases), e.g. `lr=3e-5`, `max_steps=100`.
 
     Example:
@@ -91,7 +93,8 @@ def finetune(
     run_dir.write_config(cfg.to_yaml())
     run_dir.write_status(state="queued", reason=None, step=0, pid=_pid(), name=run_dir.name)
     run_dir.register()
-    _scheduler().submit(run)
+    if start:
+        run.start()
     if wait:
         run.wait()
     return run
@@ -186,6 +189,7 @@ class Run:
         self._result = None
         self._lock = threading.Lock()
         self._subscribers: list[Any] = []
+        self._submitted = False
         if resume_ckpt is not None and run_dir.path == resume_ckpt.parent.parent:
             self._load_prior_history(int(resume_ckpt.name.split("-")[-1]) if "-" in resume_ckpt.name else 0)
 
@@ -359,12 +363,60 @@ class Run:
         self.controls.checkpoint()
         return self
 
+    # ------------------------------------------------------------ starting later
+    @property
+    def started(self) -> bool:
+        """Whether the run was handed to the worker (`finetune(..., start=False)` holds it until `start()`)."""
+        return self._submitted
+
+    def start(self) -> Run:
+        """Hand the run to the worker (it trains when the runs before it have finished)."""
+        with self._lock:
+            if self._submitted:
+                return self
+            self._submitted = True
+        _scheduler().submit(self)
+        return self
+
+    def configure(self, **changes) -> Run:
+        """Change any config field of a run that has not started (`finetune(..., start=False)`)."""
+        if self._submitted:
+            raise RunStateError(
+                f"run '{self.name}' has started: change live fields with run.set(...) and run.freeze(...)"
+            )
+        from .core.config import canonical_name
+
+        clean = {canonical_name(k): v for k, v in changes.items()}
+        if "freeze" in clean:
+            spec = clean["freeze"]
+            lm = self.planned_layer_map()
+            if lm is not None:
+                resolve_freeze(spec, lm)  # a bad spec fails here, in the caller's cell
+        self.config = self.config.replace(**clean)
+        self._run_dir.write_config(self.config.to_yaml())
+        return self
+
+    def planned_layer_map(self):
+        """The model's layer map before the run builds the model (weights on the meta device), or None."""
+        if self._layer_map is not None:
+            return self._layer_map
+        if getattr(self, "_planned", None) is None:
+            from .core.tasks import text_classification as task
+
+            try:
+                self._planned = build_layer_map(task.build_model(self.config, self._prep, meta=True))
+            except Exception:  # noqa: BLE001 - a preview only; the run reports real errors when it starts
+                return None
+        return self._planned
+
     # ------------------------------------------------------------ waiting
     def wait(self, timeout: float | None = None, *, pump=None, interrupt: str = "stop") -> Run:
         """Block until the run ends. Ctrl-C once: graceful stop with checkpoint; twice: abort.
 
         `pump()` is called about every 0.1 s on the waiting thread (the magic refreshes its display there).
         """
+        if not self._submitted and not self.done:
+            raise RunStateError(f"run '{self.name}' has not started: call {self.name}.start() (or its Start button)")
         deadline = None if timeout is None else time.monotonic() + timeout
         interrupts = 0
         while not self._done.is_set():
@@ -525,7 +577,7 @@ class Run:
         from .core.tasks import text_classification as task
 
         rd = self._run_dir
-        subscribers = [self, RegistryCallback(rd), *self._callbacks, *self._subscribers]
+        subscribers = [self, RegistryCallback(rd), *self._callbacks, _Subscribers(self._subscribers)]
 
         def emit(ev):
             for cb in subscribers:
@@ -587,6 +639,20 @@ class Run:
             )
         finally:
             self._done.set()
+
+
+class _Subscribers:
+    """Fan-out to `Run.subscribe`rs, including those that subscribe while the run trains."""
+
+    def __init__(self, subscribers: list):
+        self.subscribers = subscribers
+
+    def on_event(self, e: Event) -> None:
+        for cb in tuple(self.subscribers):
+            try:
+                cb.on_event(e)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                pass
 
 
 def engine_unwrap(model):

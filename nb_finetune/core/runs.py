@@ -340,7 +340,7 @@ class RegistryCallback:
                 host=socket.gethostname(),
                 started=e.time,
             )
-            rd.append_metrics({k: v for k, v in e.to_dict().items() if k != "layers"})
+            rd.append_metrics(e.to_dict())  # with the layer map: `%finetune show` redraws it from here
         elif isinstance(e, Logged):
             rd.append_metrics(
                 {

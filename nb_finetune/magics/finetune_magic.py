@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -22,6 +23,13 @@ class FinetuneMagic(Magics, Configurable):
 
     output_dir = Unicode("runs", help="Default output_dir for runs whose cell does not set one.").tag(config=True)
     refresh_seconds = Float(0.5, help="Shortest interval between two progress display updates.").tag(config=True)
+    renderer = Unicode(
+        "auto",
+        help="How live plots reach the frontend: auto (jupyter_bokeh widget once it renders, else a display "
+        "handle), widget, display (re-render about once a second: Colab, VS Code), static (final plots only), "
+        "or text (a one-line progress display, no panel).",
+    ).tag(config=True)
+    plot_interval = Float(1.0, help="Seconds between two re-renders of the plots in display mode.").tag(config=True)
 
     def __init__(self, shell=None, **kwargs):
         Configurable.__init__(self, config=shell.config if shell else None)
@@ -37,8 +45,6 @@ class FinetuneMagic(Magics, Configurable):
 
     # ---------------------------------------------------------------- cell
     def _cell(self, line: str, cell: str):
-        from ..ui.progress import ProgressView
-
         args = parse_cell_line(line)
         if args.help:
             print(help_text())
@@ -57,19 +63,52 @@ class FinetuneMagic(Magics, Configurable):
         if args.dry_run:
             print(api.finetune(cfg, dry_run=True))
             return None
-        view = ProgressView(cfg.name, self.refresh_seconds)
-        run = api.finetune(cfg, callbacks=[view], overwrite=args.overwrite)
-        view.name = run.name
+        if args.wait and args.paused:
+            raise FinetuneError("%%finetune: --paused waits for the Start button, which --wait cannot deliver")
+        view = _Relay()
+        run = api.finetune(cfg, callbacks=[view], overwrite=args.overwrite, start=False)
         self.shell.user_ns[cfg.name] = run
-        view.show()
+        view.target = self._view(run, interactive=not args.wait)
+        view.flush()
+        if not args.paused:
+            run.start()
         if args.wait:
-            run.wait(pump=view.pump)
-            view.pump(force=True)
+            run.wait(pump=view.target.pump)
+            view.target.pump(final=True)
             if run.status == "failed":
                 raise UsageError(f"run '{run.name}' failed: {run.error}")
         else:
-            view.follow(run)
+            view.target.follow()
         return None
+
+    def _view(self, run, *, interactive: bool, state=None):
+        """The run's panel (or the one-line progress display with `renderer = text` / without the UI extras)."""
+        renderer = self.renderer.strip().lower()
+        if renderer != "text":
+            try:
+                from ..ui.panel import Panel
+            except ImportError:  # the `notebook` extra (ipywidgets, bokeh) is not installed
+                renderer = "text"
+        if renderer == "text":
+            from ..ui.progress import ProgressView
+
+            view = ProgressView(run.name, self.refresh_seconds)
+            view.run = run
+            view.show()
+            return _ProgressAdapter(view, run)
+        try:
+            panel = Panel(
+                run,
+                renderer=renderer,
+                interactive=interactive,
+                refresh_seconds=min(self.refresh_seconds, 0.25),
+                plot_interval=self.plot_interval,
+                state=state,
+            )
+        except ValueError as e:
+            raise FinetuneError(f"%config FinetuneMagic.renderer: {e}") from None
+        panel.display()
+        return panel
 
     # ---------------------------------------------------------------- line
     def _line(self, line: str):
@@ -82,6 +121,8 @@ class FinetuneMagic(Magics, Configurable):
             return None
         if cmd.command == "runs":
             return _runs_table()
+        if cmd.command == "show":
+            return self._show(cmd.name)
         target = _resolve(cmd.name)
         if isinstance(target, Path):  # a run of another process: through its control file
             kind = {"checkpoint": "checkpoint"}.get(cmd.command, cmd.command)
@@ -108,6 +149,65 @@ class FinetuneMagic(Magics, Configurable):
         elif cmd.command == "wait":
             run.wait()
         return None
+
+    def _show(self, name: str):
+        """Re-attach a panel: replay the run's metrics.jsonl, then follow the live run of this kernel."""
+        from ..ui.state import PanelState
+
+        target = _resolve(name)
+        if isinstance(target, Path):
+            raise FinetuneError(
+                f"%finetune show: run '{name}' belongs to another process ({target}); "
+                "its panel lives there. Use `%finetune runs` to see its state here."
+            )
+        run = target
+        relay = _Relay()
+        run.subscribe(relay)  # first, so no event falls between the replay and the subscription
+        state = PanelState.from_records(run._run_dir.read_metrics(), run.name, run._run_dir.status())
+        if run.done:
+            state.state, state.reason, state.error = run.status, run.reason, run.error
+        relay.target = self._view(run, interactive=True, state=state)
+        relay.flush()
+        relay.target.follow()
+        return None
+
+
+class _Relay:
+    """A subscriber that exists before the panel does: holds events until the panel is attached."""
+
+    def __init__(self):
+        self.target = None
+        self._held: list = []
+        self._lock = threading.Lock()
+
+    def on_event(self, e) -> None:
+        with self._lock:
+            if self.target is None or self._held:
+                self._held.append(e)
+                return
+        self.target.on_event(e)
+
+    def flush(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for e in held:
+            self.target.on_event(e)
+
+
+class _ProgressAdapter:
+    """The one-line ProgressView behind the panel's pump/follow interface."""
+
+    def __init__(self, view, run):
+        self.view, self.run = view, run
+
+    def on_event(self, e) -> None:
+        self.view.on_event(e)
+
+    def pump(self, final: bool = False) -> None:
+        self.view.pump(force=final)
+
+    def follow(self):
+        return self.view.follow(self.run)
 
 
 def _resolve(name: str):

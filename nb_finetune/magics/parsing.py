@@ -13,9 +13,11 @@ CELL_FLAGS = {
     "--dry-run": "print the layer map, steps and a memory estimate; train nothing",
     "--resume": "continue this run from its last checkpoint (= resume_from: last)",
     "--overwrite": "replace the previous run directory of this name instead of writing NAME-2",
+    "--paused": "show the panel but wait for its Start button (or NAME.start()); the settings can change until then",
 }
 LINE_COMMANDS = {
     "runs": "list runs (this kernel and others on this machine)",
+    "show NAME": "show the run's panel again (after the output was cleared), rebuilt from its metrics",
     "stop NAME [--no-save]": "stop a run (checkpoint first unless --no-save)",
     "abort NAME": "stop a run at once, without a checkpoint",
     "pause NAME": "pause a run at the next micro-batch",
@@ -35,6 +37,7 @@ class CellArgs:
     dry_run: bool = False
     resume: bool = False
     overwrite: bool = False
+    paused: bool = False
     help: bool = False
 
 

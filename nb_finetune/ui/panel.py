@@ -1,0 +1,599 @@
+"""The run panel: header, layer map with freezing controls, live hyperparameters, buttons, status, plots.
+
+Threads (DESIGN.md, "Execution modes"): widgets are created and displayed on the main thread; the training
+thread only feeds `PanelState` (appends under a lock); one writer, the pump, applies new points to the Bokeh
+sources and text to the widgets, a few times a second at most. Widget callbacks run on the main thread (the
+kernel's shell handler) and only call the `Run`'s thread-safe steering methods.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+from typing import Any
+
+import ipywidgets as W
+
+from ..core.config import FinetuneConfig, live_fields
+from ..errors import FinetuneError
+from .plots import FROZEN, TRAINABLE, PlotSet
+from .state import PanelState, fmt_duration
+from .transport import final_bundle, make_transport
+
+__all__ = ["Panel", "IPYWIDGETS_8"]
+
+IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
+_STATE_COLOURS = {
+    "queued": "#546e7a",
+    "starting": "#546e7a",
+    "training": "#1565c0",
+    "paused": "#6a1b9a",
+    "stopping": "#ef6c00",
+    "finished": "#2e7d32",
+    "stopped": "#ef6c00",
+    "failed": "#c62828",
+}
+# live fields the freezing box owns, or that have no single-value widget
+_NOT_IN_HPARAMS = {"freeze", "unfreeze_every", "unfreeze_until", "layer_lr_decay", "group_lr"}
+_UNFREEZE_CHOICES = [("off", None), ("every epoch", "epoch"), ("every 50 steps", 50), ("every 200 steps", 200)]
+
+
+def _tip(widget, text: str):
+    """Tooltip on ipywidgets 8 (`tooltip`) and 7 (`description_tooltip`)."""
+    if IPYWIDGETS_8:
+        widget.tooltip = text
+    else:
+        widget.description_tooltip = text
+    return widget
+
+
+def _field_help(name: str) -> str:
+    f = FinetuneConfig.model_fields.get(name)
+    extra = (f.json_schema_extra or {}) if f is not None else {}
+    text = (f.description or "") if f is not None else ""
+    if isinstance(extra, dict) and extra.get("live"):
+        text += f"\nLive: {extra['live']}"
+    return text.strip()
+
+
+def _fmt_num(v: float | None, unit: str = "") -> str:
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "--"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}{unit}"
+    return f"{v:.3g}{unit}"
+
+
+def _fmt_count(n: int) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(n)
+
+
+class Panel:
+    """One run's panel. `interactive=False` (under `--wait`) shows the controls disabled."""
+
+    def __init__(
+        self,
+        run,
+        *,
+        renderer: str = "auto",
+        interactive: bool = True,
+        refresh_seconds: float = 0.25,
+        plot_interval: float = 1.0,
+        state: PanelState | None = None,
+    ):
+        self.run = run
+        self.interactive = interactive
+        self.refresh_seconds = refresh_seconds
+        cfg = run.config
+        self.state = state or PanelState(run.name, model=str(cfg.model))
+        self.state.model = self.state.model or str(cfg.model)
+        if not self.state.layers and not run.done:
+            lm = run.planned_layer_map()
+            if lm is not None:
+                from ..core.freezing import resolve_freeze
+
+                try:
+                    self.state.set_layers(lm.table(resolve_freeze(cfg.freeze, lm)))
+                except FinetuneError:
+                    self.state.set_layers(lm.table(set()))
+        self.plots = PlotSet()
+        self.transport = make_transport(renderer, self.plots, interval=plot_interval)
+        self.layers_transport = None
+        self.renders = 0
+        self.pump_cpu_s = 0.0  # CPU time the writer spent (the UI-cost benchmark reads it)
+        self._version_seen = -1
+        self._last_text = 0.0
+        self._finalized = False
+        self._thread: threading.Thread | None = None
+        self._syncing = False  # True while the writer moves controls to match the run (no commands sent)
+        self._frozen_by_user: list[str] | None = None
+        self._build()
+
+    # ------------------------------------------------------------------ construction (main thread)
+    def _build(self) -> None:
+        st = self.state
+        self.header = W.HTML(layout=W.Layout(width="100%"))
+        self.status = W.HTML(layout=W.Layout(width="100%"))
+        self.note = W.HTML(layout=W.Layout(width="100%", min_height="18px"))
+        live = live_fields()
+
+        # ---- freezing
+        n_blocks = sum(1 for x in st.layers if x["kind"] == "block")
+        self.train_last = W.IntSlider(
+            value=0,
+            min=0,
+            max=max(n_blocks, 1),
+            description="train last",
+            continuous_update=False,
+            style={"description_width": "90px"},
+            layout=W.Layout(width="320px"),
+        )
+        _tip(self.train_last, "Blocks trained, counted from the top (the head side). " + _field_help("freeze"))
+        self.train_emb = _tip(W.Checkbox(value=False, description="train embeddings", indent=False), "Embeddings")
+        self.train_head = _tip(W.Checkbox(value=True, description="train head", indent=False), "The task head")
+        self.blocks_label = W.HTML()
+        self.unfreeze = W.Dropdown(
+            options=_UNFREEZE_CHOICES,
+            value=None,
+            description="unfreeze",
+            style={"description_width": "90px"},
+            layout=W.Layout(width="320px"),
+        )
+        _tip(self.unfreeze, "Gradual unfreezing (ULMFiT): one more block becomes trainable at each interval.")
+        self.lr_decay = W.FloatSlider(
+            value=1.0,
+            min=0.5,
+            max=1.0,
+            step=0.05,
+            description="layer lr decay",
+            continuous_update=False,
+            readout_format=".2f",
+            style={"description_width": "90px"},
+            layout=W.Layout(width="320px"),
+        )
+        _tip(self.lr_decay, "Discriminative learning rates: each block down from the head gets this factor more.")
+        freeze_rows: list = [
+            W.HTML("<b>Freezing</b>"),
+            self.train_last,
+            self.blocks_label,
+            W.HBox([self.train_emb, self.train_head]),
+        ]
+        if "unfreeze_every" in live:
+            freeze_rows.append(self.unfreeze)
+        if "layer_lr_decay" in live:
+            freeze_rows.append(self.lr_decay)
+        self.freeze_box = W.VBox(freeze_rows, layout=W.Layout(width="340px"))
+
+        # ---- hyperparameters: one control per live field of the schema
+        cfg = self.run.config
+        self.hparams: dict[str, W.Widget] = {}
+        rows: list = [W.HTML("<b>Hyperparameters</b>")]
+        for name in live:
+            if name in _NOT_IN_HPARAMS:
+                continue
+            w = self._hparam_widget(name, getattr(cfg, name, None))
+            if w is None:
+                continue
+            _tip(w, _field_help(name))
+            w.observe(lambda ch, n=name: self._on_hparam(n, ch), names="value")
+            self.hparams[name] = w
+            rows.append(w)
+        self.hparam_box = W.VBox(rows, layout=W.Layout(width="340px"))
+
+        # ---- buttons
+        def button(label, icon, style, tip):
+            return _tip(
+                W.Button(description=label, icon=icon, button_style=style, layout=W.Layout(width="120px")), tip
+            )
+
+        self.start_btn = button("Start", "play", "success", "Start the run with the settings above")
+        self.pause_btn = button("Pause", "pause", "", "Pause at the next micro-batch (Resume continues)")
+        self.stop_btn = button("Stop", "stop", "danger", "Write a checkpoint, then stop")
+        self.save_btn = button("Checkpoint", "save", "", "Write a checkpoint at the next optimizer step")
+        self.start_btn.on_click(lambda _: self._on_start())
+        self.pause_btn.on_click(lambda _: self._on_pause())
+        self.stop_btn.on_click(lambda _: self._on_stop())
+        self.save_btn.on_click(lambda _: self._on_checkpoint())
+        self.start_btn.layout.display = "none" if self.run.started else None
+        self.buttons = W.HBox([self.start_btn, self.pause_btn, self.stop_btn, self.save_btn])
+
+        for w in (self.train_last, self.train_emb, self.train_head):
+            w.observe(lambda ch: self._on_freeze(), names="value")
+        self.unfreeze.observe(lambda ch: self._on_live("unfreeze_every", ch["new"]), names="value")
+        self.lr_decay.observe(
+            lambda ch: self._on_live("layer_lr_decay", None if ch["new"] >= 0.999 else round(ch["new"], 4)),
+            names="value",
+        )
+
+        # ---- plots
+        layers_widget = self._layers_widget()
+        plots_widget = self.transport.widget()
+        top = W.HBox(
+            [W.VBox([self.freeze_box, self.hparam_box]), *([layers_widget] if layers_widget is not None else [])],
+            layout=W.Layout(align_items="flex-start", flex_flow="row wrap"),
+        )
+        self.controls = [
+            self.train_last,
+            self.train_emb,
+            self.train_head,
+            self.unfreeze,
+            self.lr_decay,
+            *self.hparams.values(),
+            self.start_btn,
+            self.pause_btn,
+            self.stop_btn,
+            self.save_btn,
+        ]
+        self.box = W.VBox(
+            [self.header, top, self.buttons, self.status, self.note, *([plots_widget] if plots_widget else [])],
+            layout=W.Layout(width="100%", border="1px solid #e0e0e0", padding="6px"),
+        )
+        self.box.add_class("nb-finetune-panel")
+        if not self.interactive:
+            for w in self.controls:
+                w.disabled = True
+            self.state.note = (
+                "controls are off while the cell waits (--wait): the kernel cannot take widget input "
+                "while a cell runs; use the default background mode to steer the run"
+            )
+        self._sync_controls(self.state.snapshot())
+        self._render_text(force=True)
+
+    def _layers_widget(self):
+        """The layer map figure as its own BokehModel (widget transports) or inside the display output."""
+        from .transport import AutoTransport, WidgetTransport, _bokeh_model_class
+
+        if isinstance(self.transport, (WidgetTransport, AutoTransport)):
+            self.layers_model = _bokeh_model_class()(self.plots.layers, self.plots.lock)
+            return self.layers_model
+        self.layers_model = None
+        self.plots.root.children.insert(0, self.plots.layers)  # display/static: above the grid
+        return None
+
+    def _hparam_widget(self, name: str, value):
+        style = {"description_width": "110px"}
+        layout = W.Layout(width="320px")
+        if name == "lr":
+            v = float(value or 2e-5)
+            return W.FloatLogSlider(
+                value=v,
+                base=10,
+                min=-7,
+                max=-1,
+                step=0.05,
+                description="learning rate",
+                readout_format=".1e",
+                continuous_update=False,
+                style=style,
+                layout=layout,
+            )
+        f = FinetuneConfig.model_fields[name]
+        ann = str(f.annotation)
+        if ann in ("<class 'float'>", "float | None", "typing.Optional[float]") or isinstance(value, float):
+            return W.FloatText(
+                value=float(value) if value is not None else 0.0,
+                description=name.replace("_", " "),
+                continuous_update=False,
+                style=style,
+                layout=layout,
+            )
+        if ann in ("<class 'int'>", "int | None", "typing.Optional[int]"):
+            return W.IntText(
+                value=int(value) if value is not None else 0,
+                description=name.replace("_", " "),
+                continuous_update=False,
+                style=style,
+                layout=layout,
+            )
+        return W.Text(
+            value="" if value is None else str(value),
+            description=name.replace("_", " "),
+            continuous_update=False,
+            placeholder="off",
+            style=style,
+            layout=layout,
+        )
+
+    # ------------------------------------------------------------------ showing
+    def display(self) -> None:
+        from IPython.display import display
+
+        display(self.box)
+        self.transport.show()
+
+    def follow(self) -> threading.Thread:
+        """Background mode: a daemon thread is the writer until the run ends, then draws the final output."""
+
+        def loop():
+            while not self.run.done:
+                time.sleep(self.refresh_seconds)
+                self.pump()
+            self.pump(final=True)
+
+        self._thread = threading.Thread(target=loop, name=f"nb_finetune-panel-{self.run.name}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    # ------------------------------------------------------------------ the writer
+    def on_event(self, e) -> None:  # training thread: record only
+        self.state.on_event(e)
+
+    def pump(self, final: bool = False) -> None:
+        """Apply new points to the plots and text to the widgets (the one writer)."""
+        if self._finalized:
+            return
+        c0 = time.process_time()
+        now = time.monotonic()
+        pts = self.state.take()
+        snap = None
+        if pts.layers_changed:
+            snap = self.state.snapshot()
+        changed = self.plots.apply(pts, snap["layers"] if snap else None)
+        self.transport.refresh(changed, now)
+        if final or self.state.done or self.run.done:
+            self._render_text(force=True)
+            self._finalize()
+        else:
+            self._render_text()
+        self.pump_cpu_s += time.process_time() - c0
+
+    def _render_text(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (self.state.version == self._version_seen or now - self._last_text < 0.5):
+            return
+        self._version_seen = self.state.version
+        self._last_text = now
+        snap = self.state.snapshot()
+        if not self.run.started:
+            snap["state"] = "not started"
+        self.header.value = self._header_html(snap)
+        self.status.value = self._status_html(snap)
+        note = snap.get("error") or snap.get("note") or ""
+        colour = "#c62828" if snap.get("error") else "#555"
+        self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
+        self._sync_controls(snap)
+        self.renders += 1
+
+    def _finalize(self) -> None:
+        if self._finalized:
+            return
+        self._finalized = True
+        snap = self.state.snapshot()
+        for w in self.controls:
+            w.disabled = True
+        self.start_btn.layout.display = "none"
+        state = snap["state"]
+        note = {
+            "stopped": "interrupted" if snap.get("reason") != "early_stopping" else "early stopping",
+            "failed": "failed",
+        }.get(state, "")
+        if state == "stopped" and snap.get("reason") == "user":
+            note = "stopped by the user"
+        text = f"{self.run.name}: {state}" + (f" ({snap.get('reason')})" if snap.get("reason") else "")
+        bundle = final_bundle(
+            self.plots, title=f"{self.run.name} · {snap.get('model', '')}", state=state, note=note, text=text
+        )
+        if self.layers_model is not None:
+            self.layers_model.layout.display = "none"
+            self.layers_img = W.HTML(self._layers_html(snap["layers"]))
+            self.box.children = tuple(
+                self.layers_img if c is self.layers_model else c for c in self._replace_layers(self.box.children)
+            )
+        self.transport.finalize(bundle)
+
+    def _replace_layers(self, children):
+        out = []
+        for c in children:
+            if isinstance(c, W.Box) and any(x is self.layers_model for x in c.children):
+                c.children = tuple(self.layers_img if x is self.layers_model else x for x in c.children)
+            out.append(c)
+        return out
+
+    # ------------------------------------------------------------------ text
+    def _header_html(self, s: dict[str, Any]) -> str:
+        state = s["state"]
+        colour = _STATE_COLOURS.get(state, "#546e7a")
+        badge = (
+            f'<span style="background:{colour};color:white;border-radius:9px;padding:1px 9px;font-size:12px">'
+            f"{html.escape(state)}{' · ' + html.escape(str(s['reason'])) if s.get('reason') else ''}</span>"
+        )
+        facts = [
+            ("model", s.get("model") or ""),
+            ("task", s.get("task") or ""),
+            ("device", s.get("device") or "--"),
+            ("precision", s.get("precision") or "--"),
+        ]
+        if s.get("params_total"):
+            pct = 100 * s["params_trainable"] / s["params_total"]
+            facts.append(
+                (
+                    "parameters",
+                    f"{_fmt_count(s['params_total'])} total, {_fmt_count(s['params_trainable'])} trainable ({pct:.1f}%)",
+                )
+            )
+        if s.get("num_train"):
+            facts.append(("data", f"{s['num_train']:,} train / {s['num_eval']:,} eval"))
+        if s.get("cache", "").startswith("on"):
+            facts.append(("cache", s["cache"]))
+        items = " · ".join(
+            f'<span style="color:#777">{k}</span> {html.escape(str(v))}' for k, v in facts if v not in ("", None)
+        )
+        return (
+            f'<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap;font-size:13px">'
+            f'<b style="font-size:15px">{html.escape(self.run.name)}</b>{badge}'
+            f'<span style="font-size:12px">{items}</span></div>'
+        )
+
+    def _status_html(self, s: dict[str, Any]) -> str:
+        total = s.get("total_steps") or 0
+        step = s.get("step") or 0
+        pct = 100 * step / total if total else 0
+        colour = _STATE_COLOURS.get(s["state"], "#546e7a")
+        parts = [f"step {step:,}/{total:,}" if total else f"step {step:,}", f"epoch {s.get('epoch', 0):.2f}"]
+        eta = self.state.eta_seconds() if s["state"] in ("training", "paused") else None
+        if eta is not None:
+            parts.append(f"ETA {fmt_duration(eta)}")
+        if s.get("loss") is not None:
+            parts.append(f"loss {_fmt_num(s['loss'])}")
+        if s.get("lr"):
+            parts.append(f"lr {s['lr']:.2e}")
+        if s.get("samples_per_s"):
+            parts.append(f"{_fmt_num(s['samples_per_s'])} samples/s")
+        if s.get("tokens_per_s"):
+            parts.append(f"{_fmt_num(s['tokens_per_s'])} tokens/s")
+        if s.get("memory_mb"):
+            parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
+        if s.get("metrics"):
+            parts.append(", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in s["metrics"].items()))
+        return (
+            '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
+            'font-size:12px">'
+            f'<div style="flex:0 0 200px;height:8px;background:#e0e0e0;border-radius:4px;overflow:hidden">'
+            f'<div class="nb-finetune-bar" style="width:{pct:.1f}%;height:100%;background:{colour}"></div></div>'
+            f'<span class="nb-finetune-status">{html.escape(" · ".join(parts))}</span></div>'
+        )
+
+    @staticmethod
+    def _layers_html(layers: list[dict[str, Any]]) -> str:
+        """A static layer map (after the run: no Bokeh widget needed)."""
+        if not layers:
+            return ""
+        top = max(x["params"] for x in layers) or 1
+        rows = "".join(
+            f'<div style="display:flex;align-items:center;gap:6px;font-size:11px;height:14px">'
+            f'<span style="width:90px;text-align:right;color:#555">{html.escape(x["group"])}</span>'
+            f'<span style="display:inline-block;height:10px;width:{max(2, 200 * x["params"] / top):.0f}px;'
+            f'background:{TRAINABLE if x["trainable"] else FROZEN}"></span>'
+            f'<span style="color:#777">{x["params"]:,}</span></div>'
+            for x in reversed(layers)
+        )
+        return f'<div style="padding:4px 12px"><b style="font-size:12px">Layer map</b>{rows}</div>'
+
+    # ------------------------------------------------------------------ controls <- run (writer)
+    def _sync_controls(self, s: dict[str, Any]) -> None:
+        layers = s.get("layers") or []
+        blocks = [x for x in layers if x["kind"] == "block"]
+        self._syncing = True
+        try:
+            if blocks:
+                if self.train_last.max != len(blocks):
+                    self.train_last.max = len(blocks)
+                trained = 0
+                for x in reversed(blocks):
+                    if not x["trainable"]:
+                        break
+                    trained += 1
+                if self.train_last.value != trained:
+                    self.train_last.value = trained
+                emb = [x for x in layers if x["kind"] == "embeddings"]
+                head = [x for x in layers if x["kind"] == "head"]
+                if emb and self.train_emb.value != emb[0]["trainable"]:
+                    self.train_emb.value = emb[0]["trainable"]
+                if head and self.train_head.value != all(x["trainable"] for x in head):
+                    self.train_head.value = all(x["trainable"] for x in head)
+                frozen_params = sum(x["params"] for x in layers if not x["trainable"])
+                self.blocks_label.value = (
+                    f'<span style="font-size:11px;color:#666;padding-left:94px">'
+                    f"of {len(blocks)} blocks · {_fmt_count(frozen_params)} parameters frozen</span>"
+                )
+            self.pause_btn.description = "Resume" if s["state"] == "paused" else "Pause"
+            self.pause_btn.icon = "play" if s["state"] == "paused" else "pause"
+        finally:
+            self._syncing = False
+
+    # ------------------------------------------------------------------ controls -> run (main thread)
+    def _frozen_groups(self) -> list[str]:
+        layers = self.state.snapshot()["layers"]
+        blocks = [x["group"] for x in layers if x["kind"] == "block"]
+        n_train = self.train_last.value
+        frozen = blocks[: max(0, len(blocks) - n_train)]
+        if not self.train_emb.value:
+            frozen = [x["group"] for x in layers if x["kind"] == "embeddings"] + frozen
+        if not self.train_head.value:
+            frozen += [x["group"] for x in layers if x["kind"] == "head"]
+        return frozen
+
+    def _say(self, text: str, error: bool = False) -> None:
+        colour = "#c62828" if error else "#555"
+        self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(text)}</span>'
+
+    def _guard(self, fn, what: str) -> None:
+        try:
+            fn()
+        except FinetuneError as e:
+            self._say(f"{what}: {e}", error=True)
+
+    def _on_freeze(self) -> None:
+        if self._syncing or not self.interactive:
+            return
+        frozen = self._frozen_groups()
+        spec = frozen if frozen else "none"
+
+        def send():
+            if not self.run.started:
+                self.run.configure(freeze=spec)
+                self.state.on_event(_layers_event(self.state, frozen))
+                self._say(f"freeze set to {spec} (applies when the run starts)")
+            else:
+                self.run.freeze(spec)
+                self._say(f"freeze {', '.join(frozen) or 'none'}: sent, applied at the next optimizer step")
+
+        self._guard(send, "freeze")
+
+    def _on_live(self, name: str, value) -> None:
+        if self._syncing or not self.interactive:
+            return
+
+        def send():
+            if not self.run.started:
+                self.run.configure(**{name: value})
+                self._say(f"{name} = {value} (applies when the run starts)")
+            else:
+                self.run.set(**{name: value})
+                self._say(f"{name} = {value}: sent, applied at the next optimizer step")
+
+        self._guard(send, name)
+
+    def _on_hparam(self, name: str, change) -> None:
+        value = change["new"]
+        if isinstance(self.hparams.get(name), W.Text):
+            value = value.strip() or None
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+        elif name in ("max_grad_norm",) and value == 0:
+            value = None
+        self._on_live(name, value)
+
+    def _on_start(self) -> None:
+        self._guard(self.run.start, "start")
+        if self.run.started:
+            self.start_btn.layout.display = "none"
+            self._say("started")
+
+    def _on_pause(self) -> None:
+        if self.state.state == "paused":
+            self._guard(self.run.resume, "resume")
+            self._say("resume sent")
+        else:
+            self._guard(self.run.pause, "pause")
+            self._say("pause sent: the run pauses at the next micro-batch")
+
+    def _on_stop(self) -> None:
+        self.run.stop(save=True)
+        self._say("stop sent: a checkpoint is written, then the run stops")
+
+    def _on_checkpoint(self) -> None:
+        self._guard(self.run.checkpoint, "checkpoint")
+        self._say("checkpoint requested for the next optimizer step")
+
+
+def _layers_event(state: PanelState, frozen: list[str]):
+    """A local `freeze` event for a run that has not started (the map redraws; nothing is sent)."""
+    from ..core.events import ControlApplied
+
+    return ControlApplied(step=state.step, command="freeze", args={"spec": frozen or "none"}, seq=0, source="preview")

@@ -1,0 +1,296 @@
+"""The run's Bokeh figures, fed only with new points (`ColumnDataSource.stream` with `rollover`).
+
+One writer: `PlotSet.apply()` is called by the panel's pump with what `PanelState.take()` returned, under
+`PlotSet.lock`, which jupyter_bokeh's browser-side write-backs take too (see transport.py). The training thread
+never gets here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+from bokeh.layouts import column, gridplot
+from bokeh.models import (
+    ColumnDataSource,
+    HoverTool,
+    LinearAxis,
+    NumeralTickFormatter,
+    Range1d,
+)
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
+from .state import Points
+
+__all__ = ["PlotSet", "FROZEN", "TRAINABLE"]
+
+TRAINABLE = "#2e7d32"
+FROZEN = "#b0bec5"
+RAW = "#90caf9"
+SMOOTH = "#1565c0"
+MARKER = "#ef6c00"
+ROLLOVER = 20_000  # points kept per series in the live plots
+_TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+
+
+def _fig(title: str, *, width: int, height: int, y_label: str = "", **kw):
+    f = figure(
+        title=title,
+        width=width,
+        height=height,
+        tools=_TOOLS,
+        active_scroll=None,
+        toolbar_location="right",
+        x_axis_label="step",
+        y_axis_label=y_label,
+        **kw,
+    )
+    f.title.text_font_size = "11pt"
+    f.title.text_font_style = "normal"
+    f.toolbar.logo = None
+    f.xaxis.axis_label_text_font_size = f.yaxis.axis_label_text_font_size = "9pt"
+    f.xaxis.axis_label_text_font_style = f.yaxis.axis_label_text_font_style = "normal"
+    f.xaxis.major_label_text_font_size = f.yaxis.major_label_text_font_size = "8pt"
+    f.grid.grid_line_alpha = 0.4
+    f.outline_line_color = None
+    f.min_border_right = 10
+    return f
+
+
+class PlotSet:
+    """Loss (raw + smoothed, control markers), eval metrics, learning rate per group, throughput + memory,
+    and the layer map (frozen / trainable)."""
+
+    def __init__(self, width: int = 460, height: int = 230):
+        self.lock = threading.RLock()
+        self.applied = 0  # batches of points applied (tests and the UI-cost benchmark read it)
+        w, h = width, height
+        # ---- loss
+        self.loss_src = ColumnDataSource({"step": [], "loss": [], "smooth": []})
+        self.marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []})
+        self.loss = _fig("Training loss", width=w, height=h, y_label="loss")
+        raw = self.loss.line("step", "loss", source=self.loss_src, color=RAW, line_width=1, legend_label="raw")
+        sm = self.loss.line(
+            "step", "smooth", source=self.loss_src, color=SMOOTH, line_width=2, legend_label="smoothed"
+        )
+        mk = self.loss.scatter(
+            "step",
+            "y",
+            source=self.marker_src,
+            marker="inverted_triangle",
+            size=11,
+            color=MARKER,
+            legend_label="change",
+        )
+        self.loss.add_tools(
+            HoverTool(
+                renderers=[sm],
+                tooltips=[("step", "@step"), ("loss", "@loss{0.0000}"), ("smoothed", "@smooth{0.0000}")],
+                mode="vline",
+            ),
+            HoverTool(renderers=[mk], tooltips=[("step", "@step"), ("change", "@label"), ("by", "@source")]),
+        )
+        raw.level = "underlay"
+        self.loss.legend.location = "top_right"
+        self.loss.legend.label_text_font_size = "8pt"
+        self.loss.legend.click_policy = "hide"
+        self.loss.legend.background_fill_alpha = 0.6
+        # ---- eval
+        self.eval_src = ColumnDataSource({"step": []})
+        self.eval = _fig("Evaluation", width=w, height=h, y_label="metric")
+        self.eval_metrics: list[str] = []
+        self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
+        self.eval.add_tools(self.eval_hover)
+        # ---- learning rate
+        self.lr_src = ColumnDataSource({"step": [], "lr": []})
+        self.lr = _fig("Learning rate", width=w, height=h, y_label="lr")
+        self.lr.yaxis.formatter = NumeralTickFormatter(format="0.0e0")
+        base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
+        self.lr.add_tools(
+            HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
+        )
+        self.lr.legend.label_text_font_size = "8pt"
+        self.lr.legend.location = "top_right"
+        self.lr.legend.click_policy = "hide"
+        self.lr_groups: list[str] = []
+        self.lr_marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []})
+        lm = self.lr.scatter("step", "y", source=self.lr_marker_src, marker="inverted_triangle", size=11, color=MARKER)
+        self.lr.add_tools(HoverTool(renderers=[lm], tooltips=[("step", "@step"), ("change", "@label")]))
+        # ---- throughput + memory
+        self.speed_src = ColumnDataSource({"step": [], "samples_per_s": [], "tokens_per_s": [], "memory_mb": []})
+        self.speed = _fig("Throughput", width=w, height=h, y_label="samples/s")
+        sp = self.speed.line("step", "samples_per_s", source=self.speed_src, color=SMOOTH, line_width=2)
+        self.speed.extra_y_ranges = {"mem": Range1d(start=0, end=1)}
+        self.speed.add_layout(LinearAxis(y_range_name="mem", axis_label="memory MB"), "right")
+        self.speed.line(
+            "step",
+            "memory_mb",
+            source=self.speed_src,
+            color=MARKER,
+            line_width=1,
+            line_dash="dashed",
+            y_range_name="mem",
+        )
+        self.speed.add_tools(
+            HoverTool(
+                renderers=[sp],
+                tooltips=[
+                    ("step", "@step"),
+                    ("samples/s", "@samples_per_s{0.0}"),
+                    ("tokens/s", "@tokens_per_s{0,0}"),
+                    ("memory MB", "@memory_mb{0,0}"),
+                ],
+                mode="vline",
+            )
+        )
+        self._mem_max = 0.0
+        # ---- layer map
+        self.layer_src = ColumnDataSource({"group": [], "params": [], "state": [], "color": [], "label": []})
+        self.layers = figure(
+            title="Layer map",
+            width=360,
+            height=220,
+            y_range=[],
+            tools="hover",
+            tooltips=[("group", "@group"), ("parameters", "@label"), ("", "@state")],
+            toolbar_location=None,
+            x_axis_label="parameters",
+        )
+        self.layers.hbar(y="group", right="params", height=0.8, color="color", source=self.layer_src)
+        self.layers.title.text_font_size = "11pt"
+        self.layers.title.text_font_style = "normal"
+        self.layers.xaxis.formatter = NumeralTickFormatter(format="0.0a")
+        self.layers.xaxis.major_label_text_font_size = self.layers.yaxis.major_label_text_font_size = "8pt"
+        self.layers.ygrid.grid_line_color = None
+        self.layers.outline_line_color = None
+        self.layers.x_range.start = 0
+        self.grid = gridplot([[self.loss, self.eval], [self.lr, self.speed]], toolbar_location=None, merge_tools=False)
+        self.root = column(self.grid)
+
+    # ------------------------------------------------------------------ the one writer
+    def apply(self, pts: Points, layers: list[dict[str, Any]] | None = None) -> bool:
+        """Stream the new points (and redraw the layer map if it changed); returns whether anything changed."""
+        if not pts:
+            return False
+        with self.lock:
+            if pts.loss:
+                self.loss_src.stream(_columns(pts.loss, ("step", "loss", "smooth")), rollover=ROLLOVER)
+            if pts.evals:
+                self._stream_evals(pts.evals)
+            if pts.lr:
+                self._stream_lr(pts.lr)
+            if pts.speed:
+                cols = _columns(pts.speed, ("step", "samples_per_s", "tokens_per_s", "memory_mb"))
+                mem = [m for m in cols["memory_mb"] if isinstance(m, float) and math.isfinite(m)]
+                if mem and max(mem) > self._mem_max:
+                    self._mem_max = max(mem)
+                    self.speed.extra_y_ranges["mem"].end = self._mem_max * 1.1
+                self.speed_src.stream(cols, rollover=ROLLOVER)
+            if pts.markers:
+                self._stream_markers(pts.markers)
+            if pts.layers_changed and layers is not None:
+                self.set_layers(layers)
+            self.applied += 1
+        return True
+
+    def _stream_evals(self, rows: list[dict[str, Any]]) -> None:
+        names = sorted({k for r in rows for k in r if k.startswith("eval_")})
+        new = [n for n in names if n not in self.eval_metrics]
+        if new:
+            n_old = len(self.eval_src.data["step"])
+            data = dict(self.eval_src.data)
+            for n in new:
+                data[n] = [math.nan] * n_old
+            self.eval_src.data = data
+            for n in new:
+                colour = Category10_10[len(self.eval_metrics) % 10]
+                label = n.removeprefix("eval_")
+                self.eval.line("step", n, source=self.eval_src, color=colour, line_width=2, legend_label=label)
+                self.eval.scatter("step", n, source=self.eval_src, color=colour, size=6, legend_label=label)
+                self.eval_metrics.append(n)
+                self.eval_hover.tooltips = [*self.eval_hover.tooltips, (label, f"@{n}{{0.0000}}")]
+            self.eval.legend.label_text_font_size = "8pt"
+            self.eval.legend.location = "bottom_right"
+            self.eval.legend.click_policy = "hide"
+        cols = {"step": [r["step"] for r in rows]}
+        for n in self.eval_metrics:
+            cols[n] = [float(r.get(n, math.nan)) for r in rows]
+        self.eval_src.stream(cols, rollover=ROLLOVER)
+
+    def _stream_lr(self, rows: list[dict[str, Any]]) -> None:
+        groups = [g for r in rows for g in (r.get("group_lrs") or {})]
+        new = [g for g in dict.fromkeys(groups) if g not in self.lr_groups]
+        if new and len(set(self.lr_groups) | set(new)) > 1:  # one group only: the base line says it all
+            n_old = len(self.lr_src.data["step"])
+            data = dict(self.lr_src.data)
+            for g in new:
+                data[f"g:{g}"] = [math.nan] * n_old
+            self.lr_src.data = data
+            for g in new:
+                colour = Category10_10[(len(self.lr_groups) + 1) % 10]
+                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1, legend_label=g)
+                self.lr_groups.append(g)
+        cols = {"step": [r["step"] for r in rows], "lr": [r["lr"] for r in rows]}
+        for g in self.lr_groups:
+            cols[f"g:{g}"] = [float((r.get("group_lrs") or {}).get(g, math.nan)) for r in rows]
+        self.lr_src.stream(cols, rollover=ROLLOVER)
+
+    def _stream_markers(self, markers: list[dict[str, Any]]) -> None:
+        steps, losses = self.loss_src.data["step"], self.loss_src.data["smooth"]
+        lr_steps, lrs = self.lr_src.data["step"], self.lr_src.data["lr"]
+
+        def at(xs, ys, step):
+            for x, y in zip(reversed(list(xs)), reversed(list(ys))):
+                if x <= step and isinstance(y, (int, float)) and math.isfinite(y):
+                    return y
+            return next((y for y in ys if isinstance(y, (int, float)) and math.isfinite(y)), 0.0)
+
+        cols = {
+            "step": [m["step"] for m in markers],
+            "y": [at(steps, losses, m["step"]) for m in markers],
+            "label": [m["label"] for m in markers],
+            "source": [m.get("source", "") for m in markers],
+        }
+        self.marker_src.stream(cols, rollover=ROLLOVER)
+        lr_cols = dict(cols, y=[at(lr_steps, lrs, m["step"]) for m in markers])
+        self.lr_marker_src.stream(lr_cols, rollover=ROLLOVER)
+
+    def set_layers(self, layers: list[dict[str, Any]]) -> None:
+        """Redraw the layer map: bars bottom-up from the embeddings to the head, coloured frozen / trainable."""
+        with self.lock:
+            names = [x["group"] for x in layers]
+            self.layers.y_range.factors = names
+            self.layers.height = max(160, min(520, 60 + 16 * len(names)))
+            self.layer_src.data = {
+                "group": names,
+                "params": [x["params"] for x in layers],
+                "state": ["trainable" if x["trainable"] else "frozen" for x in layers],
+                "color": [TRAINABLE if x["trainable"] else FROZEN for x in layers],
+                "label": [f"{x['params']:,}" for x in layers],
+            }
+
+    # ------------------------------------------------------------------ snapshots
+    def series(self) -> dict[str, dict[str, list]]:
+        """Copies of every source's columns (for the SVG snapshot and tests)."""
+        with self.lock:
+            return {
+                "loss": {k: list(v) for k, v in self.loss_src.data.items()},
+                "eval": {k: list(v) for k, v in self.eval_src.data.items()},
+                "lr": {k: list(v) for k, v in self.lr_src.data.items()},
+                "speed": {k: list(v) for k, v in self.speed_src.data.items()},
+                "markers": {k: list(v) for k, v in self.marker_src.data.items()},
+                "layers": {k: list(v) for k, v in self.layer_src.data.items()},
+            }
+
+
+def _columns(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list]:
+    return {k: [_f(r.get(k)) if k != "step" else r[k] for r in rows] for k in keys}
+
+
+def _f(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan

@@ -1,0 +1,169 @@
+"""A static SVG of a run's curves, drawn in Python (no plotting library, no JavaScript).
+
+It is the part of a run's final output that shows everywhere: GitHub, nbviewer, untrusted notebooks, a
+reopened notebook without the kernel. Series are thinned to at most `MAX_POINTS` points per line.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+__all__ = ["run_svg"]
+
+MAX_POINTS = 400
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+_STATE_COLOURS = {"finished": "#2e7d32", "stopped": "#ef6c00", "failed": "#c62828"}
+
+
+def _finite(xs, ys):
+    pts = [
+        (float(x), float(y))
+        for x, y in zip(xs, ys)
+        if isinstance(y, (int, float)) and math.isfinite(y) and isinstance(x, (int, float))
+    ]
+    if len(pts) > MAX_POINTS:
+        stride = len(pts) / MAX_POINTS
+        pts = [pts[int(i * stride)] for i in range(MAX_POINTS)] + [pts[-1]]
+    return pts
+
+
+def _nice(lo: float, hi: float) -> tuple[float, float]:
+    if lo == hi:
+        pad = abs(lo) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.06
+    return lo - pad, hi + pad
+
+
+def _fmt(v: float) -> str:
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e4 or a < 1e-2:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
+    """One chart: `lines` = [(label, colour, [(x, y)], width, opacity)], markers = [(x, y, label)]."""
+    out = [f'<g transform="translate({x0},{y0})">']
+    out.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">{html.escape(title)}</text>')
+    left, top, right, bottom = 52, 24, 10, 30
+    pw, ph = w - left - right, h - top - bottom
+    pts = [p for _, _, ps, _, _ in lines for p in ps] + [(m[0], m[1]) for m in markers]
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ddd"/>')
+    if not pts:
+        out.append(
+            f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" font-size="11" fill="#999">no data</text>'
+        )
+        out.append("</g>")
+        return out
+    xmin, xmax = _nice(min(p[0] for p in pts), max(p[0] for p in pts))
+    ymin, ymax = _nice(min(p[1] for p in pts), max(p[1] for p in pts))
+
+    def sx(x):
+        return left + (x - xmin) / (xmax - xmin) * pw
+
+    def sy(y):
+        return top + ph - (y - ymin) / (ymax - ymin) * ph
+
+    for i in range(5):  # grid and tick labels
+        yv = ymin + (ymax - ymin) * i / 4
+        xv = xmin + (xmax - xmin) * i / 4
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(yv):.1f}" y2="{sy(yv):.1f}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{left - 4}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="9" fill="#666">{_fmt(yv)}</text>'
+        )
+        out.append(
+            f'<text x="{sx(xv):.1f}" y="{top + ph + 12}" text-anchor="middle" font-size="9" fill="#666">'
+            f"{_fmt(round(xv))}</text>"
+        )
+    out.append(
+        f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle" font-size="9" fill="#666">step</text>'
+        f'<text x="10" y="{top + ph / 2}" font-size="9" fill="#666" text-anchor="middle" '
+        f'transform="rotate(-90 10 {top + ph / 2})">{html.escape(y_label)}</text>'
+    )
+    legend_x = left + 6
+    for label, colour, ps, width, opacity in lines:
+        if not ps:
+            continue
+        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
+        if len(ps) == 1:
+            out.append(f'<circle cx="{sx(ps[0][0]):.1f}" cy="{sy(ps[0][1]):.1f}" r="3" fill="{colour}"/>')
+        else:
+            out.append(
+                f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="{width}" '
+                f'stroke-opacity="{opacity}" stroke-linejoin="round"/>'
+            )
+        if label:
+            out.append(
+                f'<rect x="{legend_x}" y="{top + 6}" width="10" height="3" fill="{colour}"/>'
+                f'<text x="{legend_x + 13}" y="{top + 10}" font-size="9" fill="#444">{html.escape(label)}</text>'
+            )
+            legend_x += 20 + 6 * len(label)
+    for x, y, label in markers:
+        cx, cy = sx(x), sy(y)
+        out.append(
+            f'<path d="M{cx - 5:.1f},{cy - 12:.1f} L{cx + 5:.1f},{cy - 12:.1f} L{cx:.1f},{cy - 3:.1f} Z" '
+            f'fill="#ef6c00"><title>{html.escape(label)}</title></path>'
+        )
+    out.append("</g>")
+    return out
+
+
+def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str = "", note: str = "") -> str:
+    """Loss, eval metrics, learning rate and throughput as one SVG (2 x 2 charts)."""
+    w, h = 460, 220
+    loss, ev, lr, speed = (series.get(k, {}) for k in ("loss", "eval", "lr", "speed"))
+    mk = series.get("markers", {})
+    markers = list(zip(mk.get("step", []), mk.get("y", []), mk.get("label", [])))
+    eval_lines = [
+        (k.removeprefix("eval_"), _COLOURS[i % len(_COLOURS)], _finite(ev.get("step", []), ev[k]), 2, 1)
+        for i, k in enumerate(sorted(k for k in ev if k.startswith("eval_")))
+    ]
+    lr_lines = [("base", _COLOURS[0], _finite(lr.get("step", []), lr.get("lr", [])), 2, 1)] + [
+        (k[2:], _COLOURS[(i + 1) % len(_COLOURS)], _finite(lr.get("step", []), lr[k]), 1, 1)
+        for i, k in enumerate(k for k in lr if k.startswith("g:"))
+    ]
+    head = 26 if (title or state) else 0
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{2 * h + head}" '
+        f'viewBox="0 0 {2 * w} {2 * h + head}" font-family="sans-serif">',
+        f'<rect width="{2 * w}" height="{2 * h + head}" fill="white"/>',
+    ]
+    if head:
+        colour = _STATE_COLOURS.get(state, "#1565c0")
+        parts.append(
+            f'<text x="8" y="18" font-size="13" fill="#222">{html.escape(title)}</text>'
+            f'<text x="{2 * w - 8}" y="18" font-size="12" text-anchor="end" fill="{colour}" font-weight="bold">'
+            f"{html.escape(state + (' — ' + note if note else ''))}</text>"
+        )
+    loss_steps = loss.get("step", [])
+    parts += _panel(
+        0,
+        head,
+        w,
+        h,
+        "Training loss",
+        [
+            ("raw", "#90caf9", _finite(loss_steps, loss.get("loss", [])), 1, 0.8),
+            ("smoothed", "#1565c0", _finite(loss_steps, loss.get("smooth", [])), 2, 1),
+        ],
+        markers,
+        "loss",
+    )
+    parts += _panel(w, head, w, h, "Evaluation", eval_lines, (), "metric")
+    parts += _panel(0, head + h, w, h, "Learning rate", lr_lines, (), "lr")
+    parts += _panel(
+        w,
+        head + h,
+        w,
+        h,
+        "Throughput",
+        [("samples/s", "#1565c0", _finite(speed.get("step", []), speed.get("samples_per_s", [])), 2, 1)],
+        (),
+        "samples/s",
+    )
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,252 @@
+"""How the Bokeh figures reach the frontend (DESIGN.md, "Rendering").
+
+- `WidgetTransport`: jupyter_bokeh's `BokehModel`; streamed points travel as document patches over its comm.
+  Used once its view proves it rendered (BokehJS syncs its computed ranges and sizes back as `jsevent`
+  messages); otherwise `AutoTransport` switches to the display handle after `confirm_timeout` seconds.
+- `DisplayTransport`: re-renders the figures into a display handle about once a second (Colab, VS Code).
+- `StaticTransport`: nothing live (nbclient, CI); the final snapshot only.
+
+BokehJS is loaded INLINE (core only, no CDN) in the cell before any figure. Every transport ends with the same
+final bundle: Bokeh HTML over an SVG drawn in Python, so a saved notebook shows the curves everywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+from .plots import PlotSet
+
+__all__ = [
+    "RENDERERS",
+    "AutoTransport",
+    "DisplayTransport",
+    "StaticTransport",
+    "WidgetTransport",
+    "bokehjs_bundle",
+    "final_bundle",
+    "make_transport",
+    "detect_frontend",
+]
+
+RENDERERS = ("auto", "widget", "display", "static")
+_loaded_in: set[Any] = set()  # kernels (by execution count of the loading cell) that have BokehJS
+
+
+def detect_frontend() -> str:
+    """Best guess of the frontend: 'colab', 'vscode', or 'jupyter' (JupyterLab / Notebook 7 / other)."""
+    if "google.colab" in sys.modules:
+        return "colab"
+    if any(k.startswith("VSCODE_") for k in os.environ):
+        return "vscode"
+    return "jupyter"
+
+
+def bokehjs_bundle() -> dict[str, str]:
+    """BokehJS (core only) as an inline script: what both live transports and the final snapshot need."""
+    from bokeh.resources import Resources
+
+    res = Resources(mode="inline", components=["bokeh"])
+    return {
+        "text/html": res.render_js() + '<div class="nb-finetune-bokehjs" style="display:none"></div>',
+        "text/plain": "",
+    }
+
+
+def _embed_html(root, *, fallback: str = "", element_id: str | None = None) -> str:
+    """Bokeh `components` of `root` that render once BokehJS is there; `fallback` (an SVG) stays otherwise."""
+    from bokeh.embed import json_item
+
+    eid = element_id or f"nbft-{uuid.uuid4().hex[:12]}"
+    item = json.dumps(json_item(root, eid))
+    fallback_div = f'<div class="nb-finetune-static" id="{eid}-static">{fallback}</div>' if fallback else ""
+    # Retry briefly: BokehJS may still be loading from an earlier output of this cell. Without it the SVG stays.
+    return (
+        f'<div class="nb-finetune-plots" id="{eid}"></div>{fallback_div}'
+        "<script>(function(){var item=" + item + ";var n=0;function go(){"
+        "if(window.Bokeh&&window.Bokeh.embed&&window.Bokeh.embed.embed_item){"
+        f"var s=document.getElementById('{eid}-static');if(s)s.style.display='none';"
+        "window.Bokeh.embed.embed_item(item);}"
+        "else if(n++<40){setTimeout(go,100);}}go();})();</script>"
+    )
+
+
+def final_bundle(plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "") -> dict[str, str]:
+    """The output a finished run leaves behind: interactive Bokeh where BokehJS is present, the SVG elsewhere."""
+    from .svg import run_svg
+
+    svg = run_svg(plots.series(), title=title, state=state, note=note)
+    with plots.lock:
+        body = _embed_html(plots.root, fallback=svg)
+    return {"text/html": body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
+
+
+class _Base:
+    name = "base"
+    live = True
+
+    def __init__(self, plots: PlotSet):
+        self.plots = plots
+        self.renders = 0
+        self.handle = None
+
+    def widget(self):  # the widget to put inside the panel, if any
+        return None
+
+    def show(self) -> None:
+        """Display this transport's outputs (main thread, inside the cell being run)."""
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def refresh(self, changed: bool, now: float) -> None:  # the pump's writer, after `plots.apply`
+        return None
+
+    def finalize(self, bundle: dict[str, str]) -> None:
+        if self.handle is not None:
+            self.handle.update(bundle, raw=True)
+        else:
+            from IPython.display import display
+
+            display(bundle, raw=True)
+
+
+class StaticTransport(_Base):
+    name = "static"
+    live = False
+
+
+class DisplayTransport(_Base):
+    """Re-render the whole figure set into a display handle at most every `interval` seconds."""
+
+    name = "display"
+
+    def __init__(self, plots: PlotSet, interval: float = 1.0):
+        super().__init__(plots)
+        self.interval = interval
+        self._last = 0.0
+        self._dirty = False
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(bokehjs_bundle(), raw=True)
+        self.handle = display(self._bundle(), raw=True, display_id=True)
+        self._last = time.monotonic()
+
+    def _bundle(self) -> dict[str, str]:
+        with self.plots.lock:
+            body = _embed_html(self.plots.root)
+        return {"text/html": body, "text/plain": "(live plots: they need a frontend that runs JavaScript)"}
+
+    def refresh(self, changed: bool, now: float) -> None:
+        self._dirty = self._dirty or changed
+        if self._dirty and self.handle is not None and now - self._last >= self.interval:
+            self._last, self._dirty = now, False
+            self.handle.update(self._bundle(), raw=True)
+            self.renders += 1
+
+
+def _bokeh_model_class():
+    """jupyter_bokeh's BokehModel, with browser write-backs taken under the plots' lock and noted as a render."""
+    from jupyter_bokeh import BokehModel
+
+    class PanelBokehModel(BokehModel):
+        def __init__(self, model, lock, **kw):
+            self._nbft_lock = lock
+            self.confirmed_at: float | None = None
+            super().__init__(model, **kw)
+
+        def _sync_model(self, model, content, buffers):
+            if self.confirmed_at is None:
+                self.confirmed_at = time.monotonic()
+            with self._nbft_lock:  # the one-writer rule: the pump streams under the same lock
+                return super()._sync_model(model, content, buffers)
+
+    return PanelBokehModel
+
+
+class WidgetTransport(_Base):
+    name = "widget"
+
+    def __init__(self, plots: PlotSet):
+        super().__init__(plots)
+        self.model = _bokeh_model_class()(plots.root, plots.lock)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.model.confirmed_at is not None
+
+    def widget(self):
+        return self.model
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(bokehjs_bundle(), raw=True)  # jupyter_bokeh's view uses the page's BokehJS
+        super().show()
+
+    def finalize(self, bundle: dict[str, str]) -> None:
+        self.model.layout.display = "none"
+        super().finalize(bundle)
+
+
+class AutoTransport(WidgetTransport):
+    """The widget while its view confirms it rendered; the display handle after `confirm_timeout` without."""
+
+    name = "auto"
+
+    def __init__(self, plots: PlotSet, confirm_timeout: float = 4.0, interval: float = 1.0):
+        super().__init__(plots)
+        self.confirm_timeout = confirm_timeout
+        self.interval = interval
+        self.mode = "pending"  # -> "widget" | "display"
+        self._shown_at: float | None = None
+        self._fallback: DisplayTransport | None = None
+
+    def show(self) -> None:
+        super().show()
+        self._shown_at = time.monotonic()
+
+    def refresh(self, changed: bool, now: float) -> None:
+        if self.mode == "pending":
+            if self.confirmed:
+                self.mode = "widget"
+            elif self._shown_at is not None and now - self._shown_at > self.confirm_timeout:
+                self.mode = "display"
+                self.model.layout.display = "none"
+                self._fallback = DisplayTransport(self.plots, self.interval)
+                self._fallback.handle = self.handle
+                changed = True
+        if self._fallback is not None:
+            self._fallback.refresh(changed, now)
+            self.renders = self._fallback.renders
+
+
+def make_transport(renderer: str, plots: PlotSet, *, interval: float = 1.0, confirm_timeout: float = 4.0):
+    """`renderer`: auto | widget | display | static (`%config FinetuneMagic.renderer`)."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer {renderer!r} is not one of {', '.join(RENDERERS)}")
+    if renderer == "auto":
+        frontend = detect_frontend()
+        if frontend in ("colab", "vscode"):
+            return DisplayTransport(plots, interval)
+        try:
+            import jupyter_bokeh  # noqa: F401
+        except ImportError:
+            return DisplayTransport(plots, interval)
+        return AutoTransport(plots, confirm_timeout, interval)
+    if renderer == "widget":
+        return WidgetTransport(plots)
+    if renderer == "display":
+        return DisplayTransport(plots, interval)
+    return StaticTransport(plots)
+
+
+def escape(s: str) -> str:
+    return html.escape(s, quote=True)

@@ -1,0 +1,283 @@
+"""The panel in-process: real runs on a tiny model, widget messages as a frontend sends them, streamed plots."""
+
+from __future__ import annotations
+
+import math
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("bokeh")
+
+from nb_finetune import finetune  # noqa: E402
+from nb_finetune.ui.panel import IPYWIDGETS_8, Panel  # noqa: E402
+from nb_finetune.ui.state import PanelState  # noqa: E402
+from nb_finetune.ui.svg import run_svg  # noqa: E402
+from nb_finetune.ui.transport import AutoTransport, DisplayTransport, StaticTransport, make_transport  # noqa: E402
+
+
+# ------------------------------------------------------------------ what a frontend sends
+def frontend_sets(widget, value) -> None:
+    """The comm message a frontend sends when the user moves a slider / edits a field."""
+    if IPYWIDGETS_8:
+        widget._handle_msg(
+            {"content": {"data": {"method": "update", "state": {"value": value}, "buffer_paths": []}}, "buffers": []}
+        )
+    else:
+        widget._handle_msg({"content": {"data": {"method": "backbone", "sync_data": {"value": value}}}})
+
+
+def frontend_clicks(button) -> None:
+    button._handle_msg({"content": {"data": {"method": "custom", "content": {"event": "click"}}}, "buffers": []})
+
+
+def until(cond, timeout: float = 60.0, what: str = "condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def attach(run, **kw) -> Panel:
+    panel = Panel(run, **kw)
+    run.subscribe(panel)
+    return panel
+
+
+@pytest.fixture
+def long_run(tiny_config):
+    run = finetune(
+        {**tiny_config, "name": "panel", "max_steps": 1_000_000, "scheduler": "constant", "warmup": 0},
+        start=False,
+    )
+    yield run
+    run.abort()
+    run._done.wait(30)
+
+
+# ------------------------------------------------------------------ a whole run
+def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, displays):
+    run = finetune({**tiny_config, "name": "streamed", "max_steps": 24, "eval_every": 8}, start=False)
+    if True:
+        panel = attach(run, renderer="widget", refresh_seconds=0.05)
+        panel.display()
+        run.start()
+        t = panel.follow()
+        run.wait()
+        t.join(10)
+    assert run.status == "finished"
+    s = panel.plots.series()
+    assert s["loss"]["step"] == list(range(1, 25))  # every optimizer step, streamed once each
+    assert all(math.isfinite(v) for v in s["loss"]["loss"])
+    assert s["eval"]["step"] == [8, 16, 24] and "eval_accuracy" in s["eval"]
+    assert s["lr"]["step"][-1] == 24 and s["speed"]["samples_per_s"][-1] > 0
+    assert s["layers"]["group"][0] == "embeddings" and s["layers"]["group"][-1] == "head"
+    # the header and status tell the run's facts
+    assert "streamed" in panel.header.value and "finished" in panel.header.value
+    assert "step 24/24" in panel.status.value
+    assert all(w.disabled for w in panel.controls)
+    # the final output: Bokeh HTML over an SVG drawn in Python, also as image/svg+xml
+    final = displays.outputs[-1]
+    assert "image/svg+xml" in final and "<svg" in final["text/html"] and "embed_item" in final["text/html"]
+    ET.fromstring(final["image/svg+xml"])  # well-formed
+    assert "finished" in final["image/svg+xml"]
+    # BokehJS is loaded inline (no CDN) before the plots
+    assert any(
+        "Bokeh" in o.get("text/html", "") and "cdn.bokeh.org" not in o.get("text/html", "")
+        for o in displays.outputs[:3]
+    )
+
+
+def test_text_throttle_holds(tiny_config, displays):
+    run = finetune({**tiny_config, "name": "throttled", "max_steps": 120, "log_every": 1}, start=False)
+    if True:
+        panel = attach(run, renderer="static", refresh_seconds=0.01)
+        panel.display()
+        run.start()
+        t0 = time.monotonic()
+        t = panel.follow()
+        run.wait()
+        t.join(10)
+    elapsed = time.monotonic() - t0
+    # text re-renders at most every 0.5 s (+ the forced first and final ones), however fast events come
+    assert panel.renders <= elapsed / 0.5 + 3, (panel.renders, elapsed)
+    assert panel.plots.series()["loss"]["step"][-1] == 120
+
+
+# ------------------------------------------------------------------ controls reach the engine
+def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
+    if True:
+        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
+        panel.display()
+        long_run.start()
+        panel.follow()
+        until(lambda: long_run.step > 3, what="training")
+        frontend_sets(panel.hparams["lr"], 1e-4)
+        until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
+        step_at_change = long_run.step
+        until(lambda: long_run.step > step_at_change + 2)
+        # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
+        until(lambda: panel.state.lr is not None and abs(panel.state.lr - 1e-4) < 1e-12, what="lr applied")
+        hist = long_run.history
+        assert abs(hist.dropna(subset=["lr"]).iloc[-1]["lr"] - 1e-4) < 1e-12
+        # the change is recorded in metrics.jsonl
+        recs = [r for r in long_run._run_dir.read_metrics() if r.get("event") == "ControlApplied"]
+        assert any(r["command"] == "set" and r["args"].get("lr") == 1e-4 and r["ok"] for r in recs)
+
+
+def test_freeze_slider_changes_trainable_parameters(long_run, displays):
+    if True:
+        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
+        panel.display()
+        long_run.start()
+        panel.follow()
+        until(lambda: long_run.step > 2 and long_run.model is not None, what="training")
+        assert all(p.requires_grad for p in long_run.model.parameters())
+        frontend_sets(panel.train_emb, False)  # train embeddings off ...
+        frontend_sets(panel.train_last, 1)  # ... and only the top block of 2
+        until(lambda: not long_run.layer_map().set_index("group").loc["blocks.0", "trainable"], what="freeze")
+        lm = long_run.layer_map().set_index("group")
+        assert (
+            not lm.loc["embeddings", "trainable"] and lm.loc["blocks.1", "trainable"] and lm.loc["head", "trainable"]
+        )
+        frozen_names = [n for n, p in long_run.model.named_parameters() if not p.requires_grad]
+        assert frozen_names and all(".embeddings." in n or ".layer.0." in n for n in frozen_names)
+        # the layer map plot follows
+        until(lambda: panel.plots.series()["layers"]["state"][:2] == ["frozen", "frozen"], what="layer map redraw")
+        assert panel.plots.series()["layers"]["state"][2:] == ["trainable", "trainable"]
+
+
+def test_bad_value_is_refused_in_the_panel_and_the_run_goes_on(long_run, displays):
+    if True:
+        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
+        panel.display()
+        long_run.start()
+        panel.follow()
+        until(lambda: long_run.step > 1)
+        frontend_sets(panel.hparams["weight_decay"], -1.0)
+        assert "weight_decay" in panel.note.value and "#c62828" in panel.note.value  # shown in red, no exception
+        s = long_run.step
+        until(lambda: long_run.step > s + 3)
+        assert long_run.status == "training"
+
+
+def test_pause_resume_and_stop_buttons(long_run, displays):
+    if True:
+        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
+        panel.display()
+        long_run.start()
+        panel.follow()
+        until(lambda: long_run.step > 1)
+        frontend_clicks(panel.pause_btn)
+        until(lambda: long_run.status == "paused", what="pause")
+        until(lambda: panel.pause_btn.description == "Resume", what="button shows Resume")
+        s = long_run.step
+        time.sleep(0.3)
+        assert long_run.step == s
+        frontend_clicks(panel.pause_btn)
+        until(lambda: long_run.step > s + 2, what="resume")
+        frontend_clicks(panel.stop_btn)
+        long_run.wait(60)
+        panel._thread.join(10)  # the writer's final render
+    assert (long_run.status, long_run.reason) == ("stopped", "user")
+    assert long_run.checkpoints, "Stop writes a checkpoint first"
+    assert "stopped" in panel.header.value
+
+
+def test_paused_start_takes_the_panel_settings(tiny_config, displays):
+    run = finetune({**tiny_config, "name": "later", "max_steps": 6}, start=False)
+    if True:
+        panel = attach(run, renderer="static", refresh_seconds=0.05)
+        panel.display()
+        assert not run.started and panel.start_btn.layout.display != "none"
+        assert panel.plots.series()["layers"]["group"] == [] or True  # drawn at the first pump
+        panel.pump()
+        assert panel.plots.series()["layers"]["group"][-1] == "head"  # the planned map, before any training
+        frontend_sets(panel.train_emb, False)
+        frontend_sets(panel.train_last, 1)
+        frontend_sets(panel.hparams["lr"], 3e-4)
+        assert run.config.lr == pytest.approx(3e-4)
+        assert sorted(run.config.freeze) == ["blocks.0", "embeddings"]
+        frontend_clicks(panel.start_btn)
+        assert run.started
+        panel.follow()
+        run.wait(60)
+    assert run.status == "finished"
+    lm = run.layer_map().set_index("group")
+    assert not lm.loc["blocks.0", "trainable"] and lm.loc["blocks.1", "trainable"]
+
+
+def test_wait_mode_shows_controls_disabled(tiny_config, displays):
+    run = finetune({**tiny_config, "name": "waited", "max_steps": 3}, start=False)
+    if True:
+        panel = attach(run, renderer="static", interactive=False)
+        panel.display()
+        assert all(w.disabled for w in panel.controls)
+        assert "--wait" in panel.note.value
+        run.start()
+        run.wait(pump=panel.pump)
+        panel.pump(final=True)
+    assert run.status == "finished" and "finished" in panel.header.value
+
+
+# ------------------------------------------------------------------ rebuilding and transports
+def test_state_rebuilt_from_metrics_matches_the_live_one(tiny_config):
+    run = finetune({**tiny_config, "name": "replay", "max_steps": 12, "eval_every": 4}, start=False)
+    live = PanelState("replay")
+    run.subscribe(live)
+    run.start()
+    run.wait(60)
+    replay = PanelState.from_records(run._run_dir.read_metrics(), "replay", run._run_dir.status())
+    a, b = live.take(), replay.take()
+    assert [p["step"] for p in a.loss] == [p["step"] for p in b.loss] == list(range(1, 13))
+    assert [p["smooth"] for p in a.loss] == pytest.approx([p["smooth"] for p in b.loss])
+    assert [e["step"] for e in b.evals] == [4, 8, 12]
+    assert replay.state == "finished" and [x["group"] for x in replay.layers] == [x["group"] for x in live.layers]
+
+
+def test_auto_transport_uses_the_widget_once_it_confirms(tiny_config, displays):
+    from nb_finetune.ui.plots import PlotSet
+
+    if True:
+        confirmed = AutoTransport(PlotSet(), confirm_timeout=0.2)
+        confirmed.show()
+        confirmed.model._sync_model(confirmed.model, {"event": "not-a-jsevent"}, [])  # any message from the view
+        confirmed.refresh(True, time.monotonic() + 1)
+        assert confirmed.mode == "widget"
+
+        silent = AutoTransport(PlotSet(), confirm_timeout=0.2)
+        silent.show()
+        silent.refresh(True, time.monotonic())
+        assert silent.mode == "pending"
+        silent.refresh(True, time.monotonic() + 1)  # no view ever answered: the display handle takes over
+        assert silent.mode == "display" and silent.model.layout.display == "none" and silent.renders == 1
+
+
+def test_renderer_choice():
+    from nb_finetune.ui.plots import PlotSet
+
+    assert isinstance(make_transport("display", PlotSet()), DisplayTransport)
+    assert isinstance(make_transport("static", PlotSet()), StaticTransport)
+    with pytest.raises(ValueError, match="auto, widget, display, static"):
+        make_transport("fancy", PlotSet())
+
+
+def test_svg_snapshot_is_well_formed_and_marks_the_state():
+    svg = run_svg(
+        {
+            "loss": {"step": [1, 2, 3], "loss": [1.0, 0.8, float("nan")], "smooth": [1.0, 0.9, 0.85]},
+            "eval": {"step": [3], "eval_accuracy": [0.7]},
+            "lr": {"step": [1, 2, 3], "lr": [1e-3, 1e-3, 5e-4]},
+            "speed": {"step": [1, 2, 3], "samples_per_s": [10, 11, 12]},
+            "markers": {"step": [2], "y": [0.9], "label": ["lr=0.0005"]},
+        },
+        title="r <1>",
+        state="stopped",
+        note="stopped by the user",
+    )
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg")
+    assert svg.count("<polyline") >= 4 and "lr=0.0005" in svg and "r &lt;1&gt;" in svg and "stopped" in svg
