@@ -8,9 +8,9 @@ words, keys nest under `data:` / `early_stopping:`, and `{{` completes notebook 
 Works in every frontend that asks the kernel for completions (JupyterLab, Notebook, Colab, VS Code):
 - IPython >= 8.6: a Matcher API v2 matcher (`context_matcher`) that sees the whole cell, returns typed
   completions and, where it has any, suppresses Python's (a YAML cell has no Python names to complete);
-- older IPython (7.34 on Colab): a v1 string matcher in `Completer.custom_matchers`; v1 matchers only see the
-  current line, so `Completer.completions(cell, offset)` (what ipykernel calls) is wrapped on the instance to
-  record the cell it was asked about.
+- older IPython (7.34 on Colab), whose matchers see only the current line and cannot silence Jedi: the
+  completer instance's `completions(cell, offset)` (what ipykernel calls) is wrapped, and answers with the same
+  typed completions inside a `%%finetune` body, handing every other request to IPython.
 
 Cheap: the schema table is built once from `FinetuneConfig` (pydantic + yaml, never torch).
 """
@@ -29,7 +29,6 @@ __all__ = [
     "Item",
     "finetune_completions",
     "make_context_matcher",
-    "make_legacy_matcher",
     "install",
     "uninstall",
 ]
@@ -319,18 +318,42 @@ def make_context_matcher(shell=None):
     return finetune_cell_matcher
 
 
-class _Recorder:
-    """Wraps `Completer.completions` on one completer instance to remember the cell it was asked about."""
+class _CellCompletions:
+    """Older IPython (< 8.6): wraps `Completer.completions` on one completer instance.
 
-    def __init__(self, completer):
+    IPython 7's matchers see only the current line (so they cannot tell a `%%finetune` cell) and cannot suppress
+    Jedi's Python names; `completions(cell, offset)`, which ipykernel calls for every complete_request, sees the
+    whole cell. Inside a `%%finetune` body with something to offer, the wrapper answers with typed `Completion`s
+    itself; everywhere else it hands the call to the completer untouched.
+    """
+
+    matcher_identifier = MATCHER_ID
+
+    def __init__(self, completer, shell=None):
         self.completer = completer
-        self.original = completer.__dict__.get("completions")
+        self.shell = shell
+        self.original = completer.__dict__.get("completions")  # an instance attribute someone else set, if any
         self.bound = completer.completions
-        self.cell: tuple[str, int] | None = None
 
     def __call__(self, text, offset, *args, **kwargs):
-        self.cell = (text, offset)
-        return self.bound(text, offset, *args, **kwargs)
+        ours = self.ours(text, offset)
+        if ours is None:
+            return self.bound(text, offset, *args, **kwargs)
+        return iter(ours)
+
+    def ours(self, text: str, offset: int) -> list | None:
+        offset = min(max(int(offset), 0), len(text))
+        before = text[:offset]
+        row, col = before.count("\n"), offset - (before.rfind("\n") + 1)
+        result = finetune_completions(text, row, col, getattr(self.shell, "user_ns", None))
+        if result is None or not result[1]:
+            return None
+        from IPython.core.completer import Completion, provisionalcompleter
+
+        fragment, items = result
+        start = offset - len(fragment)
+        with provisionalcompleter():  # what ipykernel does around this call; silences the provisional-API warning
+            return [Completion(start, offset, i.text, type=i.type, _origin=MATCHER_ID, signature="") for i in items]
 
     def restore(self) -> None:
         if self.completer.__dict__.get("completions") is self:
@@ -338,56 +361,6 @@ class _Recorder:
                 del self.completer.completions
             else:
                 self.completer.completions = self.original
-
-
-def _line_of(text: str, offset: int) -> tuple[int, int]:
-    before = text[:offset]
-    row = before.count("\n")
-    return row, offset - (before.rfind("\n") + 1)
-
-
-def make_legacy_matcher(completer, shell=None):
-    """Matcher API v1 (IPython < 8.6, e.g. 7.34 on Colab): `matcher(token) -> [str]`.
-
-    The strings replace the token IPython split off the line; a v1 matcher sees only the current line
-    (`completer.line_buffer` / `text_until_cursor`), so the cell comes from `completer.completions`' last call,
-    used only while the completer's current line is that call's line at the cursor.
-    """
-    recorder = _Recorder(completer)
-
-    def finetune_cell_matches(text):
-        cell = recorder.cell
-        if cell is None:
-            return []
-        full_text, offset = cell
-        row, col = _line_of(full_text, min(offset, len(full_text)))
-        line = full_text.split("\n")[row]
-        if getattr(completer, "text_until_cursor", None) != line[:col]:
-            return []  # a completion of something else (e.g. the terminal's single-line `complete`)
-        return legacy_strings(full_text, row, col, text, getattr(shell, "user_ns", None))
-
-    finetune_cell_matches.matcher_identifier = MATCHER_ID
-    finetune_cell_matches.recorder = recorder
-    return finetune_cell_matches
-
-
-def legacy_strings(full_text: str, row: int, col: int, token: str, namespace=None) -> list[str]:
-    """The v1 form of `finetune_completions`: strings that replace `token` (IPython's split of the line)."""
-    result = finetune_completions(full_text, row, col, namespace)
-    if result is None:
-        return []
-    fragment, items = result
-    before = full_text.split("\n")[row][:col]
-    if not before.endswith(token):
-        return []
-    out = []
-    for i in items:
-        # the item replaces `fragment`; IPython replaces `token`: rebase onto the token
-        new_text = before[: len(before) - len(fragment)] + i.text
-        head = before[: len(before) - len(token)]
-        if new_text.startswith(head):
-            out.append(new_text[len(head) :])
-    return out
 
 
 def _has_context_matcher() -> bool:
@@ -399,30 +372,25 @@ def _has_context_matcher() -> bool:
 
 
 def install(shell, api: str | None = None) -> None:
-    """Register the completion on `shell` (idempotent). `api`: "v2", "v1" or None (the best available)."""
+    """Register the completion on `shell` (idempotent). `api`: "v2", "legacy" or None (the best available)."""
     completer = getattr(shell, "Completer", None)
     if completer is None:
         return
     uninstall(shell)
-    api = api or ("v2" if _has_context_matcher() else "v1")
+    api = api or ("v2" if _has_context_matcher() else "legacy")
     if api == "v2":
-        matcher = make_context_matcher(shell)
+        completer.custom_matchers.insert(0, make_context_matcher(shell))
     else:
-        matcher = make_legacy_matcher(completer, shell)
-        completer.completions = matcher.recorder
-    completer.custom_matchers.insert(0, matcher)
+        completer.completions = _CellCompletions(completer, shell)
 
 
 def uninstall(shell) -> None:
     completer = getattr(shell, "Completer", None)
     if completer is None:
         return
-    keep = []
-    for m in completer.custom_matchers:
-        if getattr(m, "matcher_identifier", None) == MATCHER_ID:
-            recorder = getattr(m, "recorder", None)
-            if recorder is not None:
-                recorder.restore()
-        else:
-            keep.append(m)
-    completer.custom_matchers[:] = keep
+    wrapper = completer.__dict__.get("completions")
+    if isinstance(wrapper, _CellCompletions):
+        wrapper.restore()
+    completer.custom_matchers[:] = [
+        m for m in completer.custom_matchers if getattr(m, "matcher_identifier", None) != MATCHER_ID
+    ]

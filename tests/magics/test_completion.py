@@ -1,10 +1,10 @@
-"""Completion inside `%%finetune` cells: the IPython >= 8.6 matcher through a real InteractiveShell, the v1
-fallback (IPython 7.34) through the same shell and through a completer that behaves like 7.34's, and a real
-kernel's complete_reply."""
+"""Completion inside `%%finetune` cells: the IPython >= 8.6 matcher through a real InteractiveShell, the fallback
+for older IPython (7.34 on Colab) through the same shell and through a completer shaped like 7.34's, and a real
+kernel's complete_reply. The whole file also runs under IPython 7.34 (`.venv-colab`), where the fallback is the
+path every test takes."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import pytest
 
 from nb_finetune.core.config import FinetuneConfig
 from nb_finetune.magics import completion
-from nb_finetune.magics.completion import MATCHER_ID, finetune_completions, legacy_strings
+from nb_finetune.magics.completion import MATCHER_ID, finetune_completions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,8 @@ def test_no_completion_outside_the_body(shell):
     ours = [c for c in complete(shell, "%finetune max_st")]
     assert not any(t == "max_steps: " for _, t, _ in ours)
     # the matcher returns nothing and suppresses nothing in Python code
-    assert "path" in texts(shell, "import os\nos.pa")
+    shell.user_ns["my_path_var"] = 1
+    assert "my_path_var" in texts(shell, "import os\nmy_path_v")
 
 
 def test_cell_may_start_after_blank_lines_and_cursor_mid_cell(shell):
@@ -134,75 +135,63 @@ def test_unload_removes_the_matcher(shell):
     assert texts(shell, "%%finetune\nmax_st") == ["max_steps: "]
 
 
-# ------------------------------------------------------------------------------------------------- v1 (IPython 7.34)
-def test_v1_fallback_in_a_real_shell(shell):
-    completion.install(shell, api="v1")
-    assert [m.matcher_identifier for m in shell.Completer.custom_matchers].count(MATCHER_ID) == 1
+# ------------------------------------------------------------------------------------------------- IPython < 8.6
+def test_legacy_path_in_a_real_shell(shell):
+    completion.install(shell, api="legacy")
+    assert not any(getattr(m, "matcher_identifier", None) == MATCHER_ID for m in shell.Completer.custom_matchers)
+    shell.user_ns["max_stuff"] = 1
     got = complete(shell, "%%finetune\nmodel: x\nmax_st")
-    assert ("max_st", "max_steps: ") in [(a, b) for a, b, _ in got]
-    got = complete(shell, "%%finetune\nprecision: b")
-    assert ("b", "bf16") in [(a, b) for a, b, _ in got]
-    assert "max_steps: " not in texts(shell, "import os\nmax_st")
+    assert [(a, b) for a, b, _ in got] == [("max_st", "max_steps: ")]  # typed, and no Python names
+    assert got[0][2].startswith("int, live · ")
+    assert texts(shell, "%%finetune\nprecision: b") == ["bf16"]
+    assert "max_stuff" in texts(shell, "x = 1\nmax_st")  # other cells: IPython as usual
     completion.uninstall(shell)
     assert "completions" not in vars(shell.Completer)  # the instance wrapper is gone again
 
 
 class Completer734:
-    """What IPython 7.34's IPCompleter does with v1 matchers: `completions(cell, offset)` sets `line_buffer` /
-    `text_until_cursor` to the cursor's line and calls each custom matcher with the token split off the line."""
+    """The part of IPython 7.34's IPCompleter the legacy path relies on: `completions(cell, offset)` is what
+    ipykernel calls, matchers get only the line; `Completion` objects carry start, end, text and type."""
 
     def __init__(self):
-        from IPython.core.completer import CompletionSplitter
-
         self.custom_matchers = []
-        self.splitter = CompletionSplitter()
+        self.calls = []
 
     def completions(self, text, offset):
-        before = text[:offset]
-        row, col = before.count("\n"), offset - (before.rfind("\n") + 1)
-        self.line_buffer = text.split("\n")[row]
-        self.text_until_cursor = self.line_buffer[:col]
-        token = self.splitter.split_line(self.line_buffer, col)
-        out = []
-        for matcher in self.custom_matchers:
-            out += [(token, m, matcher.__qualname__) for m in matcher(token)]
-        return iter(out)
+        from IPython.core.completer import Completion
 
-    def complete(self, line_buffer, cursor_pos):  # the single-line API
-        self.line_buffer = line_buffer
-        self.text_until_cursor = line_buffer[:cursor_pos]
-        token = self.splitter.split_line(line_buffer, cursor_pos)
-        return [m for matcher in self.custom_matchers for m in matcher(token)]
+        self.calls.append((text, offset))
+        return iter([Completion(offset, offset, "python_name", type="instance")])
 
 
-def test_v1_fallback_with_a_734_style_completer():
+def test_legacy_path_with_a_734_style_completer():
     class Shell:
         Completer = Completer734()
         user_ns = {"df": 1}
 
-    ip = Shell()
-    completion.install(ip, api="v1")
-    c = ip.Completer
-    [(token, text, origin)] = c.completions("%%finetune\nmax_st", 17)
-    assert (token, text) == ("max_st", "max_steps: ") and origin.endswith("finetune_cell_matches")
-    assert [m for _, m, _ in c.completions("%%finetune\nprecision: ", 22)] == ["auto", "fp32", "bf16", "fp16"]
-    assert [m for _, m, _ in c.completions("%%finetune\ndata:\n  tr", 21)] == ["train: "]
-    assert [m for _, m, _ in c.completions("%%finetune\ndata: {{d", 20)] == ["df"]
-    assert list(c.completions("x = 1\nmax_st", 12)) == []
-    # a single-line request after a cell request must not reuse that cell
-    assert c.complete("max_st", 6) == []
+    ip, c = Shell(), Shell.Completer
+    completion.install(ip, api="legacy")
+
+    def ask(text, offset=None):
+        from IPython.core.completer import provisionalcompleter
+
+        offset = len(text) if offset is None else offset
+        with provisionalcompleter():
+            return [(text[x.start : x.end], x.text, x.type) for x in c.completions(text, offset)]
+
+    got = ask("%%finetune\nmax_st")
+    assert [(a, b) for a, b, _ in got] == [("max_st", "max_steps: ")] and "optimizer steps" in got[0][2]
+    assert [b for _, b, _ in ask("%%finetune\nprecision: ")] == ["auto", "fp32", "bf16", "fp16"]
+    assert [b for _, b, _ in ask("%%finetune\ndata:\n  tr")] == ["train: "]
+    assert [b for _, b, _ in ask("%%finetune\ndata: {{d")] == ["df"]
+    assert c.calls == []  # all answered from the schema
+    assert ask("x = 1\nmax_st") == [("", "python_name", "instance")]  # anything else goes to IPython
+    assert ask("%%finetune\nmodel: ") == [("", "python_name", "instance")]  # nothing to offer: IPython's turn
+    assert c.calls == [("x = 1\nmax_st", 12), ("%%finetune\nmodel: ", 18)]
+    completion.install(ip, api="legacy")  # idempotent: one wrapper, not two
+    assert ask("x") == [("", "python_name", "instance")] and len(c.calls) == 3
     completion.uninstall(ip)
-    assert c.custom_matchers == [] and "completions" not in vars(c)
-
-
-def test_legacy_strings_rebase_items_onto_the_token():
-    # IPython's splitter may cut the token differently from the fragment the item replaces
-    cell = "%%finetune\nmax_st"
-    assert legacy_strings(cell, 1, 6, "max_st") == ["max_steps: "]
-    assert legacy_strings(cell, 1, 6, "st") == ["steps: "]
-    assert legacy_strings("%%finetune\nprecision: f", 1, 12, "f") == ["fp32", "fp16"]
-    assert legacy_strings("%%finetune\nprecision: f", 1, 12, "") == ["p32", "p16"]
-    assert legacy_strings("x = 1\nmax_st", 1, 6, "max_st") == []
+    assert "completions" not in vars(c)
 
 
 # ------------------------------------------------------------------------------------------------- pure function
@@ -258,20 +247,18 @@ def test_complete_request_through_a_real_kernel(tmp_path):
         r = ask(code)
         assert r["status"] == "ok" and r["matches"] == ["max_steps: "]
         assert (r["cursor_start"], r["cursor_end"]) == (len(code) - len("max_st"), len(code))
-        types = r["metadata"].get("_jupyter_types_experimental")
-        if completion._has_context_matcher():  # IPython >= 8.6: typed completions, sent under this key
-            assert types is not None
-        if types is not None:
-            assert types[0]["text"] == "max_steps: " and "optimizer steps" in types[0]["type"]
+        # ipykernel >= 6 sends IPython's typed completions under this key; ours carry the field's help
+        types = r["metadata"]["_jupyter_types_experimental"]
+        assert types[0]["text"] == "max_steps: " and "optimizer steps" in types[0]["type"]
 
         r = ask("%%finetune\nprecision: ")
         assert r["matches"] == ["auto", "fp32", "bf16", "fp16"]
-        types = r["metadata"].get("_jupyter_types_experimental")
-        if types is not None:
-            assert json.dumps(types[0]["type"]) == json.dumps("precision value (default)")
+        types = r["metadata"]["_jupyter_types_experimental"]
+        assert [t["type"] for t in types] == ["precision value (default)"] + ["precision value"] * 3
 
-        r = ask("import os\nos.pa")  # ordinary cells still complete Python
-        assert "path" in r["matches"]
+        assert kc.execute_interactive("import os", timeout=60)["content"]["status"] == "ok"
+        r = ask("x = 1\nos.pa")  # ordinary cells still complete Python (`path` with Jedi, `os.path` without)
+        assert any(m.endswith("path") for m in r["matches"]), r["matches"]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
