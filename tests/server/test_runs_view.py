@@ -1,0 +1,130 @@
+"""The server's run reader without a server: incremental metrics.jsonl reads, bounded memory, entry checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import pytest
+
+from nb_finetune.core.runs import RunDir
+from nb_finetune.server import runs_view
+from nb_finetune.server.runs_view import RunsView, _MetricsTail, clean_json, validate_entry
+
+
+def log(path, step, loss, t=None):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"event": "log", "time": t if t is not None else step, "step": step, "loss": loss}) + "\n")
+
+
+def test_reads_only_what_was_appended_and_waits_for_whole_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = _MetricsTail()
+    assert tail.update(str(path)).history() == []  # no file yet
+    for i in range(3):
+        log(path, i, float(i))
+    m = tail.update(str(path))
+    assert m.history() == [0.0, 1.0, 2.0] and tail.offset == path.stat().st_size
+    with open(path, "a") as f:
+        f.write('{"event": "log", "step": 3, "lo')  # a writer mid-line
+    assert tail.update(str(path)).history() == [0.0, 1.0, 2.0]
+    with open(path, "a") as f:
+        f.write('ss": 3.0, "time": 3}\n')
+    assert tail.update(str(path)).history() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_unchanged_size_and_mtime_is_a_cache_hit(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log(path, 1, 1.0)
+    tail = _MetricsTail()
+    assert tail.update(str(path)).history() == [1.0]
+    st = path.stat()
+    path.write_text(path.read_text().replace("1.0", "7.0"))  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert tail.update(str(path)).history() == [1.0]  # not re-read
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert tail.update(str(path)).history() == [1.0]  # re-checked, but only bytes past the offset are read
+
+
+def test_a_rewritten_file_starts_over(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for i in range(5):
+        log(path, i, 5.0 - i)
+    tail = _MetricsTail()
+    assert len(tail.update(str(path)).history()) == 5
+    path.unlink()  # the run directory was overwritten by a new run
+    log(path, 0, 9.0)
+    assert tail.update(str(path)).history() == [9.0]
+
+
+def test_first_read_of_a_long_file_starts_at_its_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_view, "_MAX_TAIL", 2000)
+    path = tmp_path / "metrics.jsonl"
+    for i in range(200):
+        log(path, i, float(i))
+    m = _MetricsTail().update(str(path))
+    hist = m.losses
+    assert 10 < len(hist) < 60 and hist[-1] == 199.0
+    assert hist == [float(x) for x in range(int(hist[0]), 200)]  # whole lines only, none cut in half
+
+
+def test_kept_losses_are_bounded_and_cover_the_whole_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_view, "_KEEP_LOSSES", 64)
+    path = tmp_path / "metrics.jsonl"
+    for i in range(1000):
+        log(path, i, float(i))
+    m = _MetricsTail().update(str(path))
+    assert len(m.losses) <= 64
+    hist = m.history(points=10)
+    assert hist[0] == 0.0 and hist[-1] >= 900 and hist == sorted(hist)
+
+
+def test_step_rate_and_best_metric_without_is_best_flags(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for i in range(10):
+        log(path, i * 5, 1.0, t=100 + i)  # 5 steps/s
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "eval", "eval_loss": 0.5, "eval_f1": 0.6}) + "\n")
+        f.write(json.dumps({"event": "eval", "eval_loss": 0.7, "eval_f1": 0.8}) + "\n")
+        f.write(json.dumps({"event": "RunStarted", "time": 200}) + "\n")  # a resume: the rate starts over
+    m = _MetricsTail().update(str(path))
+    assert m.steps_per_s() is None
+    assert m.best("eval_loss") == {"name": "eval_loss", "value": 0.5}
+    assert m.best("eval_f1") == {"name": "eval_f1", "value": 0.8}
+    assert m.best("eval_accuracy") is None
+    log(path, 60, 1.0, t=201)
+    log(path, 70, 1.0, t=203)
+    assert _MetricsTail().update(str(path)).steps_per_s() == pytest.approx(5.0)
+
+
+def test_clean_json_turns_non_finite_numbers_into_null():
+    assert clean_json({"a": [1.0, math.nan, {"b": math.inf}], "c": "x"}) == {"a": [1.0, None, {"b": None}], "c": "x"}
+
+
+def test_entry_checks(tmp_path):
+    real = tmp_path / "runs" / "r"
+    real.mkdir(parents=True)
+    rid = hashlib.sha1(str(real).encode()).hexdigest()[:16]
+    assert validate_entry(rid, {"run_dir": str(real)}).run_dir == str(real)
+    assert validate_entry(rid.upper(), {"run_dir": str(real)}) is None
+    assert validate_entry("0" * 16, {"run_dir": str(real)}) is None  # the id is not this run_dir's
+    assert validate_entry(rid, {"run_dir": 5}) is None
+    assert validate_entry(rid, ["run_dir", str(real)]) is None
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    lid = hashlib.sha1(str(link).encode()).hexdigest()[:16]
+    assert validate_entry(lid, {"run_dir": str(link)}) is None
+    (real / "status.json").symlink_to(tmp_path / "elsewhere.json")
+    assert validate_entry(rid, {"run_dir": str(real)}) is None
+
+
+def test_view_lists_runs_from_the_index(tmp_path):
+    rd = RunDir.create(tmp_path / "runs", "one")
+    rd.write_status(state="finished", reason="completed", step=3, total_steps=3, pid=os.getpid())
+    rd.register()
+    (tmp_path / "index" / "not-an-id.json").write_text("{}")
+    (tmp_path / "index" / "0123456789abcdef.json").write_text("not json")
+    runs = RunsView().list()
+    assert [(r["name"], r["state"], r["step"]) for r in runs] == [("one", "finished", 3)]
