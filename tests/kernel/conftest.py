@@ -10,6 +10,7 @@ It yields a `Kernel`:
     k.stack                      "current" or "colab";  k.python: the kernel's interpreter
     k.km, k.kc                   the jupyter_client KernelManager and BlockingKernelClient
     k.interrupt()                what the notebook's stop button does (SIGINT to the kernel)
+    k.complete(code, cursor_pos=None)  a complete_request (TAB) -> the complete_reply content
 
     r = k.execute(code, timeout=180)
         Runs one cell and reads iopub until that request's `idle`. Returns a Cell:
@@ -180,6 +181,13 @@ class Kernel:
 
     def interrupt(self) -> None:
         self.km.interrupt_kernel()
+
+    def complete(self, code: str, cursor_pos: int | None = None, timeout: float = 30) -> dict:
+        msg_id = self.kc.complete(code, len(code) if cursor_pos is None else cursor_pos)
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+        return reply["content"]
 
     # ---------------------------------------------------------------- widgets (comm protocol 2.x)
     def find_widgets(self, model_name: str | None = None, **state) -> list[str]:

@@ -96,6 +96,22 @@ def test_line_mistakes_are_usage_errors_without_traceback(kernel):
         assert "Traceback" not in r.text and "File " not in r.text, (line, r.text)
 
 
+def test_tab_completion_in_a_finetune_cell(kernel):
+    """The kernel answers complete_request with the schema's keys and values (a v1 matcher on IPython 7.34)."""
+    r = kernel.execute("%load_ext nb_finetune")
+    assert r.reply["status"] == "ok", r.text
+    code = "%%finetune demo\nmodel: x\nmax_st"
+    reply = kernel.complete(code)
+    assert reply["status"] == "ok"
+    assert "max_steps: " in reply["matches"], reply["matches"]
+    assert code[reply["cursor_start"] : reply["cursor_end"]] == "max_st"
+    reply = kernel.complete("%%finetune demo\nprecision: b")
+    assert [m for m in reply["matches"] if m.strip() == "bf16"], reply["matches"]
+    kernel.execute("import collections")  # Python completion still works (Colab's IPython has no jedi)
+    reply = kernel.complete("collections.Ordered")
+    assert "collections.OrderedDict" in reply["matches"] or "OrderedDict" in reply["matches"], reply["matches"]
+
+
 def test_help_lists_the_commands(kernel):
     r = kernel.execute("%load_ext nb_finetune\n%finetune --help")
     assert r.reply["status"] == "ok", r.text
