@@ -11,8 +11,13 @@ CVENV   := .venv-colab
 CPY     := $(CVENV)/bin/python
 CSTAMP  := $(CVENV)/.installed
 CPINS   := tests/compat/colab-pins.txt
+# editable installs never run npm (hatch-jupyter-builder hook); `make labext` builds the lab extension and links it
+export HATCH_JUPYTER_BUILDER_SKIP_NPM := 1
+LABEXT_OUT := nb_finetune/labextension/static/style.js
+LABEXT_SRC := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) labextension/package.json labextension/tsconfig.json
+LABEXT_LINK := $(VENV)/share/jupyter/labextensions/nb-finetune-labextension
 
-.PHONY: venv venv-colab assets demo test test-fast lint format clean
+.PHONY: venv venv-colab assets demo test test-fast test-js lint format clean labext wheel browser-deps ui-deps
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -39,13 +44,44 @@ $(CSTAMP): pyproject.toml $(CPINS)
 
 venv-colab: $(CSTAMP)
 
+# the JupyterLab extension (labextension/): npm ci from the committed lockfile, build into nb_finetune/labextension/,
+# link the build into the dev venv so `.venv/bin/jupyter labextension list` shows it
+labextension/node_modules/.package-lock.json: labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+
+$(LABEXT_OUT): $(STAMP) labextension/node_modules/.package-lock.json $(LABEXT_SRC)
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" npm run --silent build:prod
+
+labext: $(LABEXT_OUT)
+	rm -rf $(LABEXT_LINK) && mkdir -p $(dir $(LABEXT_LINK))
+	ln -s $(abspath nb_finetune/labextension) $(LABEXT_LINK)
+	$(VENV)/bin/jupyter labextension list 2>&1 | grep -q "nb-finetune-labextension.*enabled.*OK"
+
+# a wheel with the prebuilt lab extension inside (share/jupyter/labextensions/nb-finetune-labextension)
+wheel: labext
+	rm -f dist/nb_finetune-*.whl
+	$(VPY) -m pip wheel -q --no-deps -w dist .
+
+test-js: labextension/node_modules/.package-lock.json
+	cd labextension && npm test --silent
+
+# Debian's Chromium for the browser tests (never a Playwright browser download); a no-op when it is there
+browser-deps:
+	test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# the Galata / Playwright harness (ui-tests/)
+ui-deps: ui-tests/node_modules/.package-lock.json
+
+ui-tests/node_modules/.package-lock.json: ui-tests/package-lock.json
+	cd ui-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+
 assets: venv
 	$(VPY) -m nb_finetune.examples fetch
 
 demo: venv assets
 	$(VPY) scripts/run_demo.py notebooks/01_quickstart.ipynb
 
-test: venv assets venv-colab
+test: venv assets venv-colab labext browser-deps ui-deps test-js
 	$(VPY) -m pytest -m "" -q
 
 test-fast: venv
@@ -60,4 +96,4 @@ format: venv
 	$(VPY) -m ruff format nb_finetune tests scripts benchmarks
 
 clean:
-	rm -rf $(VENV) $(CVENV) build dist *.egg-info .pytest_cache .ruff_cache runs notebooks/executed
+	rm -rf $(VENV) $(CVENV) build dist *.egg-info nb_finetune/labextension labextension/lib labextension/node_modules ui-tests/node_modules .pytest_cache .ruff_cache runs notebooks/executed

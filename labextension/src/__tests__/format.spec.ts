@@ -1,0 +1,109 @@
+import type { IRun } from '../api';
+import {
+  activeRun,
+  effectiveState,
+  formatDuration,
+  formatEta,
+  formatMetric,
+  formatNumber,
+  formatStep,
+  progressFraction,
+  sparklinePath,
+  stateBadge,
+  statusText
+} from '../format';
+
+function run(over: Partial<IRun>): IRun {
+  return { id: 'i', name: 'r', run_dir: '/x', state: 'training', alive: true, step: 0, last_command: 0, ...over };
+}
+
+describe('states', () => {
+  it('shows a training run whose process is gone as dead', () => {
+    expect(effectiveState({ state: 'training', alive: false })).toBe('dead');
+    expect(effectiveState({ state: 'paused', alive: false })).toBe('dead');
+    expect(effectiveState({ state: 'training', alive: true })).toBe('training');
+    expect(effectiveState({ state: 'finished', alive: false })).toBe('finished');
+    expect(effectiveState({ state: 'dead', alive: false })).toBe('dead');
+  });
+
+  it('gives each state a badge; dead says since when', () => {
+    expect(stateBadge(run({}))).toEqual({ label: 'training', kind: 'running', title: 'training' });
+    const dead = stateBadge(run({ alive: false, heartbeat_age_s: 125 }));
+    expect(dead.label).toBe('dead');
+    expect(dead.kind).toBe('dead');
+    expect(dead.title).toBe('process gone; last heartbeat 2m 05s ago');
+    expect(stateBadge(run({ state: 'failed', alive: false, reason: 'CUDA OOM' })).title).toBe('failed: CUDA OOM');
+    expect(stateBadge(run({ state: 'stopped', alive: false })).kind).toBe('stopped');
+    expect(stateBadge(run({ state: 'finished', alive: false })).kind).toBe('done');
+    expect(stateBadge(run({ state: 'weird' })).label).toBe('weird');
+  });
+});
+
+describe('durations and numbers', () => {
+  it.each([
+    [0, '0s'],
+    [59.4, '59s'],
+    [75, '1m 15s'],
+    [3725, '1h 02m'],
+    [90000, '1d 01h']
+  ])('formatDuration(%d) = %s', (s, text) => expect(formatDuration(s)).toBe(text));
+
+  it('hides unknown ETAs', () => {
+    expect(formatEta(null)).toBe('');
+    expect(formatEta(undefined)).toBe('');
+    expect(formatEta(-1)).toBe('');
+    expect(formatEta(Infinity)).toBe('');
+    expect(formatEta(61)).toBe('1m 01s');
+  });
+
+  it('formats steps, progress and metrics', () => {
+    expect(formatStep(120, 1000)).toBe('120 / 1,000');
+    expect(formatStep(5, null)).toBe('5');
+    expect(progressFraction(250, 1000)).toBe(0.25);
+    expect(progressFraction(2000, 1000)).toBe(1);
+    expect(progressFraction(5, 0)).toBeNull();
+    expect(formatNumber(0.123456)).toBe('0.1235');
+    expect(formatNumber(2e-5)).toBe('2.00e-5');
+    expect(formatNumber(null)).toBe('–');
+    expect(formatMetric({ name: 'eval_accuracy', value: 0.91234 })).toBe('eval_accuracy 0.9123');
+    expect(formatMetric(null)).toBe('');
+  });
+});
+
+describe('sparklinePath', () => {
+  it('maps the largest value to the top and the smallest to the bottom, evenly in x', () => {
+    expect(sparklinePath([2, 1, 0], 100, 20, 0)).toBe('M0 0 L50 10 L100 20');
+  });
+
+  it('respects padding and rounds', () => {
+    expect(sparklinePath([1, 3], 10, 10, 1)).toBe('M1 9 L9 1');
+    expect(sparklinePath([0, 1, 0.3333], 30, 10, 0)).toBe('M0 10 L15 0 L30 6.67');
+  });
+
+  it('draws a flat line for constant values and nothing for fewer than two points', () => {
+    expect(sparklinePath([5, 5, 5], 10, 10, 0)).toBe('M0 5 L5 5 L10 5');
+    expect(sparklinePath([1], 10, 10)).toBe('');
+    expect(sparklinePath([], 10, 10)).toBe('');
+    expect(sparklinePath(undefined, 10, 10)).toBe('');
+  });
+
+  it('skips non-finite values', () => {
+    expect(sparklinePath([1, NaN, 0], 10, 10, 0)).toBe('M0 0 L10 10');
+  });
+});
+
+describe('status bar', () => {
+  it('picks the newest training run, ignoring dead and finished ones', () => {
+    const runs = [
+      run({ id: 'a', name: 'dead-one', alive: false }),
+      run({ id: 'b', name: 'done', state: 'finished', alive: false }),
+      run({ id: 'c', name: 'paused', state: 'paused' }),
+      run({ id: 'd', name: 'live', step: 120, total_steps: 1000, eta_s: 75 })
+    ];
+    expect(activeRun(runs)?.id).toBe('d');
+    expect(activeRun(runs.slice(0, 3))?.id).toBe('c');
+    expect(activeRun(runs.slice(0, 2))).toBeNull();
+    expect(statusText(runs[3])).toBe('live · 120 / 1,000 · ETA 1m 15s');
+    expect(statusText(run({ name: 'x', step: 3 }))).toBe('x · 3');
+  });
+});

@@ -1,0 +1,153 @@
+/** Pure formatting helpers of the sidebar and the status bar (unit-tested). */
+import type { IRun } from './api';
+
+/** States in which a run's process is expected to be working. */
+const LIVE_STATES = new Set(['queued', 'starting', 'training', 'paused', 'stopping']);
+
+/** The state to show: a run whose process is gone while its status still says it works is dead, not training. */
+export function effectiveState(run: Pick<IRun, 'state' | 'alive'>): string {
+  if (run.state === 'dead') {
+    return 'dead';
+  }
+  if (LIVE_STATES.has(run.state) && run.alive === false) {
+    return 'dead';
+  }
+  return run.state || 'unknown';
+}
+
+export interface IBadge {
+  label: string;
+  /** CSS modifier: one of running, paused, done, stopped, failed, dead, pending. */
+  kind: string;
+  title: string;
+}
+
+const BADGES: { [state: string]: [string, string] } = {
+  queued: ['queued', 'pending'],
+  starting: ['starting', 'pending'],
+  training: ['training', 'running'],
+  paused: ['paused', 'paused'],
+  stopping: ['stopping', 'pending'],
+  finished: ['finished', 'done'],
+  stopped: ['stopped', 'stopped'],
+  failed: ['failed', 'failed'],
+  dead: ['dead', 'dead']
+};
+
+export function stateBadge(run: Pick<IRun, 'state' | 'alive' | 'reason' | 'heartbeat_age_s'>): IBadge {
+  const state = effectiveState(run);
+  const [label, kind] = BADGES[state] ?? [state, 'pending'];
+  let title = label;
+  if (state === 'dead') {
+    const age = run.heartbeat_age_s;
+    title =
+      typeof age === 'number' && isFinite(age)
+        ? `process gone; last heartbeat ${formatDuration(age)} ago`
+        : 'process gone; no recent heartbeat';
+  } else if (run.reason) {
+    title = `${label}: ${run.reason}`;
+  }
+  return { label, kind, title };
+}
+
+/** Whether a run counts as active (for the status bar and "Stop all"). */
+export function isActive(run: Pick<IRun, 'state' | 'alive'>): boolean {
+  const state = effectiveState(run);
+  return state === 'training' || state === 'paused' || state === 'starting' || state === 'queued' || state === 'stopping';
+}
+
+/** 0 -> "0s", 75 -> "1m 15s", 3725 -> "1h 02m", 90000 -> "1d 01h". */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) {
+    return `${s}s`;
+  }
+  if (s < 3600) {
+    return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  }
+  if (s < 86400) {
+    return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  }
+  return `${Math.floor(s / 86400)}d ${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
+}
+
+/** The ETA text: "" when unknown (null, negative, not finite). */
+export function formatEta(eta: number | null | undefined): string {
+  if (typeof eta !== 'number' || !isFinite(eta) || eta < 0) {
+    return '';
+  }
+  return formatDuration(eta);
+}
+
+/** "120 / 1,000" or "120" without a known total. */
+export function formatStep(step: number | null | undefined, total: number | null | undefined): string {
+  const s = (step ?? 0).toLocaleString('en-US');
+  return typeof total === 'number' && total > 0 ? `${s} / ${total.toLocaleString('en-US')}` : s;
+}
+
+/** Progress in [0, 1], or null without a known total. */
+export function progressFraction(step: number | null | undefined, total: number | null | undefined): number | null {
+  if (typeof total !== 'number' || !(total > 0)) {
+    return null;
+  }
+  return Math.min(1, Math.max(0, (step ?? 0) / total));
+}
+
+/** A number with 4 significant digits, scientific notation for very small or large values. */
+export function formatNumber(value: number | null | undefined): string {
+  if (typeof value !== 'number' || !isFinite(value)) {
+    return '–';
+  }
+  const a = Math.abs(value);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) {
+    return value.toExponential(2);
+  }
+  return String(Number(value.toPrecision(4)));
+}
+
+export function formatMetric(best: IRun['best_metric']): string {
+  if (!best || typeof best.value !== 'number') {
+    return '';
+  }
+  return `${best.name} ${formatNumber(best.value)}`;
+}
+
+/**
+ * The SVG path (`M x y L x y ...`) of a sparkline of `values` in a `width` x `height` box (y grows downwards,
+ * the largest value at the top). Non-finite values are skipped; fewer than two points give "".
+ */
+export function sparklinePath(values: ReadonlyArray<number> | null | undefined, width: number, height: number, pad = 1): string {
+  const pts = (values ?? []).filter(v => typeof v === 'number' && isFinite(v));
+  if (pts.length < 2) {
+    return '';
+  }
+  const lo = Math.min(...pts);
+  const hi = Math.max(...pts);
+  const span = hi - lo;
+  const w = width - 2 * pad;
+  const h = height - 2 * pad;
+  const r = (n: number) => String(Math.round(n * 100) / 100);
+  return pts
+    .map((v, i) => {
+      const x = pad + (w * i) / (pts.length - 1);
+      const y = span === 0 ? pad + h / 2 : pad + h * (1 - (v - lo) / span);
+      return `${i === 0 ? 'M' : 'L'}${r(x)} ${r(y)}`;
+    })
+    .join(' ');
+}
+
+/** The status bar text of the active run: "name 120 / 1,000 · ETA 1m 15s". */
+export function statusText(run: IRun): string {
+  const parts = [run.name, formatStep(run.step, run.total_steps)];
+  const eta = formatEta(run.eta_s);
+  if (eta) {
+    parts.push(`ETA ${eta}`);
+  }
+  return parts.join(' · ');
+}
+
+/** The run the status bar shows: the newest training run, else the newest other active one. */
+export function activeRun(runs: ReadonlyArray<IRun>): IRun | null {
+  const active = runs.filter(isActive);
+  return active.find(r => effectiveState(r) === 'training') ?? active[0] ?? null;
+}

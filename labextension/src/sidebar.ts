@@ -1,0 +1,242 @@
+/** The "Fine-tune runs" sidebar: a list of runs with progress, a loss sparkline and Stop / Pause / Resume / Set LR. */
+import { JupyterFrontEnd, JupyterFrontEndPlugin, ILayoutRestorer } from '@jupyterlab/application';
+import { ICommandPalette, InputDialog } from '@jupyterlab/apputils';
+import { Widget } from '@lumino/widgets';
+import type { IRun } from './api';
+import { CATEGORY, CommandIDs, PluginIDs, SIDEBAR_ID } from './constants';
+import {
+  effectiveState,
+  formatEta,
+  formatMetric,
+  formatNumber,
+  formatStep,
+  progressFraction,
+  sparklinePath,
+  stateBadge
+} from './format';
+import { finetuneIcon } from './icons';
+import { RunsModel } from './model';
+import { IRunsModel } from './tokens';
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const SPARK_W = 120;
+const SPARK_H = 28;
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+/** One run in the list; its DOM is built once and updated in place, so clicks are never lost to a re-render. */
+class RunRow {
+  readonly node = el('li', 'nbf-Run');
+  private _run: IRun;
+  private name = el('span', 'nbf-Run-name');
+  private badge = el('span', 'nbf-Badge');
+  private step = el('span', 'nbf-Run-step');
+  private eta = el('span', 'nbf-Run-eta');
+  private bar = el('div', 'nbf-Progress');
+  private fill = el('div', 'nbf-Progress-fill');
+  private metric = el('span', 'nbf-Run-metric');
+  private loss = el('span', 'nbf-Run-loss');
+  private spark = document.createElementNS(SVG_NS, 'svg');
+  private path = document.createElementNS(SVG_NS, 'path');
+  private ack = el('div', 'nbf-Run-ack');
+  private error = el('div', 'nbf-Run-error');
+  private buttons: { [name: string]: HTMLButtonElement } = {};
+
+  constructor(
+    run: IRun,
+    private model: RunsModel,
+    private commands: JupyterFrontEnd['commands']
+  ) {
+    this._run = run;
+    this.node.dataset.runId = run.id;
+    const head = el('div', 'nbf-Run-head');
+    head.append(this.name, this.badge);
+    const line = el('div', 'nbf-Run-line');
+    line.append(this.step, this.eta);
+    this.bar.append(this.fill);
+    this.spark.setAttribute('class', 'nbf-Spark');
+    this.spark.setAttribute('width', String(SPARK_W));
+    this.spark.setAttribute('height', String(SPARK_H));
+    this.spark.setAttribute('viewBox', `0 0 ${SPARK_W} ${SPARK_H}`);
+    this.spark.setAttribute('aria-label', 'training loss');
+    this.path.setAttribute('class', 'nbf-Spark-line');
+    this.spark.append(this.path);
+    const stats = el('div', 'nbf-Run-stats');
+    const numbers = el('div', 'nbf-Run-numbers');
+    numbers.append(this.loss, this.metric);
+    stats.append(numbers, this.spark);
+    const actions = el('div', 'nbf-Run-actions');
+    const add = (name: string, label: string, title: string, handler: () => void) => {
+      const b = el('button', `jp-Button jp-mod-styled jp-mod-small nbf-Button nbf-Button-${name}`, label);
+      b.type = 'button';
+      b.title = title;
+      b.addEventListener('click', event => {
+        event.stopPropagation();
+        handler();
+      });
+      this.buttons[name] = b;
+      actions.append(b);
+    };
+    add('stop', 'Stop', 'Checkpoint, then stop the run', () => void this.model.control(this._run, 'stop'));
+    add('pause', 'Pause', 'Pause after the current step', () => void this.model.control(this._run, 'pause'));
+    add('resume', 'Resume', 'Resume the paused run', () => void this.model.control(this._run, 'resume'));
+    add('lr', 'Set LR', 'Set a new base learning rate from the next optimizer step', () => void this.setLr());
+    add('panel', 'Open panel', 'Insert and run `%finetune show NAME` in the current notebook', () => {
+      void this.commands.execute(CommandIDs.openPanel, { name: this._run.name });
+    });
+    this.node.append(head, line, this.bar, stats, actions, this.ack, this.error);
+    this.update(run);
+  }
+
+  private async setLr(): Promise<void> {
+    const result = await InputDialog.getNumber({
+      title: `Set learning rate of ${this._run.name}`,
+      label: 'New base learning rate (e.g. 1e-5)',
+      value: NaN
+    });
+    if (!result.button.accept || result.value === null || !isFinite(result.value) || result.value <= 0) {
+      return;
+    }
+    await this.model.control(this._run, 'set', { learning_rate: result.value });
+  }
+
+  update(run: IRun): void {
+    this._run = run;
+    const state = effectiveState(run);
+    const badge = stateBadge(run);
+    this.node.dataset.state = state;
+    this.name.textContent = run.name;
+    this.name.title = run.run_dir;
+    this.badge.textContent = badge.label;
+    this.badge.title = badge.title;
+    this.badge.className = `nbf-Badge nbf-Badge-${badge.kind}`;
+    this.step.textContent = `step ${formatStep(run.step, run.total_steps)}`;
+    const eta = formatEta(run.eta_s);
+    this.eta.textContent = eta && state === 'training' ? `ETA ${eta}` : '';
+    const frac = progressFraction(run.step, run.total_steps);
+    this.bar.style.display = frac === null ? 'none' : '';
+    this.fill.style.width = `${((frac ?? 0) * 100).toFixed(1)}%`;
+    this.bar.title = frac === null ? '' : `${(frac * 100).toFixed(1)}%`;
+    this.loss.textContent = typeof run.loss === 'number' ? `loss ${formatNumber(run.loss)}` : '';
+    const metric = formatMetric(run.best_metric);
+    this.metric.textContent = metric ? `best ${metric}` : '';
+    const d = sparklinePath(run.loss_history, SPARK_W, SPARK_H, 2);
+    this.path.setAttribute('d', d);
+    this.spark.style.display = d ? '' : 'none';
+    const live = run.alive && ['queued', 'starting', 'training', 'paused'].includes(state);
+    this.buttons.stop.disabled = !live;
+    this.buttons.pause.disabled = !live;
+    this.buttons.pause.style.display = state === 'paused' ? 'none' : '';
+    this.buttons.resume.style.display = state === 'paused' ? '' : 'none';
+    this.buttons.resume.disabled = !live;
+    this.buttons.lr.disabled = !live;
+    const ack = this.model.acks.get(run.id);
+    this.ack.textContent = this.model.acks.label(run.id);
+    this.ack.dataset.ack = ack?.state ?? '';
+    const error = this.model.runError(run.id);
+    this.error.textContent = error;
+    this.error.style.display = error ? '' : 'none';
+  }
+}
+
+export class RunsSidebar extends Widget {
+  private list = el('ul', 'nbf-RunList');
+  private empty = el('div', 'nbf-Empty', 'No fine-tune runs yet. Start one with a %%finetune cell.');
+  private error = el('div', 'nbf-Error');
+  private rows = new Map<string, RunRow>();
+
+  constructor(
+    private model: RunsModel,
+    private commands: JupyterFrontEnd['commands']
+  ) {
+    super();
+    this.id = SIDEBAR_ID;
+    this.addClass('nbf-Sidebar');
+    this.title.icon = finetuneIcon;
+    this.title.caption = 'Fine-tune runs';
+    const header = el('div', 'nbf-Header');
+    const title = el('h2', 'nbf-Title', 'Fine-tune runs');
+    const stopAll = el('button', 'jp-Button jp-mod-styled jp-mod-small nbf-Button nbf-StopAll', 'Stop all');
+    stopAll.type = 'button';
+    stopAll.title = 'Send stop to every live run';
+    stopAll.addEventListener('click', () => void this.commands.execute(CommandIDs.stopAll));
+    header.append(title, stopAll);
+    this.error.style.display = 'none';
+    this.node.append(header, this.error, this.empty, this.list);
+    model.changed.connect(this.render, this);
+    this.render();
+  }
+
+  render(): void {
+    const runs = this.model.runs;
+    this.error.textContent = this.model.error;
+    this.error.style.display = this.model.error ? '' : 'none';
+    this.empty.style.display = runs.length || !this.model.loaded ? 'none' : '';
+    const seen = new Set<string>();
+    runs.forEach((run, i) => {
+      seen.add(run.id);
+      let row = this.rows.get(run.id);
+      if (row) {
+        row.update(run);
+      } else {
+        row = new RunRow(run, this.model, this.commands);
+        this.rows.set(run.id, row);
+      }
+      if (this.list.children[i] !== row.node) {
+        this.list.insertBefore(row.node, this.list.children[i] ?? null);
+      }
+    });
+    for (const [id, row] of this.rows) {
+      if (!seen.has(id)) {
+        row.node.remove();
+        this.rows.delete(id);
+      }
+    }
+  }
+
+  protected onAfterShow(): void {
+    this.model.setConsumer('sidebar', true, true);
+  }
+
+  protected onAfterHide(): void {
+    this.model.setConsumer('sidebar', false);
+  }
+
+  dispose(): void {
+    this.model.setConsumer('sidebar', false);
+    this.model.changed.disconnect(this.render, this);
+    super.dispose();
+  }
+}
+
+export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
+  id: PluginIDs.sidebar,
+  description: 'The "Fine-tune runs" sidebar.',
+  autoStart: true,
+  requires: [IRunsModel],
+  optional: [ILayoutRestorer, ICommandPalette],
+  activate: (
+    app: JupyterFrontEnd,
+    model: RunsModel,
+    restorer: ILayoutRestorer | null,
+    palette: ICommandPalette | null
+  ) => {
+    const sidebar = new RunsSidebar(model, app.commands);
+    app.shell.add(sidebar, 'left', { rank: 850 });
+    restorer?.add(sidebar, SIDEBAR_ID);
+    app.commands.addCommand(CommandIDs.showRuns, {
+      label: 'Show Fine-tune Runs',
+      caption: 'Open the fine-tune runs sidebar',
+      icon: finetuneIcon,
+      execute: () => app.shell.activateById(sidebar.id)
+    });
+    palette?.addItem({ command: CommandIDs.showRuns, category: CATEGORY });
+  }
+};

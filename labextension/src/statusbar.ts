@@ -1,0 +1,65 @@
+/** The status bar item (JupyterLab only): the active run's name, step / total and ETA; hidden with no active run. */
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { Widget } from '@lumino/widgets';
+import { CommandIDs, PluginIDs } from './constants';
+import { activeRun, progressFraction, statusText } from './format';
+import { finetuneIcon } from './icons';
+import { RunsModel } from './model';
+import { IRunsModel } from './tokens';
+
+export class RunStatus extends Widget {
+  private icon = document.createElement('span');
+  private text = document.createElement('span');
+
+  constructor(private model: RunsModel) {
+    super();
+    this.addClass('nbf-Status');
+    this.icon.className = 'nbf-Status-icon';
+    finetuneIcon.element({ container: this.icon, height: '14px', width: '14px' });
+    this.text.className = 'nbf-Status-text';
+    this.node.append(this.icon, this.text);
+    model.changed.connect(this.refresh, this);
+    this.refresh();
+  }
+
+  get isActive(): boolean {
+    return activeRun(this.model.runs) !== null;
+  }
+
+  refresh(): void {
+    const run = activeRun(this.model.runs);
+    this.text.textContent = run ? statusText(run) : '';
+    const frac = run ? progressFraction(run.step, run.total_steps) : null;
+    this.node.title = run ? `${run.name}: ${run.state}${frac === null ? '' : `, ${(frac * 100).toFixed(0)}%`}` : '';
+    this.node.dataset.runId = run?.id ?? '';
+  }
+
+  dispose(): void {
+    this.model.changed.disconnect(this.refresh, this);
+    super.dispose();
+  }
+}
+
+export const statusbarPlugin: JupyterFrontEndPlugin<void> = {
+  id: PluginIDs.statusbar,
+  description: "The active fine-tune run's progress in the status bar.",
+  autoStart: true,
+  requires: [IRunsModel],
+  optional: [IStatusBar],
+  activate: (app: JupyterFrontEnd, model: RunsModel, statusBar: IStatusBar | null) => {
+    if (!statusBar) {
+      return; // Notebook 7 and other shells without a status bar
+    }
+    const item = new RunStatus(model);
+    item.node.addEventListener('click', () => void app.commands.execute(CommandIDs.showRuns));
+    statusBar.registerStatusItem(PluginIDs.statusbar, {
+      item,
+      align: 'left',
+      rank: 5,
+      isActive: () => item.isActive,
+      activeStateChanged: model.changed
+    });
+    model.setConsumer('statusbar', true);
+  }
+};
