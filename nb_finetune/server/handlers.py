@@ -11,8 +11,11 @@ Errors are `{"message": ...}` with 400 (bad body), 404 (unknown run id) or 409 (
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
+import time
 from typing import Any
 
 import tornado.web
@@ -138,6 +141,10 @@ class _Base(APIHandler):
             return
         super().write_error(status_code, **kwargs)
 
+    async def off_loop(self, fn, *args, **kwargs):
+        """Run file reading in a worker thread: a first read of many long runs must not stall the server."""
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
     def entry_or_404(self, run_id: str) -> RunEntry:
         entry = self.view.lookup(run_id)
         if entry is None:
@@ -147,27 +154,27 @@ class _Base(APIHandler):
 
 class RunsHandler(_Base):
     @tornado.web.authenticated
-    def get(self) -> None:
-        import time
-
-        self.reply({"runs": self.view.list(), "time": time.time()})
+    async def get(self) -> None:
+        runs = await self.off_loop(self.view.list)
+        self.reply({"runs": runs, "time": time.time()})
 
 
 class RunHandler(_Base):
     @tornado.web.authenticated
-    def get(self, run_id: str) -> None:
-        self.reply(self.view.describe(self.entry_or_404(run_id), with_commands=True))
+    async def get(self, run_id: str) -> None:
+        entry = self.entry_or_404(run_id)
+        self.reply(await self.off_loop(self.view.describe, entry, with_commands=True))
 
 
 class ControlHandler(_Base):
     @tornado.web.authenticated
-    def post(self, run_id: str) -> None:
+    async def post(self, run_id: str) -> None:
         entry = self.entry_or_404(run_id)
         try:
             cmd, args = parse_control_body(self.request.body or b"")
         except BodyError as e:
             raise tornado.web.HTTPError(400, "%s", str(e)) from None
-        run = self.view.describe(entry)
+        run = await self.off_loop(self.view.describe, entry)
         if not run["alive"]:
             raise tornado.web.HTTPError(409, "run '%s' is not running (%s)", run["name"], run["state"])
         try:
@@ -180,10 +187,10 @@ class ControlHandler(_Base):
 
 class StopAllHandler(_Base):
     @tornado.web.authenticated
-    def post(self) -> None:
+    async def post(self) -> None:
         stopped = []
         for entry in self.view.entries():
-            if not self.view.describe(entry)["alive"]:
+            if not (await self.off_loop(self.view.describe, entry))["alive"]:
                 continue
             try:
                 append_command(entry.run_dir, "stop", source="server")

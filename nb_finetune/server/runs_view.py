@@ -11,6 +11,7 @@ its size and mtime are unchanged), and a first read of a very long file starts f
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -33,7 +34,10 @@ RUN_FILES = ("status.json", "metrics.jsonl", "control.jsonl", "config.yaml")
 HISTORY_POINTS = 60  # loss_history length sent to the sparkline
 _KEEP_LOSSES = 2048  # losses kept per run (evenly thinned beyond this)
 _RATE_WINDOW = 20  # log events the step rate (ETA) is measured over
-_MAX_TAIL = 8 << 20  # first read of a long metrics.jsonl: its last 8 MiB only
+_MAX_TAIL = 512 << 10  # first read of a long metrics.jsonl parses its last 512 KiB ...
+_PREFIX_SAMPLES = 256  # ... plus this many log lines sampled evenly before that (the sparkline's early part)
+_EVAL_NEEDLE = b'"event": "eval"'  # ... plus every eval line (found without parsing the rest)
+_SCAN_CHUNK = 4 << 20
 _MAX_SMALL_FILE = 1 << 20  # config.yaml / status.json larger than this are ignored
 _RECENT_COMMANDS = 20
 
@@ -121,6 +125,7 @@ class _MetricsSummary:
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.steps: list[float] = []  # the step of each kept loss
         self.stride = 1  # keep every `stride`-th loss once the list would exceed _KEEP_LOSSES
         self.seen = 0
         self.last_log: dict[str, Any] | None = None
@@ -140,12 +145,7 @@ class _MetricsSummary:
                 self.window.append((t, step))
             loss = _finite(rec.get("loss"))
             if loss is not None:
-                if self.seen % self.stride == 0:
-                    self.losses.append(loss)
-                    if len(self.losses) > _KEEP_LOSSES:
-                        self.losses = self.losses[::2]
-                        self.stride *= 2
-                self.seen += 1
+                self.add_loss(step if step is not None else float(self.seen), loss)
         elif kind == "eval":
             self.evals += 1
             if rec.get("is_best"):
@@ -157,6 +157,15 @@ class _MetricsSummary:
                     self.extremes[k] = (min(lo, v), max(hi, v))
         elif kind == "RunStarted" or (kind == "ControlApplied" and rec.get("command") in ("pause", "resume")):
             self.window.clear()  # a resumed or paused run: the rate starts over
+
+    def add_loss(self, step: float, loss: float) -> None:
+        if self.seen % self.stride == 0:
+            self.losses.append(loss)
+            self.steps.append(step)
+            if len(self.losses) > _KEEP_LOSSES:
+                self.losses, self.steps = self.losses[::2], self.steps[::2]
+                self.stride *= 2
+        self.seen += 1
 
     def steps_per_s(self) -> float | None:
         if len(self.window) < 2:
@@ -175,9 +184,20 @@ class _MetricsSummary:
         return None
 
     def history(self, points: int = HISTORY_POINTS) -> list[float]:
+        """`points` losses evenly spaced in steps (by position when the steps do not increase)."""
         n = len(self.losses)
         if n <= points:
             return list(self.losses)
+        steps = self.steps
+        if steps[-1] > steps[0] and all(a <= b for a, b in zip(steps, steps[1:])):
+            out = []
+            for i in range(points):
+                target = steps[0] + i * (steps[-1] - steps[0]) / (points - 1)
+                j = min(bisect.bisect_left(steps, target), n - 1)
+                if j > 0 and target - steps[j - 1] < steps[j] - target:
+                    j -= 1
+                out.append(self.losses[j])
+            return out
         return [self.losses[round(i * (n - 1) / (points - 1))] for i in range(points)]
 
 
@@ -211,9 +231,10 @@ class _MetricsTail:
                 start, skip_partial = st.st_size - _MAX_TAIL, True
             f.seek(start)
             chunk = f.read(st.st_size - start)
-            if skip_partial:
+            if skip_partial:  # the tail starts after the line it cuts; everything before is scanned, not parsed
                 nl = chunk.find(b"\n")
                 chunk, start = (chunk[nl + 1 :], start + nl + 1) if nl >= 0 else (b"", st.st_size)
+                self._scan_prefix(f, start)
             end = chunk.rfind(b"\n")
             complete = chunk[: end + 1] if end >= 0 else b""
             self.offset = start + len(complete)
@@ -229,6 +250,49 @@ class _MetricsTail:
             # a half-written last line is read again next time: remember the size only up to the complete part
             self.key = key if self.offset == st.st_size else (st.st_ino, -1, -1)
         return self.summary
+
+    def _scan_prefix(self, f, end: int) -> None:
+        """The part of a long file before the tail: every eval line, and log lines sampled evenly (for losses)."""
+        samples = []
+        for k in range(_PREFIX_SAMPLES):
+            f.seek(k * end // _PREFIX_SAMPLES)
+            chunk = f.read(4096)
+            nl = chunk.find(b"\n")
+            nl2 = chunk.find(b"\n", nl + 1) if nl >= 0 else -1
+            if nl2 > nl and (k * end // _PREFIX_SAMPLES) + nl2 < end:
+                rec = _loads(chunk[nl + 1 : nl2])
+                if rec is not None and rec.get("event") == "log":
+                    samples.append(rec)
+        evals = []
+        f.seek(0)
+        pos, carry = 0, b""
+        while pos < end:
+            block = carry + f.read(min(_SCAN_CHUNK, end - pos))
+            pos = f.tell()
+            cut = block.rfind(b"\n") + 1
+            block, carry = block[:cut], block[cut:]
+            i = block.find(_EVAL_NEEDLE)
+            while i >= 0:
+                a, b = block.rfind(b"\n", 0, i) + 1, block.find(b"\n", i)
+                rec = _loads(block[a:b])
+                if rec is not None:
+                    evals.append(rec)
+                i = block.find(_EVAL_NEEDLE, b)
+        for rec in evals:
+            self.summary.add(rec)
+        for rec in samples:
+            loss, step = _finite(rec.get("loss")), _finite(rec.get("step"))
+            if loss is not None:
+                self.summary.add_loss(step if step is not None else 0.0, loss)
+        self.summary.stride = 1  # the tail keeps every loss again (history() spaces them by step)
+
+
+def _loads(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 class _SmallFileCache:

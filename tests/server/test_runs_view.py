@@ -59,15 +59,30 @@ def test_a_rewritten_file_starts_over(tmp_path):
     assert tail.update(str(path)).history() == [9.0]
 
 
-def test_first_read_of_a_long_file_starts_at_its_tail(tmp_path, monkeypatch):
+def test_first_read_of_a_long_file_parses_its_tail_and_samples_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(runs_view, "_MAX_TAIL", 2000)
+    monkeypatch.setattr(runs_view, "_PREFIX_SAMPLES", 16)
+    monkeypatch.setattr(runs_view, "_SCAN_CHUNK", 1000)  # the eval scan crosses chunk borders
     path = tmp_path / "metrics.jsonl"
-    for i in range(200):
+    for i in range(400):
         log(path, i, float(i))
+        if i in (10, 150):  # evals long before the tail
+            with open(path, "a") as f:
+                f.write(json.dumps({"event": "eval", "step": i, "eval_loss": 1.0 / i, "is_best": True}) + "\n")
     m = _MetricsTail().update(str(path))
-    hist = m.losses
-    assert 10 < len(hist) < 60 and hist[-1] == 199.0
-    assert hist == [float(x) for x in range(int(hist[0]), 200)]  # whole lines only, none cut in half
+    assert m.best("eval_loss") == {"name": "eval_loss", "value": 1.0 / 150}
+    i = len(m.steps) - 1
+    while m.steps[i - 1] == m.steps[i] - 1:
+        i -= 1
+    tail = m.steps[i:]
+    assert tail[-1] == 399 and 20 <= len(tail) <= 40  # the tail (2000 bytes): every line, none cut in half
+    early = m.steps[:i]
+    assert 8 <= len(early) <= 16 and early[0] < 40  # the rest: evenly sampled
+    gaps = [b - a for a, b in zip(early, early[1:])]
+    assert max(gaps) <= 2 * min(gaps)
+    assert m.losses == [float(s) for s in m.steps]  # every loss belongs to its own step
+    hist = m.history(points=10)
+    assert hist[0] < 40 and hist[-1] == 399.0 and hist == sorted(hist)  # spaced by step over the whole run
 
 
 def test_kept_losses_are_bounded_and_cover_the_whole_run(tmp_path, monkeypatch):
