@@ -20,7 +20,7 @@ from ..core.config import FinetuneConfig, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, TRAINABLE, PlotSet
 from .state import PanelState, fmt_duration
-from .transport import final_bundle, make_transport
+from .transport import bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
@@ -37,7 +37,8 @@ _STATE_COLOURS = {
 }
 # live fields the freezing box owns, or that have no single-value widget
 _NOT_IN_HPARAMS = {"freeze", "unfreeze_every", "unfreeze_until", "layer_lr_decay", "group_lr"}
-_UNFREEZE_CHOICES = [("off", None), ("every epoch", "epoch"), ("every 50 steps", 50), ("every 200 steps", 200)]
+_LABELS = {"max_grad_norm": "grad clip", "lr": "learning rate"}
+_UNFREEZE_CHOICES = [("off", "off"), ("every epoch", "epoch"), ("every 50 steps", "50"), ("every 200 steps", "200")]
 
 
 def _tip(widget, text: str):
@@ -130,8 +131,8 @@ class Panel:
             max=max(n_blocks, 1),
             description="train last",
             continuous_update=False,
-            style={"description_width": "90px"},
-            layout=W.Layout(width="320px"),
+            style={"description_width": "80px"},
+            layout=W.Layout(width="290px"),
         )
         _tip(self.train_last, "Blocks trained, counted from the top (the head side). " + _field_help("freeze"))
         self.train_emb = _tip(W.Checkbox(value=False, description="train embeddings", indent=False), "Embeddings")
@@ -139,10 +140,10 @@ class Panel:
         self.blocks_label = W.HTML()
         self.unfreeze = W.Dropdown(
             options=_UNFREEZE_CHOICES,
-            value=None,
+            value="off",
             description="unfreeze",
-            style={"description_width": "90px"},
-            layout=W.Layout(width="320px"),
+            style={"description_width": "80px"},
+            layout=W.Layout(width="290px"),
         )
         _tip(self.unfreeze, "Gradual unfreezing (ULMFiT): one more block becomes trainable at each interval.")
         self.lr_decay = W.FloatSlider(
@@ -150,11 +151,11 @@ class Panel:
             min=0.5,
             max=1.0,
             step=0.05,
-            description="layer lr decay",
+            description="layer decay",
             continuous_update=False,
             readout_format=".2f",
-            style={"description_width": "90px"},
-            layout=W.Layout(width="320px"),
+            style={"description_width": "80px"},
+            layout=W.Layout(width="290px"),
         )
         _tip(self.lr_decay, "Discriminative learning rates: each block down from the head gets this factor more.")
         freeze_rows: list = [
@@ -167,7 +168,7 @@ class Panel:
             freeze_rows.append(self.unfreeze)
         if "layer_lr_decay" in live:
             freeze_rows.append(self.lr_decay)
-        self.freeze_box = W.VBox(freeze_rows, layout=W.Layout(width="340px"))
+        self.freeze_box = W.VBox(freeze_rows, layout=W.Layout(width="300px"))
 
         # ---- hyperparameters: one control per live field of the schema
         cfg = self.run.config
@@ -183,7 +184,7 @@ class Panel:
             w.observe(lambda ch, n=name: self._on_hparam(n, ch), names="value")
             self.hparams[name] = w
             rows.append(w)
-        self.hparam_box = W.VBox(rows, layout=W.Layout(width="340px"))
+        self.hparam_box = W.VBox(rows, layout=W.Layout(width="300px"))
 
         # ---- buttons
         def button(label, icon, style, tip):
@@ -204,7 +205,10 @@ class Panel:
 
         for w in (self.train_last, self.train_emb, self.train_head):
             w.observe(lambda ch: self._on_freeze(), names="value")
-        self.unfreeze.observe(lambda ch: self._on_live("unfreeze_every", ch["new"]), names="value")
+        self.unfreeze.observe(
+            lambda ch: self._on_live("unfreeze_every", None if ch["new"] == "off" else _interval(ch["new"])),
+            names="value",
+        )
         self.lr_decay.observe(
             lambda ch: self._on_live("layer_lr_decay", None if ch["new"] >= 0.999 else round(ch["new"], 4)),
             names="value",
@@ -214,8 +218,8 @@ class Panel:
         layers_widget = self._layers_widget()
         plots_widget = self.transport.widget()
         top = W.HBox(
-            [W.VBox([self.freeze_box, self.hparam_box]), *([layers_widget] if layers_widget is not None else [])],
-            layout=W.Layout(align_items="flex-start", flex_flow="row wrap"),
+            [self.freeze_box, *([layers_widget] if layers_widget is not None else []), self.hparam_box],
+            layout=W.Layout(align_items="flex-start", flex_flow="row wrap", grid_gap="8px"),
         )
         self.controls = [
             self.train_last,
@@ -256,8 +260,8 @@ class Panel:
         return None
 
     def _hparam_widget(self, name: str, value):
-        style = {"description_width": "110px"}
-        layout = W.Layout(width="320px")
+        style = {"description_width": "95px"}
+        layout = W.Layout(width="290px")
         if name == "lr":
             v = float(value or 2e-5)
             return W.FloatLogSlider(
@@ -277,7 +281,7 @@ class Panel:
         if ann in ("<class 'float'>", "float | None", "typing.Optional[float]") or isinstance(value, float):
             return W.FloatText(
                 value=float(value) if value is not None else 0.0,
-                description=name.replace("_", " "),
+                description=_LABELS.get(name, name.replace("_", " ")),
                 continuous_update=False,
                 style=style,
                 layout=layout,
@@ -285,14 +289,14 @@ class Panel:
         if ann in ("<class 'int'>", "int | None", "typing.Optional[int]"):
             return W.IntText(
                 value=int(value) if value is not None else 0,
-                description=name.replace("_", " "),
+                description=_LABELS.get(name, name.replace("_", " ")),
                 continuous_update=False,
                 style=style,
                 layout=layout,
             )
         return W.Text(
             value="" if value is None else str(value),
-            description=name.replace("_", " "),
+            description=_LABELS.get(name, name.replace("_", " ")),
             continuous_update=False,
             placeholder="off",
             style=style,
@@ -303,6 +307,8 @@ class Panel:
     def display(self) -> None:
         from IPython.display import display
 
+        if self.transport.live:
+            display(bokehjs_bundle(), raw=True)  # before any Bokeh widget view is created
         display(self.box)
         self.transport.show()
 
@@ -357,6 +363,8 @@ class Panel:
         colour = "#c62828" if snap.get("error") else "#555"
         self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
         self._sync_controls(snap)
+        if self.run.started and self.start_btn.layout.display != "none":
+            self.start_btn.layout.display = "none"
         self.renders += 1
 
     def _finalize(self) -> None:
@@ -498,7 +506,7 @@ class Panel:
                     self.train_head.value = all(x["trainable"] for x in head)
                 frozen_params = sum(x["params"] for x in layers if not x["trainable"])
                 self.blocks_label.value = (
-                    f'<span style="font-size:11px;color:#666;padding-left:94px">'
+                    f'<span style="font-size:11px;color:#666;padding-left:84px">'
                     f"of {len(blocks)} blocks · {_fmt_count(frozen_params)} parameters frozen</span>"
                 )
             self.pause_btn.description = "Resume" if s["state"] == "paused" else "Pause"
@@ -590,6 +598,10 @@ class Panel:
     def _on_checkpoint(self) -> None:
         self._guard(self.run.checkpoint, "checkpoint")
         self._say("checkpoint requested for the next optimizer step")
+
+
+def _interval(v: str):
+    return int(v) if v.isdigit() else v
 
 
 def _layers_event(state: PanelState, frozen: list[str]):

@@ -15,8 +15,10 @@ from bokeh.layouts import column, gridplot
 from bokeh.models import (
     ColumnDataSource,
     HoverTool,
+    Label,
     LinearAxis,
     NumeralTickFormatter,
+    PrintfTickFormatter,
     Range1d,
 )
 from bokeh.palettes import Category10_10
@@ -103,10 +105,20 @@ class PlotSet:
         self.eval_metrics: list[str] = []
         self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
         self.eval.add_tools(self.eval_hover)
+        self.eval_waiting = Label(
+            x=10,
+            y=10,
+            x_units="screen",
+            y_units="screen",
+            text="no evaluation yet",
+            text_color="#999",
+            text_font_size="10pt",
+        )
+        self.eval.add_layout(self.eval_waiting)
         # ---- learning rate
         self.lr_src = ColumnDataSource({"step": [], "lr": []})
         self.lr = _fig("Learning rate", width=w, height=h, y_label="lr")
-        self.lr.yaxis.formatter = NumeralTickFormatter(format="0.0e0")
+        self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
         base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
         self.lr.add_tools(
             HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
@@ -150,7 +162,7 @@ class PlotSet:
         self.layer_src = ColumnDataSource({"group": [], "params": [], "state": [], "color": [], "label": []})
         self.layers = figure(
             title="Layer map",
-            width=360,
+            width=300,
             height=220,
             y_range=[],
             tools="hover",
@@ -199,6 +211,7 @@ class PlotSet:
         names = sorted({k for r in rows for k in r if k.startswith("eval_")})
         new = [n for n in names if n not in self.eval_metrics]
         if new:
+            self.eval_waiting.visible = False
             n_old = len(self.eval_src.data["step"])
             data = dict(self.eval_src.data)
             for n in new:

@@ -12,13 +12,11 @@ final bundle: Bokeh HTML over an SVG drawn in Python, so a saved notebook shows 
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import sys
 import time
 import uuid
-from typing import Any
 
 from .plots import PlotSet
 
@@ -35,7 +33,6 @@ __all__ = [
 ]
 
 RENDERERS = ("auto", "widget", "display", "static")
-_loaded_in: set[Any] = set()  # kernels (by execution count of the loading cell) that have BokehJS
 
 
 def detect_frontend() -> str:
@@ -135,7 +132,6 @@ class DisplayTransport(_Base):
     def show(self) -> None:
         from IPython.display import display
 
-        display(bokehjs_bundle(), raw=True)
         self.handle = display(self._bundle(), raw=True, display_id=True)
         self._last = time.monotonic()
 
@@ -184,12 +180,6 @@ class WidgetTransport(_Base):
 
     def widget(self):
         return self.model
-
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(bokehjs_bundle(), raw=True)  # jupyter_bokeh's view uses the page's BokehJS
-        super().show()
 
     def finalize(self, bundle: dict[str, str]) -> None:
         self.model.layout.display = "none"
@@ -246,7 +236,3 @@ def make_transport(renderer: str, plots: PlotSet, *, interval: float = 1.0, conf
     if renderer == "display":
         return DisplayTransport(plots, interval)
     return StaticTransport(plots)
-
-
-def escape(s: str) -> str:
-    return html.escape(s, quote=True)
