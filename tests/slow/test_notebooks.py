@@ -12,7 +12,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+# notebooks that need what CI has not; tests/compat/test_colab_notebook.py checks that their cells are valid
+NEEDS = {"colab_check.ipynb": "a checklist for a person on a Colab GPU runtime (installs, GPU, button clicks)"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.skip(reason=NEEDS[name])) if name in NEEDS else name
+        for name in sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    ],
+)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     import shutil
 
