@@ -28,3 +28,4 @@ c.ServerApp.jpserver_extensions.update({"nb_finetune": True})  # noqa: F821
 c.LabApp.news_url = None  # noqa: F821
 c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"  # noqa: F821
 c.ServerApp.allow_root = True  # noqa: F821  (CI and these machines run as root)
+c.JupyterNotebookApp.expose_app_in_browser = True  # noqa: F821  (Notebook 7 pages for Galata)

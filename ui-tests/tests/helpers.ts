@@ -42,9 +42,23 @@ export async function openNotebook(page: IJupyterLabPageFixture, path: string): 
   await waitForKernel(page, ['idle']);
 }
 
+/**
+ * `test.use(NOTEBOOK7)` in a describe block: pages are Notebook 7's (no automatic /lab, ready when its main panel
+ * is there); then `await page.goto(notebook7Url(path))` or `await page.goto('tree')`.
+ */
+export const NOTEBOOK7 = {
+  autoGoto: false,
+  appPath: '',
+  waitForApplication: async ({}, use: (f: (page: Page) => Promise<void>) => Promise<void>) => {
+    await use(async (page: Page) => {
+      await page.waitForSelector('#main-panel', { timeout: 60000 });
+    });
+  }
+} as any;
+
 /** The Notebook 7 URL of a notebook on the same server. */
 export function notebook7Url(path: string): string {
-  return `/notebooks/${path.split('/').map(encodeURIComponent).join('/')}`;
+  return `notebooks/${path.split('/').map(encodeURIComponent).join('/')}`;
 }
 
 /** The current notebook's kernel status in JupyterLab ("idle", "busy", ... or "" without one). */

@@ -5,6 +5,8 @@ import {
   createNotebook,
   execCommand,
   kernelStatus,
+  NOTEBOOK7,
+  notebook7Url,
   openNotebook,
   runCellNoWait,
   setupCell,
@@ -65,5 +67,99 @@ test.describe('nb_finetune lab extension', () => {
     await page.notebook.setCell(0, 'code', `%%finetune again\n${body}`);
     const again = await lineTokens(page, 0, 1);
     expect(again.tokens.find(t => t.text === 'model')?.color).toBe(key!.color);
+  });
+
+  test('the sidebar lists a run and its Stop button stops it while the kernel is busy', async ({ page, tmpPath }) => {
+    const name = uniqueName('ui_stop');
+    const path = await createNotebook(page, `${tmpPath}/stop.ipynb`, [setupCell(), trainCell(name, '--wait')]);
+    await openNotebook(page, path);
+    await page.notebook.runCell(0);
+    await expect(page.locator('.jp-Cell').nth(0).locator('.jp-Cell-outputWrapper')).toContainText('setup ok');
+
+    // open the sidebar by its tab, then start the run: `--wait` keeps the kernel busy until the run ends
+    await page.click('.jp-SideBar.jp-mod-left li[data-id="nb-finetune-runs"]');
+    await expect(page.locator(SIDEBAR)).toBeVisible();
+    await runCellNoWait(page, 1);
+
+    const row = page.locator(`${SIDEBAR} li.nbf-Run`, { has: page.locator('.nbf-Run-name', { hasText: name }) });
+    await expect(row).toHaveAttribute('data-state', 'training', { timeout: 60000 });
+    await expect(row.locator('.nbf-Badge')).toHaveText('training');
+    await expect(row.locator('.nbf-Run-step')).toContainText('/ 1,000,000');
+    await expect(row.locator('.nbf-Spark path')).toHaveAttribute('d', /^M[\d.]+ [\d.]+ L/);
+    const stepOf = async (r: Locator) => Number((await r.locator('.nbf-Run-step').innerText()).match(/step ([\d,]+)/)![1].replace(/,/g, ''));
+    const s0 = await stepOf(row);
+    await expect.poll(() => stepOf(row), { message: 'steps advance' }).toBeGreaterThan(s0);
+
+    expect(await kernelStatus(page)).toBe('busy');
+    await page.locator(SIDEBAR).screenshot({ path: test.info().outputPath('sidebar-training.png') });
+
+    await row.locator('button.nbf-Button-stop').click();
+    await expect(row.locator('.nbf-Run-ack')).toHaveText(/stop (sent|acknowledged)/);
+    await expect(row).toHaveAttribute('data-state', 'stopped', { timeout: 60000 });
+    await expect(row.locator('.nbf-Run-ack')).toHaveText(/stop acknowledged \(#\d+\)/);
+    await expect(row.locator('button.nbf-Button-stop')).toBeDisabled();
+    // the busy cell returns once the run stopped
+    await waitForKernel(page, ['idle']);
+    await page.locator(SIDEBAR).screenshot({ path: test.info().outputPath('sidebar-stopped.png') });
+    await page.screenshot({ path: test.info().outputPath('lab-after-stop.png') });
+  });
+
+  test('the status bar shows the active run and its progress', async ({ page, tmpPath }) => {
+    const name = uniqueName('ui_status');
+    const path = await createNotebook(page, `${tmpPath}/status.ipynb`, [setupCell(), trainCell(name)]);
+    await openNotebook(page, path);
+    await page.notebook.runCell(0);
+    // without --wait the cell returns at once and the run trains in the background
+    await page.notebook.runCell(1);
+
+    const item = page.locator('#jp-main-statusbar .nbf-Status');
+    await expect(item).toBeVisible({ timeout: 60000 });
+    await expect(item).toContainText(name);
+    const stepOf = async () => {
+      const m = (await item.innerText()).match(/· ([\d,]+) \/ 1,000,000/);
+      return m ? Number(m[1].replace(/,/g, '')) : -1;
+    };
+    await expect.poll(stepOf).toBeGreaterThan(0);
+    const s0 = await stepOf();
+    await expect.poll(stepOf, { message: 'the status bar follows the steps' }).toBeGreaterThan(s0);
+    await expect(item).toContainText('ETA');
+    await page.locator('#jp-main-statusbar').screenshot({ path: test.info().outputPath('statusbar.png') });
+
+    // "Stop all runs" from the palette command; the item hides once no run is active
+    await execCommand(page, 'nb-finetune:stop-all');
+    await expect(item).toBeHidden({ timeout: 60000 });
+  });
+});
+
+test.describe('nb_finetune lab extension in Notebook 7', () => {
+  test.use(NOTEBOOK7);
+
+  test('Notebook 7: the extension loads without a status bar or lab shell, highlighting works', async ({ page, tmpPath }) => {
+    const errors: string[] = [];
+    // errors thrown from this extension's bundle (Notebook 7 itself may log unrelated ones)
+    page.on('pageerror', e => {
+      if (/nb-finetune/.test(String(e.stack ?? e))) {
+        errors.push(String(e.stack ?? e));
+      }
+    });
+    page.on('console', m => {
+      if (m.type() === 'error' && /nb-finetune|nbf-/i.test(m.text())) {
+        errors.push(m.text());
+      }
+    });
+    const path = await createNotebook(page, `${tmpPath}/nb7.ipynb`, ['%%finetune nb7\nmodel: tiny-bert\nepochs: 3']);
+    await page.goto(notebook7Url(path));
+    const line = page.locator('.jp-Cell .cm-line').nth(1);
+    await expect(line).toHaveText('model: tiny-bert', { timeout: 60000 });
+    const colours = await line.evaluate(el => ({
+      base: getComputedStyle(el).color,
+      key: Array.from(el.querySelectorAll('span')).find(s => s.textContent === 'model')?.style && getComputedStyle(
+        Array.from(el.querySelectorAll('span')).find(s => s.textContent === 'model')!
+      ).color
+    }));
+    expect(colours.key, 'the YAML key is a highlighted token in Notebook 7 too').toBeTruthy();
+    expect(colours.key).not.toBe(colours.base);
+    await page.screenshot({ path: test.info().outputPath('notebook7.png') });
+    expect(errors).toEqual([]);
   });
 });
