@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,12 @@ def _missing() -> list[str]:
     return missing
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_playwright_suite(tmp_path):
     missing = _missing()
     if missing:
@@ -50,6 +57,7 @@ def test_playwright_suite(tmp_path):
         CI=env.get("CI") or "1",  # a fresh server of our own, never one left running
         NB_FINETUNE_INDEX_DIR=str(tmp_path / "index"),
         JUPYTERLAB_GALATA_ROOT_DIR=str(tmp_path / "root"),
+        NBF_UI_PORT=str(_free_port()),  # parallel runs (another checkout, a developer's server) don't collide
     )
     (tmp_path / "root").mkdir()
     proc = subprocess.run(
