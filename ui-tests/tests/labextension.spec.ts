@@ -45,8 +45,6 @@ test.describe('nb_finetune lab extension', () => {
     // line 1 of the magic cell: `model: tiny-bert` as YAML -> the key is a token with its own colour
     const yaml = await lineTokens(page, 0, 1);
     const plain = await lineTokens(page, 1, 0);
-    console.log('yaml line tokens', JSON.stringify(yaml));
-    console.log('python line tokens', JSON.stringify(plain));
     expect(yaml.text).toBe('model: tiny-bert');
     const key = yaml.tokens.find(t => t.text === 'model');
     expect(key, 'the YAML key is a highlighted token').toBeTruthy();
@@ -67,6 +65,14 @@ test.describe('nb_finetune lab extension', () => {
     await page.notebook.setCell(0, 'code', `%%finetune again\n${body}`);
     const again = await lineTokens(page, 0, 1);
     expect(again.tokens.find(t => t.text === 'model')?.color).toBe(key!.color);
+
+    // "Insert %%finetune Template" adds a highlighted %%finetune cell below the active one
+    await page.notebook.selectCells(1);
+    await execCommand(page, 'nb-finetune:insert-template');
+    await expect(cells).toHaveCount(3);
+    await expect(cells.nth(2).locator('.cm-line').first()).toHaveText('%%finetune my_run');
+    const inserted = await lineTokens(page, 2, 1);
+    expect(inserted.tokens.find(t => t.text === 'model')?.color).toBe(key!.color);
   });
 
   test('the sidebar lists a run and its Stop button stops it while the kernel is busy', async ({ page, tmpPath }) => {
@@ -102,6 +108,13 @@ test.describe('nb_finetune lab extension', () => {
     await waitForKernel(page, ['idle']);
     await page.locator(SIDEBAR).screenshot({ path: test.info().outputPath('sidebar-stopped.png') });
     await page.screenshot({ path: test.info().outputPath('lab-after-stop.png') });
+
+    // "Open panel" inserts `%finetune show NAME` below the active cell and runs it
+    await row.locator('button.nbf-Button-panel').click();
+    const show = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell').nth(2);
+    await expect(show.locator('.cm-content')).toHaveText(`%finetune show ${name}`);
+    await expect(show.locator('.jp-InputPrompt')).toHaveText(/\[\d+\]/, { timeout: 60000 });
+    await expect(show.locator('.jp-Cell-outputWrapper')).toContainText(name);
   });
 
   test('the status bar shows the active run and its progress', async ({ page, tmpPath }) => {
