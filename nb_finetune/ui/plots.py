@@ -68,6 +68,7 @@ class PlotSet:
     def __init__(self, width: int = 460, height: int = 230):
         self.lock = threading.RLock()
         self.applied = 0  # batches of points applied (tests and the UI-cost benchmark read it)
+        self.structure = 0  # bumped when models are added or changed (not when points stream)
         w, h = width, height
         # ---- loss
         self.loss_src = ColumnDataSource({"step": [], "loss": [], "smooth": []})
@@ -196,9 +197,10 @@ class PlotSet:
             if pts.speed:
                 cols = _columns(pts.speed, ("step", "samples_per_s", "tokens_per_s", "memory_mb"))
                 mem = [m for m in cols["memory_mb"] if isinstance(m, float) and math.isfinite(m)]
-                if mem and max(mem) > self._mem_max:
-                    self._mem_max = max(mem)
-                    self.speed.extra_y_ranges["mem"].end = self._mem_max * 1.1
+                if mem and max(mem) > self._mem_max:  # the axis grows in steps: a change re-serialises the plots
+                    self._mem_max = max(mem) * 1.25
+                    self.structure += 1
+                    self.speed.extra_y_ranges["mem"].end = self._mem_max
                 self.speed_src.stream(cols, rollover=ROLLOVER)
             if pts.markers:
                 self._stream_markers(pts.markers)
@@ -224,6 +226,7 @@ class PlotSet:
                 self.eval.scatter("step", n, source=self.eval_src, color=colour, size=6, legend_label=label)
                 self.eval_metrics.append(n)
                 self.eval_hover.tooltips = [*self.eval_hover.tooltips, (label, f"@{n}{{0.0000}}")]
+            self.structure += 1
             self.eval.legend.label_text_font_size = "8pt"
             self.eval.legend.location = "bottom_right"
             self.eval.legend.click_policy = "hide"
@@ -241,6 +244,7 @@ class PlotSet:
             for g in new:
                 data[f"g:{g}"] = [math.nan] * n_old
             self.lr_src.data = data
+            self.structure += 1
             for g in new:
                 colour = Category10_10[(len(self.lr_groups) + 1) % 10]
                 self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1, legend_label=g)
@@ -274,6 +278,7 @@ class PlotSet:
         """Redraw the layer map: bars bottom-up from the embeddings to the head, coloured frozen / trainable."""
         with self.lock:
             names = [x["group"] for x in layers]
+            self.structure += 1
             self.layers.y_range.factors = names
             self.layers.height = max(160, min(520, 60 + 16 * len(names)))
             self.layer_src.data = {
@@ -283,6 +288,17 @@ class PlotSet:
                 "color": [TRAINABLE if x["trainable"] else FROZEN for x in layers],
                 "label": [f"{x['params']:,}" for x in layers],
             }
+
+    def sources(self) -> list[ColumnDataSource]:
+        return [
+            self.loss_src,
+            self.marker_src,
+            self.eval_src,
+            self.lr_src,
+            self.lr_marker_src,
+            self.speed_src,
+            self.layer_src,
+        ]
 
     # ------------------------------------------------------------------ snapshots
     def series(self) -> dict[str, dict[str, list]]:

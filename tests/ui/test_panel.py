@@ -13,7 +13,7 @@ pytest.importorskip("bokeh")
 
 from nb_finetune import finetune  # noqa: E402
 from nb_finetune.ui.panel import IPYWIDGETS_8, Panel  # noqa: E402
-from nb_finetune.ui.state import PanelState  # noqa: E402
+from nb_finetune.ui.state import PanelState, Points  # noqa: E402
 from nb_finetune.ui.svg import run_svg  # noqa: E402
 from nb_finetune.ui.transport import AutoTransport, DisplayTransport, StaticTransport, make_transport  # noqa: E402
 
@@ -281,3 +281,55 @@ def test_svg_snapshot_is_well_formed_and_marks_the_state():
     root = ET.fromstring(svg)
     assert root.tag.endswith("svg")
     assert svg.count("<polyline") >= 4 and "lr=0.0005" in svg and "r &lt;1&gt;" in svg and "stopped" in svg
+
+
+def _points(a: int, b: int):
+    from nb_finetune.ui.state import Points
+
+    return Points(
+        loss=[{"step": i, "loss": 1 / i, "smooth": math.nan if i == a else 0.5} for i in range(a, b)],
+        speed=[{"step": b - 1, "samples_per_s": 10.0, "tokens_per_s": 100.0, "memory_mb": 100.0}],
+    )
+
+
+def test_display_transport_serialises_the_document_once_and_then_only_new_columns():
+    import json
+    import re
+
+    from nb_finetune.ui.plots import PlotSet
+    from nb_finetune.ui.transport import _source_data_refs
+
+    plots = PlotSet()
+    d = DisplayTransport(plots)
+    plots.apply(_points(1, 10))
+    d._bundle()
+    plots.apply(_points(10, 300))
+    html = d._bundle()["text/html"]
+    assert d.serialisations == 1  # streaming points does not re-serialise the figures
+    item = json.loads(re.search(r"var item=(\{.*?\});var n=0", html).group(1))
+    cols = dict(_source_data_refs(item)[plots.loss_src.id]["entries"])
+    assert cols["step"] == list(range(1, 300))
+    assert cols["smooth"][0] is None and cols["smooth"][1] == 0.5  # NaN travels as null (valid JSON)
+    plots.apply(
+        Points(evals=[{"step": 5, "eval_loss": 0.4}])  # a new metric adds a line: the structure changed
+    )
+    d._bundle()
+    assert d.serialisations == 2
+
+
+def test_widget_ignores_the_browsers_echo_of_streamed_points(displays):
+    from nb_finetune.ui.plots import PlotSet
+
+    plots = PlotSet()
+    t = AutoTransport(plots, confirm_timeout=5)
+    plots.apply(_points(1, 4))
+    echo = {
+        "event": "jsevent",
+        "kind": "ColumnsStreamed",
+        "model": {"id": plots.loss_src.id},
+        "data": {"type": "map", "entries": [["step", [1, 2, 3]], ["loss", [1, 0.5, 0.3]], ["smooth", [1, 1, 1]]]},
+        "rollover": None,
+    }
+    t.model._sync_model(t.model, dict(echo), [])
+    assert plots.series()["loss"]["step"] == [1, 2, 3]  # not appended twice
+    assert t.confirmed and t.model.received["ColumnsStreamed:"] == 1
