@@ -5,6 +5,7 @@ user mistakes in `%finetune` lines as a UsageError without a traceback. Each tes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,47 @@ def test_help_lists_the_commands(kernel):
     r = kernel.execute("%load_ext nb_finetune\n%finetune --help")
     assert r.reply["status"] == "ok", r.text
     assert "stop NAME" in r.text and "--wait" in r.text
+
+
+TEXT_RUN = """
+import sys; sys.path.insert(0, {tests!r})
+from conftest import build_tiny_model, make_texts
+import pandas as pd, tempfile
+model_dir = build_tiny_model(tempfile.mkdtemp())
+texts, labels = make_texts(96, seed=2)
+df = pd.DataFrame({{"text": texts, "label": labels}})
+%load_ext nb_finetune
+%config FinetuneMagic.output_dir = {out!r}
+%config FinetuneMagic.renderer = "text"
+%config FinetuneMagic.refresh_seconds = 0.1
+"""
+
+
+def test_text_progress_line_is_updated_in_place_from_its_pump_thread(kernel, tmp_path):
+    """`renderer = "text"` (ui/progress.py): one display, re-rendered by a daemon thread after the cell returned."""
+    tests = str(Path(__file__).resolve().parents[1])
+    r = kernel.execute(TEXT_RUN.format(tests=tests, out=str(tmp_path / "runs")))
+    assert r.reply["status"] == "ok", r.text
+    r = kernel.execute("%%finetune line\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 2\n")
+    assert r.reply["status"] == "ok", r.text
+    assert not [m for m in r.comms if m["msg_type"] == "comm_open"], "the text renderer opens no widget"
+    (display_id,) = r.display_ids
+    assert display_id and r.displays[0]["content"]["data"]["text/plain"].startswith("line: ")
+    kernel.wait_for(  # a render with a step count, sent by the pump thread while no cell runs
+        lambda m: (
+            m["msg_type"] == "update_display_data"
+            and m["content"]["transient"]["display_id"] == display_id
+            and "line: training | step " in m["content"]["data"]["text/plain"]
+        ),
+        timeout=60,
+    )
+    r = kernel.execute("%finetune stop line\nline.wait(timeout=60)\nprint(line.status, line.reason)")
+    assert r.text.strip().endswith("stopped user"), r.text
+    kernel.wait_for(
+        lambda m: (
+            m["msg_type"] == "update_display_data"
+            and m["content"]["transient"]["display_id"] == display_id
+            and m["content"]["data"]["text/plain"].startswith("line: stopped (user)")
+        ),
+        timeout=30,
+    )
