@@ -25,6 +25,7 @@ from .transport import bokehjs_bundle, final_bundle, make_transport
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
 IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
+PLOT_SECONDS = 0.5  # new points reach the plots at most this often (text too)
 _STATE_COLOURS = {
     "queued": "#546e7a",
     "starting": "#546e7a",
@@ -109,6 +110,7 @@ class Panel:
         self.pump_cpu_s = 0.0  # CPU time of the writer's thread(s) in pump() (the UI-cost benchmark reads it)
         self._version_seen = -1
         self._last_text = 0.0
+        self._last_plot = 0.0
         self._finalized = False
         self._thread: threading.Thread | None = None
         self._syncing = False  # True while the writer moves controls to match the run (no commands sent)
@@ -335,13 +337,15 @@ class Panel:
             return
         c0 = time.thread_time()
         now = time.monotonic()
-        pts = self.state.take()
-        snap = None
-        if pts.layers_changed:
-            snap = self.state.snapshot()
-        changed = self.plots.apply(pts, snap["layers"] if snap else None)
+        ending = final or self.state.done or self.run.done
+        changed = False
+        if ending or now - self._last_plot >= PLOT_SECONDS:  # points wait in the state between two applies
+            self._last_plot = now
+            pts = self.state.take()
+            snap = self.state.snapshot() if pts.layers_changed else None
+            changed = self.plots.apply(pts, snap["layers"] if snap else None)
         self.transport.refresh(changed, now)
-        if final or self.state.done or self.run.done:
+        if ending:
             self._render_text(force=True)
             self._finalize()
         else:
@@ -350,7 +354,7 @@ class Panel:
 
     def _render_text(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and (self.state.version == self._version_seen or now - self._last_text < 0.5):
+        if not force and (self.state.version == self._version_seen or now - self._last_text < PLOT_SECONDS):
             return
         self._version_seen = self.state.version
         self._last_text = now

@@ -71,8 +71,8 @@ class PlotSet:
         self.structure = 0  # bumped when models are added or changed (not when points stream)
         w, h = width, height
         # ---- loss
-        self.loss_src = ColumnDataSource({"step": [], "loss": [], "smooth": []})
-        self.marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []})
+        self.loss_src = ColumnDataSource({"step": [], "loss": [], "smooth": []}, name="nbft-loss")
+        self.marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []}, name="nbft-markers")
         self.loss = _fig("Training loss", width=w, height=h, y_label="loss")
         raw = self.loss.line("step", "loss", source=self.loss_src, color=RAW, line_width=1, legend_label="raw")
         sm = self.loss.line(
@@ -101,7 +101,7 @@ class PlotSet:
         self.loss.legend.click_policy = "hide"
         self.loss.legend.background_fill_alpha = 0.6
         # ---- eval
-        self.eval_src = ColumnDataSource({"step": []})
+        self.eval_src = ColumnDataSource({"step": []}, name="nbft-eval")
         self.eval = _fig("Evaluation", width=w, height=h, y_label="metric")
         self.eval_metrics: list[str] = []
         self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
@@ -117,7 +117,7 @@ class PlotSet:
         )
         self.eval.add_layout(self.eval_waiting)
         # ---- learning rate
-        self.lr_src = ColumnDataSource({"step": [], "lr": []})
+        self.lr_src = ColumnDataSource({"step": [], "lr": []}, name="nbft-lr")
         self.lr = _fig("Learning rate", width=w, height=h, y_label="lr")
         self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
         base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
@@ -136,7 +136,8 @@ class PlotSet:
         self.speed = _fig("Throughput", width=w, height=h, y_label="samples/s")
         sp = self.speed.line("step", "samples_per_s", source=self.speed_src, color=SMOOTH, line_width=2)
         self.speed.extra_y_ranges = {"mem": Range1d(start=0, end=1)}
-        self.speed.add_layout(LinearAxis(y_range_name="mem", axis_label="memory MB"), "right")
+        self.mem_axis = LinearAxis(y_range_name="mem", axis_label="memory MB", visible=False)  # once known
+        self.speed.add_layout(self.mem_axis, "right")
         self.speed.line(
             "step",
             "memory_mb",
@@ -160,7 +161,9 @@ class PlotSet:
         )
         self._mem_max = 0.0
         # ---- layer map
-        self.layer_src = ColumnDataSource({"group": [], "params": [], "state": [], "color": [], "label": []})
+        self.layer_src = ColumnDataSource(
+            {"group": [], "params": [], "state": [], "color": [], "label": []}, name="nbft-layers"
+        )
         self.layers = figure(
             title="Layer map",
             width=300,
@@ -199,6 +202,7 @@ class PlotSet:
                 mem = [m for m in cols["memory_mb"] if isinstance(m, float) and math.isfinite(m)]
                 if mem and max(mem) > self._mem_max:  # the axis grows in steps: a change re-serialises the plots
                     self._mem_max = max(mem) * 1.25
+                    self.mem_axis.visible = True
                     self.structure += 1
                     self.speed.extra_y_ranges["mem"].end = self._mem_max
                 self.speed_src.stream(cols, rollover=ROLLOVER)
