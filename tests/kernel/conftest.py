@@ -23,11 +23,12 @@ It yields a `Kernel`:
         r.messages   every iopub message seen meanwhile, in order
         r.text       the text of r.outputs (stream text, text/plain, tracebacks), joined
         r.displays   the display_data messages of r.outputs; r.display_ids: their transient display_ids
+        (r["reply"], r["outputs"], ... work too)
     k.messages                   every iopub message seen since the kernel started, in order
     k.updates(display_id)        every update_display_data for that display_id seen so far, in order
     k.drain(seconds)             read iopub for that long without running anything (returns the messages)
     k.wait_for(pred, timeout)    read iopub until pred(msg) is true; returns that msg (AssertionError on timeout)
-    Kernel.text_of(msgs)         the text of any list of messages
+    k.text_of(msgs)              the text of any list of messages (a staticmethod of Kernel)
 
   Widgets (ipywidgets' comm protocol 2.x, the same in ipywidgets 7.7 and 8; target "jupyter.widget"):
     k.widgets                    {comm_id: state}: every widget model the kernel opened, its state kept
@@ -49,7 +50,10 @@ Example:
         ...
         (stop,) = kernel.find_widgets("ButtonModel", description="Stop")
         kernel.click_button(stop)
-        kernel.wait_for(lambda m: "stopped" in Kernel.text_of([m]), timeout=60)
+        kernel.wait_for(lambda m: "stopped" in kernel.text_of([m]), timeout=60)
+
+Fixture `kernel_python` alone gives (stack id, interpreter path) for tests that run something else on both
+stacks. A missing .venv-colab skips the `colab` cases locally and fails them under CI=true.
 """
 
 from __future__ import annotations
