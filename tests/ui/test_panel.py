@@ -12,7 +12,7 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("bokeh")
 
 from nb_finetune import finetune  # noqa: E402
-from nb_finetune.ui.panel import IPYWIDGETS_8, Panel  # noqa: E402
+from nb_finetune.ui.panel import Panel  # noqa: E402
 from nb_finetune.ui.state import PanelState, Points  # noqa: E402
 from nb_finetune.ui.svg import run_svg  # noqa: E402
 from nb_finetune.ui.transport import AutoTransport, DisplayTransport, StaticTransport, make_transport  # noqa: E402
@@ -20,13 +20,10 @@ from nb_finetune.ui.transport import AutoTransport, DisplayTransport, StaticTran
 
 # ------------------------------------------------------------------ what a frontend sends
 def frontend_sets(widget, value) -> None:
-    """The comm message a frontend sends when the user moves a slider / edits a field."""
-    if IPYWIDGETS_8:
-        widget._handle_msg(
-            {"content": {"data": {"method": "update", "state": {"value": value}, "buffer_paths": []}}, "buffers": []}
-        )
-    else:
-        widget._handle_msg({"content": {"data": {"method": "backbone", "sync_data": {"value": value}}}})
+    """The comm message a frontend sends when the user moves a slider / edits a field (ipywidgets 7.7 and 8)."""
+    widget._handle_msg(
+        {"content": {"data": {"method": "update", "state": {"value": value}, "buffer_paths": []}}, "buffers": []}
+    )
 
 
 def frontend_clicks(button) -> None:
