@@ -163,7 +163,9 @@ class Kernel:
 
     # ---------------------------------------------------------------- shell
     def execute(self, code: str, timeout: float = 180) -> Cell:
-        msg_id = self.kc.execute(code)
+        # one cell at a time, as a user runs them: ipykernel 6.17 would otherwise abort a request that arrives
+        # right after an error reply (its stop_on_error window), which no person typing ever hits
+        msg_id = self.kc.execute(code, stop_on_error=False)
         reply = self.kc.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.kc.get_shell_msg(timeout=timeout)
@@ -262,3 +264,27 @@ def kernel(kernel_python, tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+_TINY_SETUP = """
+import sys; sys.path.insert(0, {tests!r})
+from conftest import build_tiny_model, make_texts
+import pandas as pd, tempfile
+model_dir = build_tiny_model(tempfile.mkdtemp())
+texts, labels = make_texts({n}, seed={seed})
+df = pd.DataFrame({{"text": texts, "label": labels}})
+%load_ext nb_finetune
+%config FinetuneMagic.output_dir = {out!r}
+"""
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    """`tiny_setup(n=192, seed=1, extra="")` -> the code of a setup cell: a tiny BERT in `model_dir`, a data frame
+    `df` of n sentiment-like texts, the magics loaded, runs written under tmp_path/runs; `extra` lines appended."""
+
+    def make(n: int = 192, seed: int = 1, extra: str = "") -> str:
+        tests = str(Path(__file__).resolve().parents[1])
+        return _TINY_SETUP.format(tests=tests, n=n, seed=seed, out=str(tmp_path / "runs")) + extra
+
+    return make

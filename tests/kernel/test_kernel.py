@@ -4,28 +4,14 @@ and on the Colab-pinned one (the `kernel` fixture in conftest.py runs each test 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.kernel
-ROOT = Path(__file__).resolve().parents[2]
 
 
-SETUP = """
-import sys; sys.path.insert(0, {tests!r})
-from conftest import build_tiny_model, make_texts
-import pandas as pd, tempfile
-model_dir = build_tiny_model(tempfile.mkdtemp())
-texts, labels = make_texts(192, seed=1)
-df = pd.DataFrame({{"text": texts, "label": labels}})
-%load_ext nb_finetune
-%config FinetuneMagic.output_dir = {out!r}
-"""
-
-
-def test_background_run_stopped_from_another_cell(kernel, tmp_path):
-    r = kernel.execute(SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+def test_background_run_stopped_from_another_cell(kernel, tmp_path, tiny_setup):
+    r = kernel.execute(tiny_setup())
     assert r["reply"]["status"] == "ok", kernel.text_of(r["outputs"])
     t0 = time.monotonic()
     r = kernel.execute("%%finetune bg\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 2\n")
@@ -54,8 +40,8 @@ def test_background_run_stopped_from_another_cell(kernel, tmp_path):
     assert any((tmp_path / "runs" / "bg" / "checkpoints").glob("step-*/model.safetensors"))
 
 
-def test_bad_label_column_is_a_usage_error_in_that_cell_only(kernel, tmp_path):
-    r = kernel.execute(SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+def test_bad_label_column_is_a_usage_error_in_that_cell_only(kernel, tmp_path, tiny_setup):
+    r = kernel.execute(tiny_setup())
     assert r["reply"]["status"] == "ok"
     r = kernel.execute("%%finetune badcol\nmodel: {{model_dir}}\ndata:\n  train: {{df}}\n  label: stars\n")
     assert r["reply"]["status"] == "error"
@@ -68,11 +54,11 @@ def test_bad_label_column_is_a_usage_error_in_that_cell_only(kernel, tmp_path):
     assert not r["others"] and not r2["others"], "nothing is printed into other cells"
 
 
-def test_interrupt_during_wait_stops_gracefully_with_checkpoint(kernel, tmp_path):
+def test_interrupt_during_wait_stops_gracefully_with_checkpoint(kernel, tmp_path, tiny_setup):
     import json
     import threading
 
-    r = kernel.execute(SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+    r = kernel.execute(tiny_setup())
     assert r["reply"]["status"] == "ok"
     status = tmp_path / "runs" / "w" / "status.json"
 

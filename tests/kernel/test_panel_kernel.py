@@ -11,17 +11,6 @@ import pytest
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parents[2]
-SETUP = """
-import sys; sys.path.insert(0, {tests!r})
-from conftest import build_tiny_model, make_texts
-import pandas as pd, tempfile
-model_dir = build_tiny_model(tempfile.mkdtemp())
-texts, labels = make_texts(192, seed=1)
-df = pd.DataFrame({{"text": texts, "label": labels}})
-%load_ext nb_finetune
-%config FinetuneMagic.output_dir = {out!r}
-"""
 
 
 def _status(path: Path) -> dict:
@@ -31,8 +20,8 @@ def _status(path: Path) -> dict:
         return {}
 
 
-def test_stop_button_click_stops_a_background_run(kernel, tmp_path):
-    r = kernel.execute(SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+def test_stop_button_click_stops_a_background_run(kernel, tmp_path, tiny_setup):
+    r = kernel.execute(tiny_setup())
     assert r.reply["status"] == "ok", r.text
     r = kernel.execute("%%finetune big\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 2\n")
     assert r.reply["status"] == "ok", r.text
@@ -64,8 +53,8 @@ def test_stop_button_click_stops_a_background_run(kernel, tmp_path):
         kernel.drain(0.2)
 
 
-def test_lr_slider_message_changes_the_running_lr(kernel, tmp_path):
-    r = kernel.execute(SETUP.format(tests=str(ROOT / "tests"), out=str(tmp_path / "runs")))
+def test_lr_slider_message_changes_the_running_lr(kernel, tmp_path, tiny_setup):
+    r = kernel.execute(tiny_setup())
     assert r.reply["status"] == "ok", r.text
     r = kernel.execute(
         "%%finetune lrrun\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 2\n"

@@ -5,7 +5,6 @@ user mistakes in `%finetune` lines as a UsageError without a traceback. Each tes
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -119,24 +118,10 @@ def test_help_lists_the_commands(kernel):
     assert "stop NAME" in r.text and "--wait" in r.text
 
 
-TEXT_RUN = """
-import sys; sys.path.insert(0, {tests!r})
-from conftest import build_tiny_model, make_texts
-import pandas as pd, tempfile
-model_dir = build_tiny_model(tempfile.mkdtemp())
-texts, labels = make_texts(96, seed=2)
-df = pd.DataFrame({{"text": texts, "label": labels}})
-%load_ext nb_finetune
-%config FinetuneMagic.output_dir = {out!r}
-%config FinetuneMagic.renderer = "text"
-%config FinetuneMagic.refresh_seconds = 0.1
-"""
-
-
-def test_text_progress_line_is_updated_in_place_from_its_pump_thread(kernel, tmp_path):
+def test_text_progress_line_is_updated_in_place_from_its_pump_thread(kernel, tmp_path, tiny_setup):
     """`renderer = "text"` (ui/progress.py): one display, re-rendered by a daemon thread after the cell returned."""
-    tests = str(Path(__file__).resolve().parents[1])
-    r = kernel.execute(TEXT_RUN.format(tests=tests, out=str(tmp_path / "runs")))
+    extra = '%config FinetuneMagic.renderer = "text"\n%config FinetuneMagic.refresh_seconds = 0.1\n'
+    r = kernel.execute(tiny_setup(n=96, seed=2, extra=extra))
     assert r.reply["status"] == "ok", r.text
     r = kernel.execute("%%finetune line\nmodel: {{model_dir}}\ndata: {{df}}\nmax_steps: 1000000\nlog_every: 2\n")
     assert r.reply["status"] == "ok", r.text

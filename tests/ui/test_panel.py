@@ -44,6 +44,15 @@ def attach(run, **kw) -> Panel:
     return panel
 
 
+def shown(run, renderer: str = "static", **kw) -> Panel:
+    """A panel displayed for `run`, which then starts; its writer thread follows the run."""
+    panel = attach(run, renderer=renderer, refresh_seconds=0.05, **kw)
+    panel.display()
+    run.start()
+    panel.follow()
+    return panel
+
+
 @pytest.fixture
 def long_run(tiny_config):
     run = finetune(
@@ -58,13 +67,12 @@ def long_run(tiny_config):
 # ------------------------------------------------------------------ a whole run
 def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, displays):
     run = finetune({**tiny_config, "name": "streamed", "max_steps": 24, "eval_every": 8}, start=False)
-    if True:
-        panel = attach(run, renderer="widget", refresh_seconds=0.05)
-        panel.display()
-        run.start()
-        t = panel.follow()
-        run.wait()
-        t.join(10)
+    panel = attach(run, renderer="widget", refresh_seconds=0.05)
+    panel.display()
+    run.start()
+    t = panel.follow()
+    run.wait()
+    t.join(10)
     assert run.status == "finished"
     s = panel.plots.series()
     assert s["loss"]["step"] == list(range(1, 25))  # every optimizer step, streamed once each
@@ -90,14 +98,13 @@ def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, display
 
 def test_text_throttle_holds(tiny_config, displays):
     run = finetune({**tiny_config, "name": "throttled", "max_steps": 120, "log_every": 1}, start=False)
-    if True:
-        panel = attach(run, renderer="static", refresh_seconds=0.01)
-        panel.display()
-        run.start()
-        t0 = time.monotonic()
-        t = panel.follow()
-        run.wait()
-        t.join(10)
+    panel = attach(run, renderer="static", refresh_seconds=0.01)
+    panel.display()
+    run.start()
+    t0 = time.monotonic()
+    t = panel.follow()
+    run.wait()
+    t.join(10)
     elapsed = time.monotonic() - t0
     # text re-renders at most every 0.5 s (+ the forced first and final ones), however fast events come
     assert panel.renders <= elapsed / 0.5 + 3, (panel.renders, elapsed)
@@ -106,79 +113,61 @@ def test_text_throttle_holds(tiny_config, displays):
 
 # ------------------------------------------------------------------ controls reach the engine
 def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
-    if True:
-        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
-        panel.display()
-        long_run.start()
-        panel.follow()
-        until(lambda: long_run.step > 3, what="training")
-        frontend_sets(panel.hparams["lr"], 1e-4)
-        until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
-        step_at_change = long_run.step
-        until(lambda: long_run.step > step_at_change + 2)
-        # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
-        until(lambda: panel.state.lr is not None and abs(panel.state.lr - 1e-4) < 1e-12, what="lr applied")
-        hist = long_run.history
-        assert abs(hist.dropna(subset=["lr"]).iloc[-1]["lr"] - 1e-4) < 1e-12
-        # the change is recorded in metrics.jsonl
-        recs = [r for r in long_run._run_dir.read_metrics() if r.get("event") == "ControlApplied"]
-        assert any(r["command"] == "set" and r["args"].get("lr") == 1e-4 and r["ok"] for r in recs)
+    panel = shown(long_run)
+    until(lambda: long_run.step > 3, what="training")
+    frontend_sets(panel.hparams["lr"], 1e-4)
+    until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
+    step_at_change = long_run.step
+    until(lambda: long_run.step > step_at_change + 2)
+    # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
+    until(lambda: panel.state.lr is not None and abs(panel.state.lr - 1e-4) < 1e-12, what="lr applied")
+    hist = long_run.history
+    assert abs(hist.dropna(subset=["lr"]).iloc[-1]["lr"] - 1e-4) < 1e-12
+    # the change is recorded in metrics.jsonl
+    recs = [r for r in long_run._run_dir.read_metrics() if r.get("event") == "ControlApplied"]
+    assert any(r["command"] == "set" and r["args"].get("lr") == 1e-4 and r["ok"] for r in recs)
 
 
 def test_freeze_slider_changes_trainable_parameters(long_run, displays):
-    if True:
-        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
-        panel.display()
-        long_run.start()
-        panel.follow()
-        until(lambda: long_run.step > 2 and long_run.model is not None, what="training")
-        assert all(p.requires_grad for p in long_run.model.parameters())
-        frontend_sets(panel.train_emb, False)  # train embeddings off ...
-        frontend_sets(panel.train_last, 1)  # ... and only the top block of 2
-        until(lambda: not long_run.layer_map().set_index("group").loc["blocks.0", "trainable"], what="freeze")
-        lm = long_run.layer_map().set_index("group")
-        assert (
-            not lm.loc["embeddings", "trainable"] and lm.loc["blocks.1", "trainable"] and lm.loc["head", "trainable"]
-        )
-        frozen_names = [n for n, p in long_run.model.named_parameters() if not p.requires_grad]
-        assert frozen_names and all(".embeddings." in n or ".layer.0." in n for n in frozen_names)
-        # the layer map plot follows
-        until(lambda: panel.plots.series()["layers"]["state"][:2] == ["frozen", "frozen"], what="layer map redraw")
-        assert panel.plots.series()["layers"]["state"][2:] == ["trainable", "trainable"]
+    panel = shown(long_run)
+    until(lambda: long_run.step > 2 and long_run.model is not None, what="training")
+    assert all(p.requires_grad for p in long_run.model.parameters())
+    frontend_sets(panel.train_emb, False)  # train embeddings off ...
+    frontend_sets(panel.train_last, 1)  # ... and only the top block of 2
+    until(lambda: not long_run.layer_map().set_index("group").loc["blocks.0", "trainable"], what="freeze")
+    lm = long_run.layer_map().set_index("group")
+    assert not lm.loc["embeddings", "trainable"] and lm.loc["blocks.1", "trainable"] and lm.loc["head", "trainable"]
+    frozen_names = [n for n, p in long_run.model.named_parameters() if not p.requires_grad]
+    assert frozen_names and all(".embeddings." in n or ".layer.0." in n for n in frozen_names)
+    # the layer map plot follows
+    until(lambda: panel.plots.series()["layers"]["state"][:2] == ["frozen", "frozen"], what="layer map redraw")
+    assert panel.plots.series()["layers"]["state"][2:] == ["trainable", "trainable"]
 
 
 def test_bad_value_is_refused_in_the_panel_and_the_run_goes_on(long_run, displays):
-    if True:
-        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
-        panel.display()
-        long_run.start()
-        panel.follow()
-        until(lambda: long_run.step > 1)
-        frontend_sets(panel.hparams["weight_decay"], -1.0)
-        assert "weight_decay" in panel.note.value and "#c62828" in panel.note.value  # shown in red, no exception
-        s = long_run.step
-        until(lambda: long_run.step > s + 3)
-        assert long_run.status == "training"
+    panel = shown(long_run)
+    until(lambda: long_run.step > 1)
+    frontend_sets(panel.hparams["weight_decay"], -1.0)
+    assert "weight_decay" in panel.note.value and "#c62828" in panel.note.value  # shown in red, no exception
+    s = long_run.step
+    until(lambda: long_run.step > s + 3)
+    assert long_run.status == "training"
 
 
 def test_pause_resume_and_stop_buttons(long_run, displays):
-    if True:
-        panel = attach(long_run, renderer="static", refresh_seconds=0.05)
-        panel.display()
-        long_run.start()
-        panel.follow()
-        until(lambda: long_run.step > 1)
-        frontend_clicks(panel.pause_btn)
-        until(lambda: long_run.status == "paused", what="pause")
-        until(lambda: panel.pause_btn.description == "Resume", what="button shows Resume")
-        s = long_run.step
-        time.sleep(0.3)
-        assert long_run.step == s
-        frontend_clicks(panel.pause_btn)
-        until(lambda: long_run.step > s + 2, what="resume")
-        frontend_clicks(panel.stop_btn)
-        long_run.wait(60)
-        panel._thread.join(10)  # the writer's final render
+    panel = shown(long_run)
+    until(lambda: long_run.step > 1)
+    frontend_clicks(panel.pause_btn)
+    until(lambda: long_run.status == "paused", what="pause")
+    until(lambda: panel.pause_btn.description == "Resume", what="button shows Resume")
+    s = long_run.step
+    time.sleep(0.3)
+    assert long_run.step == s
+    frontend_clicks(panel.pause_btn)
+    until(lambda: long_run.step > s + 2, what="resume")
+    frontend_clicks(panel.stop_btn)
+    long_run.wait(60)
+    panel._thread.join(10)  # the writer's final render
     assert (long_run.status, long_run.reason) == ("stopped", "user")
     assert long_run.checkpoints, "Stop writes a checkpoint first"
     assert "stopped" in panel.header.value
@@ -186,22 +175,21 @@ def test_pause_resume_and_stop_buttons(long_run, displays):
 
 def test_paused_start_takes_the_panel_settings(tiny_config, displays):
     run = finetune({**tiny_config, "name": "later", "max_steps": 6}, start=False)
-    if True:
-        panel = attach(run, renderer="static", refresh_seconds=0.05)
-        panel.display()
-        assert not run.started and panel.start_btn.layout.display != "none"
-        assert panel.plots.series()["layers"]["group"] == [] or True  # drawn at the first pump
-        panel.pump()
-        assert panel.plots.series()["layers"]["group"][-1] == "head"  # the planned map, before any training
-        frontend_sets(panel.train_emb, False)
-        frontend_sets(panel.train_last, 1)
-        frontend_sets(panel.hparams["lr"], 3e-4)
-        assert run.config.lr == pytest.approx(3e-4)
-        assert sorted(run.config.freeze) == ["blocks.0", "embeddings"]
-        frontend_clicks(panel.start_btn)
-        assert run.started
-        panel.follow()
-        run.wait(60)
+    panel = attach(run, renderer="static", refresh_seconds=0.05)
+    panel.display()
+    assert not run.started and panel.start_btn.layout.display != "none"
+    assert panel.plots.series()["layers"]["group"] == [] or True  # drawn at the first pump
+    panel.pump()
+    assert panel.plots.series()["layers"]["group"][-1] == "head"  # the planned map, before any training
+    frontend_sets(panel.train_emb, False)
+    frontend_sets(panel.train_last, 1)
+    frontend_sets(panel.hparams["lr"], 3e-4)
+    assert run.config.lr == pytest.approx(3e-4)
+    assert sorted(run.config.freeze) == ["blocks.0", "embeddings"]
+    frontend_clicks(panel.start_btn)
+    assert run.started
+    panel.follow()
+    run.wait(60)
     assert run.status == "finished"
     lm = run.layer_map().set_index("group")
     assert not lm.loc["blocks.0", "trainable"] and lm.loc["blocks.1", "trainable"]
@@ -209,14 +197,13 @@ def test_paused_start_takes_the_panel_settings(tiny_config, displays):
 
 def test_wait_mode_shows_controls_disabled(tiny_config, displays):
     run = finetune({**tiny_config, "name": "waited", "max_steps": 3}, start=False)
-    if True:
-        panel = attach(run, renderer="static", interactive=False)
-        panel.display()
-        assert all(w.disabled for w in panel.controls)
-        assert "--wait" in panel.note.value
-        run.start()
-        run.wait(pump=panel.pump)
-        panel.pump(final=True)
+    panel = attach(run, renderer="static", interactive=False)
+    panel.display()
+    assert all(w.disabled for w in panel.controls)
+    assert "--wait" in panel.note.value
+    run.start()
+    run.wait(pump=panel.pump)
+    panel.pump(final=True)
     assert run.status == "finished" and "finished" in panel.header.value
 
 
@@ -238,19 +225,18 @@ def test_state_rebuilt_from_metrics_matches_the_live_one(tiny_config):
 def test_auto_transport_uses_the_widget_once_it_confirms(tiny_config, displays):
     from nb_finetune.ui.plots import PlotSet
 
-    if True:
-        confirmed = AutoTransport(PlotSet(), confirm_timeout=0.2)
-        confirmed.show()
-        confirmed.model._sync_model(confirmed.model, {"event": "not-a-jsevent"}, [])  # any message from the view
-        confirmed.refresh(True, time.monotonic() + 1)
-        assert confirmed.mode == "widget"
+    confirmed = AutoTransport(PlotSet(), confirm_timeout=0.2)
+    confirmed.show()
+    confirmed.model._sync_model(confirmed.model, {"event": "not-a-jsevent"}, [])  # any message from the view
+    confirmed.refresh(True, time.monotonic() + 1)
+    assert confirmed.mode == "widget"
 
-        silent = AutoTransport(PlotSet(), confirm_timeout=0.2)
-        silent.show()
-        silent.refresh(True, time.monotonic())
-        assert silent.mode == "pending"
-        silent.refresh(True, time.monotonic() + 1)  # no view ever answered: the display handle takes over
-        assert silent.mode == "display" and silent.model.layout.display == "none" and silent.renders == 1
+    silent = AutoTransport(PlotSet(), confirm_timeout=0.2)
+    silent.show()
+    silent.refresh(True, time.monotonic())
+    assert silent.mode == "pending"
+    silent.refresh(True, time.monotonic() + 1)  # no view ever answered: the display handle takes over
+    assert silent.mode == "display" and silent.model.layout.display == "none" and silent.renders == 1
 
 
 def test_renderer_choice():
