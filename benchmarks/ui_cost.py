@@ -1,6 +1,6 @@
 """What the panel costs: UI CPU time per second of training, and training speed with the panel vs headless.
 
-    python -m benchmarks.ui_cost                 # 3 arms x 2 repetitions, about 6 min on 2 CPU cores
+    python -m benchmarks.ui_cost                 # 3 arms x 2 repetitions of 1,200 steps, about 20 min on 2 CPU cores
     python -m benchmarks.ui_cost --steps 60 --reps 1
 
 A real JupyterLab serves a notebook that headless Chromium (Debian's, through Playwright from ui-tests/) opens
@@ -55,6 +55,23 @@ def _thread_cpu():
 
 _KERNEL_UI = ("MainThread", "IOPub", "Shell channel")  # + ipykernel 7's subshell threads (comm messages)
 
+def _procs_cpu():
+    # CPU seconds of the browser's processes and of the Jupyter server, on this machine
+    out = {{"browser": 0.0, "server": 0.0}}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{{d}}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            comm, fields = head.split("(", 1)[1].lower(), rest.split()
+        except (OSError, ValueError, IndexError):
+            continue
+        key = "browser" if "chrom" in comm else "server" if "jupyter" in comm else None
+        if key:
+            out[key] += (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
 def _ui(cpu):
     return sum(v for k, v in cpu.items() if k in _KERNEL_UI or k.startswith("subshell"))
 
@@ -77,17 +94,18 @@ def _watch():
             if run.name in seen or run.status not in ("training",):
                 continue
             seen.add(run.name)
-            c0, p0, w0, s0 = _thread_cpu(), time.process_time(), time.perf_counter(), run.step
+            c0, p0, w0, s0, o0 = _thread_cpu(), time.process_time(), time.perf_counter(), run.step, _procs_cpu()
             run._done.wait()
             time.sleep(1.5)  # the writer's final render belongs to the run's cost
-            c1, p1, w1 = _thread_cpu(), time.process_time(), time.perf_counter()
+            c1, p1, w1, o1 = _thread_cpu(), time.process_time(), time.perf_counter(), _procs_cpu()
             pump_cpu, stats = _panel_stats(run)
             ui = _ui(c1) - _ui({{k: c0.get(k, 0.0) for k in c1}}) + pump_cpu
             steps = run.step - s0
             rec = {{"name": run.name, "wall_s": w1 - w0 - 1.5, "process_cpu_s": p1 - p0, "ui_cpu_s": ui,
                    "steps": steps, "samples_per_s": steps * {batch} / max(w1 - w0 - 1.5, 1e-9),
                    "threads": {{k: round(c1[k] - c0.get(k, 0.0), 3) for k in c1}}, "status": run.status,
-                   "pump_cpu_s": pump_cpu, **stats}}
+                   "pump_cpu_s": pump_cpu, "browser_cpu_s": o1["browser"] - o0["browser"],
+                   "server_cpu_s": o1["server"] - o0["server"], **stats}}
             (_OUT / f"{{run.name}}.json").write_text(json.dumps(rec))
         time.sleep(0.05)
 
@@ -223,9 +241,9 @@ def table(doc: dict) -> str:
     base_sps = med("headless", "samples_per_s")
     base_ui = med("headless", "ui_cpu_s")
     rows = [
-        "| arm | samples/s | vs headless | training CPU s | UI CPU s (above headless) | UI CPU per s of training "
-        "| UI / training CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | samples/s | vs headless | training CPU s | kernel UI CPU s (above headless) | per s of training "
+        "| kernel UI / training CPU | browser + server CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in ARMS:
         sps = med(arm, "samples_per_s")
@@ -234,7 +252,7 @@ def table(doc: dict) -> str:
         wall = med(arm, "wall_s")
         rows.append(
             f"| {arm} | {sps:.1f} | {sps / base_sps:.3f}x | {train_cpu:.1f} | {ui:.2f} | {ui / wall * 1000:.0f} ms "
-            f"| {100 * ui / max(train_cpu, 1e-9):.2f}% |"
+            f"| {100 * ui / max(train_cpu, 1e-9):.2f}% | {med(arm, 'browser_cpu_s') + med(arm, 'server_cpu_s'):.1f} |"
         )
     s = doc["spec"]
     head = (
@@ -246,7 +264,7 @@ def table(doc: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ui_cost", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ui-cost.json")
     ap.add_argument("--keep", type=Path, help="keep the notebook, logs and a screenshot in this directory")

@@ -25,7 +25,8 @@ from .transport import bokehjs_bundle, final_bundle, make_transport
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
 IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
-PLOT_SECONDS = 0.5  # new points reach the plots at most this often (text too)
+PLOT_SECONDS = 1.0  # new points reach the plots at most this often
+TEXT_SECONDS = 0.5  # the header and status line at most this often
 _STATE_COLOURS = {
     "queued": "#546e7a",
     "starting": "#546e7a",
@@ -66,6 +67,14 @@ def _fmt_num(v: float | None, unit: str = "") -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}{unit}"
     return f"{v:.3g}{unit}"
+
+
+def _short_path(v) -> str:
+    """A long local model path as its last two parts (the whole path is the tooltip)."""
+    text = str(v)
+    if len(text) > 48 and "/" in text:
+        return "…/" + "/".join(text.rstrip("/").split("/")[-2:])
+    return text
 
 
 def _fmt_count(n: int) -> str:
@@ -354,7 +363,7 @@ class Panel:
 
     def _render_text(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and (self.state.version == self._version_seen or now - self._last_text < PLOT_SECONDS):
+        if not force and (self.state.version == self._version_seen or now - self._last_text < TEXT_SECONDS):
             return
         self._version_seen = self.state.version
         self._last_text = now
@@ -433,7 +442,9 @@ class Panel:
         if s.get("cache", "").startswith("on"):
             facts.append(("cache", s["cache"]))
         items = " · ".join(
-            f'<span style="color:#777">{k}</span> {html.escape(str(v))}' for k, v in facts if v not in ("", None)
+            f'<span style="color:#777">{k}</span> <span title="{html.escape(str(v))}">{html.escape(_short_path(v))}</span>'
+            for k, v in facts
+            if v not in ("", None)
         )
         return (
             f'<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap;font-size:13px">'

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 RENDERERS = ("auto", "widget", "display", "static")
+RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again at most this often
 
 
 def detect_frontend() -> str:
@@ -158,6 +159,7 @@ class DisplayTransport(_Base):
         self._structure = -1
         self._columns: dict[str, dict] = {}
         self.serialisations = 0
+        self._serialised_at = 0.0
 
     def show(self) -> None:
         from IPython.display import display
@@ -172,7 +174,10 @@ class DisplayTransport(_Base):
 
         eid = f"nbft-{uuid.uuid4().hex[:12]}"
         with self.plots.lock:
-            if self._item is None or self._structure != self.plots.structure:
+            changed = self._structure != self.plots.structure
+            # new lines (a metric, a layer group) wait up to RESERIALISE_S: their columns travel meanwhile
+            if self._item is None or (changed and time.monotonic() - self._serialised_at >= RESERIALISE_S):
+                self._serialised_at = time.monotonic()
                 self._item = json_item(self.plots.root, eid)
                 self._structure = self.plots.structure
                 self._columns = _source_data_refs(self._item)
