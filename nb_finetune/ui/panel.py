@@ -25,7 +25,8 @@ from .transport import bokehjs_bundle, final_bundle, make_transport
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
 IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
-PLOT_SECONDS = 1.0  # new points reach the plots at most this often
+PLOT_SECONDS = 1.0  # new points reach the plots at most this often (display handle: a whole re-render)
+WIDGET_PLOT_SECONDS = 2.0  # ... and through jupyter_bokeh, whose view answers each change with several messages
 TEXT_SECONDS = 0.5  # the header and status line at most this often
 _STATE_COLOURS = {
     "queued": "#546e7a",
@@ -114,6 +115,7 @@ class Panel:
                     self.state.set_layers(lm.table(set()))
         self.plots = PlotSet()
         self.transport = make_transport(renderer, self.plots, interval=plot_interval)
+        self.plot_seconds = WIDGET_PLOT_SECONDS if self.transport.widget() is not None else PLOT_SECONDS
         self.layers_transport = None
         self.renders = 0
         self.pump_cpu_s = 0.0  # CPU time of the writer's thread(s) in pump() (the UI-cost benchmark reads it)
@@ -348,7 +350,7 @@ class Panel:
         now = time.monotonic()
         ending = final or self.state.done or self.run.done
         changed = False
-        if ending or now - self._last_plot >= PLOT_SECONDS:  # points wait in the state between two applies
+        if ending or now - self._last_plot >= self.plot_seconds:  # points wait in the state between two applies
             self._last_plot = now
             pts = self.state.take()
             snap = self.state.snapshot() if pts.layers_changed else None

@@ -63,7 +63,8 @@ def _fig(title: str, *, width: int, height: int, y_label: str = "", **kw):
 
 class PlotSet:
     """Loss (raw + smoothed, control markers), eval metrics, learning rate per group, throughput + memory,
-    and the layer map (frozen / trainable)."""
+    and the layer map (frozen / trainable). The four time plots share their step axis: zoom one, all follow
+    (and the browser syncs one x range back, not four)."""
 
     def __init__(self, width: int = 460, height: int = 230):
         self.lock = threading.RLock()
@@ -102,7 +103,7 @@ class PlotSet:
         self.loss.legend.background_fill_alpha = 0.6
         # ---- eval
         self.eval_src = ColumnDataSource({"step": []}, name="nbft-eval")
-        self.eval = _fig("Evaluation", width=w, height=h, y_label="metric")
+        self.eval = _fig("Evaluation", width=w, height=h, x_range=self.loss.x_range, y_label="metric")
         self.eval_metrics: list[str] = []
         self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
         self.eval.add_tools(self.eval_hover)
@@ -118,7 +119,7 @@ class PlotSet:
         self.eval.add_layout(self.eval_waiting)
         # ---- learning rate
         self.lr_src = ColumnDataSource({"step": [], "lr": []}, name="nbft-lr")
-        self.lr = _fig("Learning rate", width=w, height=h, y_label="lr")
+        self.lr = _fig("Learning rate", width=w, height=h, x_range=self.loss.x_range, y_label="lr")
         self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
         base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
         self.lr.add_tools(
@@ -133,7 +134,7 @@ class PlotSet:
         self.lr.add_tools(HoverTool(renderers=[lm], tooltips=[("step", "@step"), ("change", "@label")]))
         # ---- throughput + memory
         self.speed_src = ColumnDataSource({"step": [], "samples_per_s": [], "tokens_per_s": [], "memory_mb": []})
-        self.speed = _fig("Throughput", width=w, height=h, y_label="samples/s")
+        self.speed = _fig("Throughput", width=w, height=h, x_range=self.loss.x_range, y_label="samples/s")
         sp = self.speed.line("step", "samples_per_s", source=self.speed_src, color=SMOOTH, line_width=2)
         self.speed.extra_y_ranges = {"mem": Range1d(start=0, end=1)}
         self.mem_axis = LinearAxis(y_range_name="mem", axis_label="memory MB", visible=False)  # once known
