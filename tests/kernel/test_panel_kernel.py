@@ -12,7 +12,6 @@ import pytest
 pytestmark = pytest.mark.kernel
 
 
-
 def _status(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
