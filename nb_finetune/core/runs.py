@@ -239,7 +239,11 @@ def append_command(run_dir: str | Path, kind: str, source: str = "cli", **args) 
     path = Path(run_dir) / "control.jsonl"
     if not Path(run_dir).is_dir():
         raise FinetuneError(f"{run_dir} is not a run directory")
-    with open(path, "a+", encoding="utf-8") as f:
+    try:  # never through a symlink: a run directory is written by its owner only
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise FinetuneError(f"{path} cannot be opened for commands: {e.strerror}") from None
+    with os.fdopen(fd, "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             f.seek(0)

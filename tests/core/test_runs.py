@@ -106,3 +106,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
         engine.save_checkpoint(rd, model, opt, {**state, "step": 2}, engine._rng_state(), cfg)
     assert [c.name for c in rd.checkpoints()] == ["step-000001"]
     assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == ["step-000001"], "no half checkpoint left"
+
+
+def test_append_command_refuses_a_symlinked_control_file(tmp_path):
+    from nb_finetune.core.runs import append_command
+    from nb_finetune.errors import FinetuneError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("")
+    (run_dir / "control.jsonl").symlink_to(target)
+    with pytest.raises(FinetuneError, match="cannot be opened"):
+        append_command(run_dir, "stop")
+    assert target.read_text() == ""
