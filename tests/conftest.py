@@ -69,6 +69,24 @@ def build_tiny_model(d, num_layers: int = 2) -> str:
     return str(d)
 
 
+def tiny_llama(num_layers: int = 3):
+    """A randomly initialised Llama causal LM (hidden 32, tied embeddings), for layer-map and schedule tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=num_layers,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+        )
+    )
+
+
 def tiny_bert(num_layers: int = 4):
     """A randomly initialised BERT classifier (hidden 32), for tests that need a model object but no tokenizer."""
     from transformers import BertConfig, BertForSequenceClassification

@@ -9,6 +9,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 nn = torch.nn
 
+from conftest import tiny_llama  # noqa: E402
+
 from nb_finetune.core.freezing import (  # noqa: E402
     apply_freeze,
     build_layer_map,
@@ -35,17 +37,7 @@ def bert(dropout: float = 0.1):
 
 def llama():
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(cfg)
+    return tiny_llama()
 
 
 def vit():

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import tiny_bert  # noqa: E402
+from conftest import tiny_bert, tiny_llama  # noqa: E402
 from test_host_sync import counter  # noqa: E402, F401 - the sync-counting fixture
 
 from nb_finetune import finetune, get_run  # noqa: E402
@@ -25,20 +25,6 @@ from nb_finetune.core.freezing import (  # noqa: E402
     resolve_freeze,
 )
 from nb_finetune.errors import ConfigError  # noqa: E402
-
-
-def tiny_llama():
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(cfg)
 
 
 @pytest.fixture(scope="module")
