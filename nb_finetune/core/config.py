@@ -58,21 +58,37 @@ class CacheFrozen(str, Enum):
     off = "off"
 
 
-class Task(str, Enum):
-    auto = "auto"
-    text_classification = "text-classification"
-
-
 class Mode(str, Enum):
     auto = "auto"
     min = "min"
     max = "max"
 
 
-def _field(default: Any = None, help: str = "", *, aliases: tuple[str, ...] = (), live: str | None = None, **kw):
+# task names as the task modules register them (core/tasks/); a field's `tasks=` says which tasks read it
+TC, REG, ML, NER, QA = (
+    "text-classification",
+    "regression",
+    "multi-label-classification",
+    "token-classification",
+    "question-answering",
+)
+SEQUENCE_TASKS = (TC, REG, ML)
+
+
+def _field(
+    default: Any = None,
+    help: str = "",
+    *,
+    aliases: tuple[str, ...] = (),
+    live: str | None = None,
+    tasks: tuple[str, ...] | None = None,
+    **kw,
+):
     extra = {"aliases": list(aliases)}
     if live:
         extra["live"] = live
+    if tasks:
+        extra["tasks"] = list(tasks)
     if "default_factory" in kw:
         return Field(description=help, json_schema_extra=extra, **kw)
     return Field(default, description=help, json_schema_extra=extra, **kw)
@@ -152,11 +168,32 @@ class DataConfig(_Strict):
         lt=1.0,
     )
     text: str | None = _field(
-        None, "Column holding the input text. Auto-detected when there is one obvious text column."
+        None,
+        "Column holding the input text. Auto-detected when there is one obvious text column.",
+        tasks=SEQUENCE_TASKS,
     )
-    text_pair: str | None = _field(None, "Optional second text column (sentence-pair tasks such as NLI).")
+    text_pair: str | None = _field(
+        None,
+        "Optional second text column: sentence-pair classification or regression (NLI, paraphrase, similarity).",
+        tasks=SEQUENCE_TASKS,
+    )
     label: str | None = _field(
-        None, "Column holding the label. Auto-detected from `label`, `labels`, `target`, ... when absent."
+        None,
+        "Column holding the label (the tag list for token classification). Auto-detected from `label`, `labels`, "
+        "`target`, `tags`, `ner_tags`, ... when absent.",
+        aliases=("tags",),
+        tasks=(*SEQUENCE_TASKS, NER),
+    )
+    tokens: str | None = _field(
+        None, "Column holding the token (word) lists. Auto-detected from `tokens`, `words`.", tasks=(NER,)
+    )
+    question: str | None = _field(None, "Column holding the question. Default: `question`.", tasks=(QA,))
+    context: str | None = _field(None, "Column holding the passage the answer is in. Default: `context`.", tasks=(QA,))
+    answers: str | None = _field(
+        None,
+        "Column holding SQuAD-style answers `{text: [...], answer_start: [...]}` (empty lists: unanswerable). "
+        "Default: `answers`.",
+        tasks=(QA,),
     )
 
     @field_validator("train", "eval")
@@ -188,7 +225,13 @@ class FinetuneConfig(_Strict):
     """
 
     name: str | None = _field(None, "Run name; the run directory is `<output_dir>/<name>`. Set by `%%finetune NAME`.")
-    task: Task = _field(Task.auto, "What to train. `auto` picks text-classification for text + label data.")
+    task: str = _field(
+        "auto",
+        "What to train: text-classification, token-classification (`ner`), question-answering (`qa`), regression, "
+        "multi-label-classification (`multi-label`). `auto` picks from the data: string / int labels -> "
+        "text-classification, float labels -> regression, label lists -> multi-label, a token list with a tag "
+        "list -> token-classification, SQuAD-style `answers` -> question-answering.",
+    )
     model: Any = _field(
         None,
         "Pretrained model: a hub id (`bert-base-uncased`), a local directory, or `{{my_model}}` "
@@ -203,7 +246,36 @@ class FinetuneConfig(_Strict):
     )
     data: DataConfig = _field(default_factory=DataConfig, help="Training / evaluation data and its columns.")
     labels: list[str] | None = _field(
-        None, "Label names in class-index order. Inferred from the data when absent.", aliases=("label_names",)
+        None,
+        "Label (or tag) names in class-index order. Inferred from the data when absent.",
+        aliases=("label_names",),
+        tasks=(TC, ML, NER),
+    )
+    label_all_tokens: bool = _field(
+        False,
+        "Label every sub-token of a word (default: only the first; the rest are ignored by the loss and metrics).",
+        tasks=(NER,),
+    )
+    doc_stride: int = _field(
+        128,
+        "Overlap in tokens between the windows a long context is split into.",
+        aliases=("stride",),
+        ge=0,
+        tasks=(QA,),
+    )
+    max_answer_length: int = _field(
+        30, "Longest answer in tokens that post-processing considers.", ge=1, tasks=(QA,)
+    )
+    n_best: int = _field(
+        20, "Start / end candidates per window that post-processing scores.", aliases=("n_best_size",), ge=1, tasks=(QA,)
+    )
+    threshold: float = _field(
+        0.5, "Score above which a label is predicted (one sigmoid per label).", gt=0, lt=1, tasks=(ML,)
+    )
+    label_sep: str | None = _field(
+        None,
+        "Delimiter when the label column holds strings such as `sports,politics` instead of lists.",
+        tasks=(ML,),
     )
     max_length: int | None = _field(
         None,
@@ -362,6 +434,18 @@ class FinetuneConfig(_Strict):
     num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
 
     # ---------------------------------------------------------------- validators
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, v):
+        from .tasks.base import canonical_task  # the registry: task modules register themselves
+
+        if not isinstance(v, str):
+            raise ValueError("expected a task name")
+        try:
+            return canonical_task(v)
+        except ConfigError as e:
+            raise ValueError(str(e).split("task: ", 1)[-1]) from None
+
     @field_validator("cache_frozen", mode="before")
     @classmethod
     def _bool_cache(cls, v):
@@ -857,6 +941,17 @@ def live_fields() -> dict[str, str]:
     }
 
 
+def task_specific_keys() -> dict[str, list[str]]:
+    """Config keys (dotted for data.*) that only some tasks read -> those tasks. The rest apply to every task."""
+    out = {}
+    for prefix, model in (("", FinetuneConfig), ("data.", DataConfig)):
+        for n, f in model.model_fields.items():
+            tasks = (f.json_schema_extra or {}).get("tasks")
+            if tasks:
+                out[prefix + n] = list(tasks)
+    return out
+
+
 def check_live_value(name: str, value: Any) -> Any:
     """Validate a new value of the live field `name` with the schema; returns it validated.
 
@@ -893,17 +988,18 @@ def _type_text(f) -> str:
 
 def config_reference_markdown() -> str:
     """The README's config reference table, generated from the schema."""
-    rows = ["| key | type | default | aliases | live | description |", "|---|---|---|---|---|---|"]
+    rows = ["| key | type | default | aliases | live | tasks | description |", "|---|---|---|---|---|---|---|"]
 
     def add(prefix, model):
         for n, f in model.model_fields.items():
             extra = f.json_schema_extra or {}
             aliases = ", ".join(f"`{a}`" for a in extra.get("aliases", []))
             live = "yes" if extra.get("live") else ""
+            tasks = ", ".join(extra.get("tasks", [])) or "all"
             desc = (f.description or "").replace("|", "\\|")
             if extra.get("live"):
                 desc += f" *Live:* {extra['live']}"
-            rows.append(f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {desc} |")
+            rows.append(f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |")
             if prefix == "" and n in _NESTED:
                 add(f"{n}.", _NESTED[n])
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from .tasks.base import HOST_KEYS, Examples
 
 __all__ = [
     "load_source",
     "detect_columns",
     "infer_labels",
+    "Examples",
     "TokenizedData",
+    "HOST_KEYS",
     "tokenize",
     "epoch_batches",
     "Collator",
@@ -271,32 +273,13 @@ def holdout_split(ds, fraction: float, seed: int):
     return ds.select(np.sort(perm[n_eval:])), ds.select(np.sort(perm[:n_eval]))
 
 
-@dataclass
-class TokenizedData:
-    """Token ids per example (ragged lists), label ids, and lengths for batching."""
-
-    features: dict[str, list[list[int]]]
-    labels: list[int] | None
-    lengths: np.ndarray = field(init=False)
-
-    def __post_init__(self):
-        self.lengths = np.fromiter((len(x) for x in self.features["input_ids"]), dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {k: v[i] for k, v in self.features.items()}
-        item["idx"] = i
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
+TokenizedData = Examples  # the name the text tasks grew up with
 
 
 def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, labels=None) -> TokenizedData:
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
     keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return TokenizedData({k: list(enc[k]) for k in keep}, labels)
+    return Examples({k: list(enc[k]) for k in keep}, labels)
 
 
 def epoch_batches(
@@ -331,14 +314,23 @@ def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
 
 
-HOST_KEYS = ("num_tokens", "lengths", "idx")
+LABEL_KINDS = ("class", "float", "multi_hot", "tokens")
 
 
 class Collator:
-    """Pads a list of examples to the longest in the batch (dynamic padding)."""
+    """Pads a list of examples to the longest in the batch (dynamic padding).
 
-    def __init__(self, pad_token_id: int):
+    `label_kind`: class (one int per example), float (one number: regression), multi_hot (a fixed-width list of
+    0/1: multi-label), tokens (one id per token, padded with -100 so the loss ignores the padding). Features that
+    are lists are padded (`input_ids` with the pad id, the rest with 0); scalar features (`start_positions`)
+    become one long tensor.
+    """
+
+    def __init__(self, pad_token_id: int, label_kind: str = "class"):
+        if label_kind not in LABEL_KINDS:
+            raise ValueError(f"label_kind {label_kind!r}; one of {LABEL_KINDS}")
         self.pad_token_id = pad_token_id
+        self.label_kind = label_kind
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -349,7 +341,10 @@ class Collator:
             if key == "idx":
                 continue
             if key == "labels":
-                out["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+                out["labels"] = self._labels([it["labels"] for it in items], longest)
+                continue
+            if not isinstance(items[0][key], (list, tuple, np.ndarray)):
+                out[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
                 continue
             pad = self.pad_token_id if key == "input_ids" else 0
             out[key] = torch.tensor(
@@ -361,3 +356,14 @@ class Collator:
         if "idx" in items[0]:
             out["idx"] = [it["idx"] for it in items]
         return out
+
+    def _labels(self, values: list, longest: int):
+        import torch
+
+        if self.label_kind == "class":
+            return torch.tensor(values, dtype=torch.long)
+        if self.label_kind == "float":
+            return torch.tensor(values, dtype=torch.float32)
+        if self.label_kind == "multi_hot":
+            return torch.tensor(values, dtype=torch.float32)
+        return torch.tensor([list(v) + [-100] * (longest - len(v)) for v in values], dtype=torch.long)

@@ -56,6 +56,10 @@ class RunStarted(Event):
     layers: list[dict[str, Any]]
     start_step: int = 0
     cache: str = "off"  # frozen-prefix activation cache: "on (...)" or "off (why)"
+    task: str = "text-classification"  # the task's name (core/tasks/); the panel shows `task_title`
+    task_title: str = "text classification"
+    task_detail: list[str] = field(default_factory=list)  # Task.describe(): why auto picked it, the head, labels
+    throughput_unit: str = "tokens"  # what tokens_per_s counts for this task
 
 
 @dataclass
@@ -99,6 +103,9 @@ class EvalEnded(Event):
     epoch: float
     metrics: dict[str, float]
     is_best: bool = False
+    # what the task asks the panel to draw besides the common plots (StreamingMetric.extras(), JSON-serialisable):
+    # name -> {"kind": "matrix", "title", "rows", "cols", "values"} or {"kind": "bars", "title", "labels", "values"}
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,251 +1,247 @@
-"""Text classification: pre-flight checks, model with a fresh head, tokenized data, metrics, predict."""
+"""Text classification (single text or sentence pairs): one label per text, a softmax head, accuracy and macro-F1.
+
+`SequenceTask` is the shared shape of every "one text (or pair) in, one prediction out" task: regression and
+multi-label classification subclass it and change the labels, the head, the metric and `predict`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import ConfigError, DataError, ModelError
+from ...errors import DataError
 from .. import data as D
+from . import common as C
+from .base import Capabilities, Examples, Task, register
 
-__all__ = ["Prepared", "preflight", "build_model", "build_data", "compute_metrics", "predict"]
-
-
-@dataclass
-class Prepared:
-    """What pre-flight resolved on the calling thread; the worker builds the run from it."""
-
-    tokenizer: Any
-    hf_config: Any  # transformers PretrainedConfig, or None when the model is an object
-    model_obj: Any  # the user's model object, or None
-    model_id: str
-    train: Any  # datasets.Dataset
-    eval: Any | None
-    text_col: str
-    pair_col: str | None
-    label_col: str
-    label_names: list[str]
-    label_map: dict[Any, int]
-    max_length: int
+__all__ = ["SequenceTask", "TextClassification", "ClassificationMetric", "classification_scores"]
 
 
-def _hub_error(what: str, ref: str, e: Exception) -> ModelError:
-    local = Path(ref).expanduser()
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    if local.exists():
-        return ModelError(
-            f"{what}: could not load {ref!r} from the local directory ({first}). "
-            "It needs a config.json and weights (model.safetensors or pytorch_model.bin)."
+class SequenceTask(Task):
+    """A text (or a text pair) -> one prediction. Subclasses set the head and the label handling."""
+
+    head_suffix = "ForSequenceClassification"
+    capabilities = Capabilities(prefix_cache=True, length_grouping=True, throughput_unit="tokens")
+    label_kind = "class"
+
+    def __init__(self, cfg, **kw):
+        super().__init__(cfg, **kw)
+        self.model_obj = None
+        self.text_col: str = ""
+        self.pair_col: str | None = None
+        self.label_col: str = ""
+        self.label_map: dict[Any, int] = {}
+
+    # ------------------------------------------------------------ calling thread
+    def preflight(self) -> None:
+        cfg = self.cfg
+        C.require_model_and_data(cfg)
+        self.model_obj, self.hf_config, self.model_id = C.resolve_model(
+            cfg, head_suffix=self.head_suffix, task_title=self.title
         )
-    looks_local = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
-    if looks_local:
-        return ModelError(f"{what}: directory {ref!r} does not exist (working directory: {Path.cwd()})")
-    return ModelError(
-        f"{what}: could not load {ref!r}: no local directory by that name, and the Hugging Face Hub did not "
-        f"provide it ({type(e).__name__}: {first}). Check the model id, your network / HF_HUB_OFFLINE, or pass a "
-        "local directory or a model object as {{my_model}}."
-    )
+        if self.model_obj is None:
+            from transformers import AutoModelForSequenceClassification
 
-
-def _load_tokenizer(ref, trust_remote_code: bool, what="tokenizer"):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, HTTP errors...
-        raise _hub_error(what, str(ref), e) from None
-
-
-def preflight(cfg) -> Prepared:
-    """Resolve model config, tokenizer, data, columns and labels. Every user mistake raises a FinetuneError here."""
-    import torch
-    from transformers import AutoConfig, PreTrainedTokenizerBase
-
-    if cfg.model is None:
-        raise ConfigError("Invalid finetune config: 'model' is required: a hub id, a local directory or {{my_model}}")
-    if cfg.data.train is None:
-        raise ConfigError("Invalid finetune config: 'data.train' is required (a file, a hub dataset or {{df}})")
-
-    # model
-    model_obj, hf_config = None, None
-    if isinstance(cfg.model, (str, Path)):
-        model_id = str(cfg.model)
-        kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+            C.check_head(AutoModelForSequenceClassification, self.model_id, self.hf_config)
+        self.tokenizer = C.resolve_tokenizer(cfg, self.model_obj, self.model_id)
+        train, eval_ = C.load_splits(cfg, self._train_source)
+        self.text_col, self.label_col, self.pair_col = D.detect_columns(
+            train, cfg.data.text, cfg.data.label, cfg.data.text_pair
+        )
+        if eval_ is not None:
+            missing = [c for c in (self.text_col, self.label_col, self.pair_col) if c and c not in eval_.column_names]
+            if missing:
+                raise DataError(
+                    f"data.eval lacks column(s) {missing} that data.train has "
+                    f"(data.eval columns: {', '.join(eval_.column_names)})"
+                )
+        self.train, self.eval = C.holdout(cfg, train, eval_)
+        self.resolve_labels()
+        self.max_length = C.resolve_max_length(cfg, self.tokenizer, self.hf_config)
+        # tokenize two examples now, so a broken text column fails here rather than in the worker
+        sample = self.train.select(range(min(2, len(self.train))))
         try:
-            hf_config = AutoConfig.from_pretrained(model_id, trust_remote_code=cfg.trust_remote_code, **kw)
-        except ValueError as e:
-            if "trust_remote_code" in str(e):
-                raise ModelError(
-                    f"model: {model_id!r} needs code shipped with the checkpoint; set "
-                    "`trust_remote_code: true` only if you trust its author"
-                ) from None
-            raise _hub_error("model", model_id, e) from None
+            self.tokenizer([str(t) for t in sample[self.text_col]], truncation=True, max_length=self.max_length)
         except Exception as e:  # noqa: BLE001
-            raise _hub_error("model", model_id, e) from None
-    elif isinstance(cfg.model, torch.nn.Module):
-        model_obj = cfg.model
-        hf_config = getattr(model_obj, "config", None)
-        model_id = getattr(model_obj, "name_or_path", "") or type(model_obj).__name__
-        if not hasattr(model_obj, "config") or "ForSequenceClassification" not in type(model_obj).__name__:
-            raise ModelError(
-                f"model: {{{{...}}}} is a {type(model_obj).__name__}; text classification needs a "
-                "*ForSequenceClassification model object, or a hub id / directory (the head is then added for you)"
-            )
-    else:
-        raise ModelError(f"model: expected a hub id, a directory or a model object, got {type(cfg.model).__name__}")
+            raise DataError(f"data.text: the tokenizer cannot read column '{self.text_col}': {e}") from None
+        # encode every label now: a bad value is an error in the cell, naming its row
+        self.labels_of(self.train, "train")
+        if self.eval is not None:
+            self.labels_of(self.eval, "eval")
 
-    # tokenizer
-    if cfg.tokenizer is not None and isinstance(cfg.tokenizer, PreTrainedTokenizerBase):
-        tokenizer = cfg.tokenizer
-    elif cfg.tokenizer is not None:
-        tokenizer = _load_tokenizer(str(cfg.tokenizer), cfg.trust_remote_code)
-    elif model_obj is not None:
-        src = getattr(model_obj, "name_or_path", "")
-        if not src or not Path(src).expanduser().exists():
-            raise ModelError(
-                "tokenizer: the model object carries no tokenizer; add `tokenizer: {{tok}}` "
-                "(a tokenizer object) or `tokenizer: <hub id or directory>`"
-            )
-        tokenizer = _load_tokenizer(src, cfg.trust_remote_code)
-    else:
-        tokenizer = _load_tokenizer(model_id, cfg.trust_remote_code, what="model (its tokenizer)")
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        else:
-            raise ModelError("tokenizer: it has no padding token and no end-of-sequence token to use as one")
-
-    # data
-    train = D.load_source(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
-    eval_ = None
-    if cfg.data.eval is not None:
-        eval_ = D.load_source(cfg.data.eval, role="eval", trust_remote_code=cfg.trust_remote_code)
-    if len(train) == 0:
-        raise DataError("data.train is empty")
-    text_col, label_col, pair_col = D.detect_columns(train, cfg.data.text, cfg.data.label, cfg.data.text_pair)
-    if eval_ is not None:
-        missing = [c for c in (text_col, label_col, pair_col) if c and c not in eval_.column_names]
-        if missing:
+    def resolve_labels(self) -> None:
+        """Label names and the raw value -> id mapping (classification)."""
+        names, mapping = D.infer_labels(self.train, self.eval, self.label_col, self.cfg.labels)
+        if self.model_obj is not None and getattr(self.hf_config, "num_labels", len(names)) != len(names):
             raise DataError(
-                f"data.eval lacks column(s) {missing} that data.train has "
-                f"(data.eval columns: {', '.join(eval_.column_names)})"
+                f"model: the model object has {self.hf_config.num_labels} labels but the data has "
+                f"{len(names)} ({names[:10]}); build it with num_labels={len(names)}"
             )
-    elif cfg.data.eval_split:
-        if len(train) < 2:
-            raise DataError("data.eval_split: data.train has fewer than 2 examples; nothing to hold out")
-        train, eval_ = D.holdout_split(train, cfg.data.eval_split, cfg.seed)
-    names, mapping = D.infer_labels(train, eval_, label_col, cfg.labels)
-    if model_obj is not None and getattr(hf_config, "num_labels", len(names)) != len(names):
-        raise ModelError(
-            f"model: the model object has {hf_config.num_labels} labels but the data has "
-            f"{len(names)} ({names[:10]}); build it with num_labels={len(names)}"
-        )
+        self.label_names, self.label_map = names, mapping
 
-    limit = tokenizer.model_max_length if tokenizer.model_max_length and tokenizer.model_max_length < 1e6 else 512
-    pos = getattr(hf_config, "max_position_embeddings", None) if hf_config is not None else None
-    max_length = cfg.max_length or min(512, limit, pos or 512)
-    if pos and max_length > pos:
-        raise ConfigError(
-            f"Invalid finetune config: max_length {max_length} is longer than the model's "
-            f"{pos} positions; use at most {pos}"
-        )
-    # tokenize two examples now, so a broken text column fails here rather than in the worker
-    sample = train.select(range(min(2, len(train))))
-    try:
-        tokenizer([str(t) for t in sample[text_col]], truncation=True, max_length=max_length)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"data.text: the tokenizer cannot read column '{text_col}': {e}") from None
-    return Prepared(
-        tokenizer,
-        hf_config,
-        model_obj,
-        model_id,
-        train,
-        eval_,
-        text_col,
-        pair_col,
-        label_col,
-        names,
-        mapping,
-        max_length,
-    )
+    def labels_of(self, ds, role: str) -> list | None:
+        """The encoded label of every row of `ds`, or None when it has no label column."""
+        if self.label_col not in ds.column_names:
+            return None
+        out = []
+        for row, v in enumerate(ds[self.label_col]):
+            key = v if isinstance(v, str) else float(v) if isinstance(v, float) else v
+            try:
+                out.append(self.label_map[key if isinstance(key, (str, float)) else int(key)])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(
+                    f"data.label: row {row} of data.{role} has label {v!r}, which is not one of the labels "
+                    f"{self.label_names[:20]}"
+                ) from None
+        return out
 
+    def describe(self) -> list[str]:
+        lines = super().describe()
+        cols = f"text column '{self.text_col}'" + (f" + pair column '{self.pair_col}'" if self.pair_col else "")
+        lines.append(f"input: {cols}, label column '{self.label_col}', max_length {self.max_length}")
+        lines.append(f"head: {self.head_text()}")
+        return lines
 
-def build_model(cfg, prep: Prepared, *, meta: bool = False):
-    """The model with a classification head for `prep.label_names`. `meta=True` builds shapes only (dry run)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    def head_text(self) -> str:
+        return f"{len(self.label_names)}-way softmax over [CLS] (cross-entropy)"
 
-    if prep.model_obj is not None:
-        model = prep.model_obj
-    else:
-        names = prep.label_names
-        kwargs = dict(
-            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
-        )
-        if meta:
-            conf = prep.hf_config.__class__.from_dict({**prep.hf_config.to_dict(), **kwargs})
-            with torch.device("meta"):
-                return AutoModelForSequenceClassification.from_config(conf)
-        if cfg.gguf_file:
-            kwargs["gguf_file"] = cfg.gguf_file
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                prep.model_id, trust_remote_code=cfg.trust_remote_code, ignore_mismatched_sizes=True, **kwargs
+    # ------------------------------------------------------------ worker
+    def head_kwargs(self) -> dict[str, Any]:
+        names = self.label_names
+        return dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+
+    def build_model(self, *, meta: bool = False):
+        from transformers import AutoModelForSequenceClassification
+
+        if self.model_obj is not None:
+            model = self.model_obj
+        else:
+            model = C.from_pretrained(
+                AutoModelForSequenceClassification,
+                self.cfg,
+                self.model_id,
+                self.hf_config,
+                meta=meta,
+                **self.head_kwargs(),
             )
-        except Exception as e:  # noqa: BLE001
-            raise _hub_error("model", prep.model_id, e) from None
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = prep.tokenizer.pad_token_id
-    if cfg.dropout is not None:
-        set_dropout(model, cfg.dropout)
-    return model
+            if meta:
+                return model
+        return C.finish_model(self.cfg, model, self.tokenizer)
+
+    def encode(self, ds, *, role: str = "eval") -> Examples:
+        texts = [str(t) for t in ds[self.text_col]]
+        pairs = [str(t) for t in ds[self.pair_col]] if self.pair_col else None
+        return D.tokenize(self.tokenizer, texts, pairs, self.max_length, self.labels_of(ds, role))
+
+    def load_eval(self, src):
+        ds = super().load_eval(src)
+        D.detect_columns(ds, self.text_col, self.label_col, self.pair_col, role="eval")
+        return ds
+
+    def collator(self):
+        return D.Collator(self.tokenizer.pad_token_id, self.label_kind)
+
+    def _batches(self, texts, pairs, batch_size: int, device):
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(
+                list(texts[i : i + batch_size]),
+                list(pairs[i : i + batch_size]) if pairs is not None else None,
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            yield enc.to(device)
+
+    def _predict_logits(self, model, texts, pairs, batch_size, fn):
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if pairs is not None:
+            pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+            if len(pairs) != len(texts):
+                raise DataError(f"predict: {len(texts)} texts but {len(pairs)} text pairs")
+        elif self.pair_col:
+            raise DataError(
+                f"predict: this model reads text pairs ('{self.text_col}', '{self.pair_col}'); "
+                "pass predict(texts, pairs)"
+            )
+        batches = self._batches(texts, pairs, batch_size, C.model_device(model))
+        return C.batched_inference(model, batches, lambda m, b: fn(m(**b).logits.float().cpu()))
+
+    def predict(self, model, texts, pairs=None, batch_size: int = 32):
+        """[{'label': ..., 'score': ...}, ...] for each text (or text pair)."""
+
+        def rows(logits):
+            out = []
+            for row in logits.softmax(-1):
+                j = int(row.argmax())
+                out.append({"label": self.label_names[j], "score": float(row[j])})
+            return out
+
+        return self._predict_logits(model, texts, pairs, batch_size, rows)
+
+    def metric(self, data: Examples):
+        return ClassificationMetric(self.label_names)
 
 
-def set_dropout(model, p: float) -> None:
-    import torch.nn as nn
+@register
+class TextClassification(SequenceTask):
+    name = "text-classification"
+    aliases = ("classification", "sequence-classification", "sentence-pair", "nli")
+    title = "text classification"
+    default_metric = "eval_accuracy"
 
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
-        for attr in ("dropout_prob", "attention_dropout"):
-            if isinstance(getattr(m, attr, None), float):
-                setattr(m, attr, p)
-    for attr in (
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "attention_dropout",
-        "hidden_dropout",
-        "classifier_dropout",
-        "dropout",
-    ):
-        if isinstance(getattr(model.config, attr, None), float):
-            setattr(model.config, attr, p)
-
-
-def _encode(prep: Prepared, ds) -> D.TokenizedData:
-    texts = [str(t) for t in ds[prep.text_col]]
-    pairs = [str(t) for t in ds[prep.pair_col]] if prep.pair_col else None
-    labels = None
-    if prep.label_col in ds.column_names:
-        raw = ds[prep.label_col]
-        try:
-            labels = [
-                prep.label_map[v if isinstance(v, str) else float(v) if isinstance(v, float) else int(v)] for v in raw
-            ]
-        except KeyError as e:
-            raise DataError(f"data.label: value {e.args[0]!r} is not one of the labels {prep.label_names}") from None
-    return D.tokenize(prep.tokenizer, texts, pairs, prep.max_length, labels)
+    @classmethod
+    def detect(cls, ds, cfg) -> str | None:
+        col = _label_column(ds, cfg)
+        if col is None:
+            return None
+        kind = _label_kind(ds, col)
+        if kind == "str":
+            return f"text labels in '{col}'"
+        if kind == "int":
+            return f"integer labels in '{col}'"
+        return None
 
 
-def build_data(prep: Prepared) -> tuple[D.TokenizedData, D.TokenizedData | None]:
-    return _encode(prep, prep.train), (_encode(prep, prep.eval) if prep.eval is not None else None)
+def _label_column(ds, cfg) -> str | None:
+    cols = list(getattr(ds, "column_names", []) or [])
+    if cfg.data.label is not None:
+        return cfg.data.label if cfg.data.label in cols else None
+    lower = {c.lower(): c for c in cols}
+    col = next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
+    if col is None:
+        return None
+    # a label column next to a token list is token classification, not this
+    if any(c.lower() in ("tokens", "words") for c in cols) or cfg.data.tokens is not None:
+        return None
+    return col
 
 
-def compute_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+def _label_kind(ds, col: str) -> str:
+    """str, int, float (non-integer numbers), list, or other: what the label column holds."""
+    import datasets
+
+    feat = ds.features.get(col)
+    if isinstance(feat, datasets.ClassLabel):
+        return "int"
+    if isinstance(feat, (datasets.Sequence, list)) or type(feat).__name__ == "List":
+        return "list"
+    values = [v for v in ds[col][:1000] if v is not None]
+    if not values:
+        return "other"
+    if all(isinstance(v, str) for v in values):
+        return "str"
+    if all(isinstance(v, bool) for v in values):
+        return "int"
+    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+        floats = [float(v) for v in values]
+        return "int" if all(f == int(f) for f in floats if f == f) else "float"
+    return "other"
+
+
+def classification_scores(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
     """Accuracy and macro-F1 (classes absent from both predictions and labels are skipped)."""
     acc = float((preds == labels).mean()) if len(labels) else 0.0
     f1s = []
@@ -259,30 +255,35 @@ def compute_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> d
     return {"accuracy": acc, "f1": float(np.mean(f1s)) if f1s else 0.0}
 
 
-def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int, batch_size: int = 32):
-    """[{'label': ..., 'score': ...}, ...] for each text."""
-    import torch
+class ClassificationMetric:
+    """Streaming accuracy / macro-F1 and the confusion matrix: one (B,) transfer per eval batch."""
 
-    if isinstance(texts, str):
-        texts = [texts]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                enc = tokenizer(
-                    list(texts[i : i + batch_size]),
-                    truncation=True,
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                probs = model(**enc).logits.float().softmax(-1).cpu()
-                for row in probs:
-                    j = int(row.argmax())
-                    out.append({"label": label_names[j], "score": float(row[j])})
-    finally:
-        model.train(was_training)
-    return out
+    def __init__(self, label_names: list[str]):
+        self.names = list(label_names)
+        k = len(self.names)
+        self.confusion = np.zeros((k, k), dtype=np.int64)  # rows: true label, columns: predicted
+
+    def update(self, outputs, batch, host) -> None:
+        import torch
+
+        both = torch.stack([outputs.logits.argmax(-1), batch["labels"]]).cpu().numpy()
+        np.add.at(self.confusion, (both[1], both[0]), 1)
+
+    def compute(self) -> dict[str, float]:
+        k = len(self.names)
+        true, pred = np.nonzero(self.confusion)
+        counts = self.confusion[true, pred]
+        return classification_scores(np.repeat(pred, counts), np.repeat(true, counts), k)
+
+    def extras(self) -> dict[str, Any]:
+        if len(self.names) > 30:  # a 100-class matrix does not read in a notebook cell
+            return {}
+        return {
+            "confusion": {
+                "kind": "matrix",
+                "title": "Confusion matrix (rows: true, columns: predicted)",
+                "rows": self.names,
+                "cols": self.names,
+                "values": self.confusion.tolist(),
+            }
+        }
