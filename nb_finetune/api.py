@@ -11,13 +11,13 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .core.config import FinetuneConfig, live_fields, load_config
 from .core.events import Controls, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
-from .core.freezing import build_layer_map, resolve_freeze
+from .core.freezing import resolve_freeze
 from .core.runs import ACTIVE_STATES, RegistryCallback, RunDir
 from .errors import ConfigError, FinetuneError, RunStateError
 
@@ -63,11 +63,12 @@ def finetune(
         cfg = load_config(config, **overrides)
     if cfg.name is None:
         cfg = cfg.replace(name=time.strftime("run-%Y%m%d-%H%M%S"))
-    from .core.tasks import text_classification as task
+    from .core.tasks.base import resolve_task
 
-    prep = task.preflight(cfg)
+    task = resolve_task(cfg)  # `task: auto` reads the training data to decide
+    task.preflight()
     if dry_run:
-        return _dry_run(cfg, prep, task)
+        return _dry_run(cfg, task)
 
     resume_ckpt, reuse = None, False
     if cfg.resume_from in ("last", "best"):
@@ -88,7 +89,7 @@ def finetune(
                 f"(`%finetune stop {cfg.name}` or `{cfg.name}.stop()`), or pick another name"
             )
         run_dir = RunDir.create(cfg.output_dir, cfg.name, overwrite=overwrite and not reuse, reuse=reuse)
-        run = Run(cfg, run_dir, prep, resume_ckpt, list(callbacks))
+        run = Run(cfg, run_dir, task, resume_ckpt, list(callbacks))
         _RUNS[cfg.name] = run
     run_dir.write_config(cfg.to_yaml())
     run_dir.write_status(state="queued", reason=None, step=0, pid=_pid(), name=run_dir.name)
@@ -169,11 +170,11 @@ class Run:
         >>> run.stop()                 # checkpoint, then stop  # doctest: +SKIP
     """
 
-    def __init__(self, config: FinetuneConfig, run_dir: RunDir, prep, resume_ckpt, callbacks):
+    def __init__(self, config: FinetuneConfig, run_dir: RunDir, task, resume_ckpt, callbacks):
         self.config = config
         self.dir = run_dir.path
         self._run_dir = run_dir
-        self._prep = prep
+        self._task = task
         self._resume = resume_ckpt
         self._callbacks = callbacks
         self.controls = Controls()
@@ -252,12 +253,27 @@ class Run:
         return self._model
 
     @property
+    def run_dir(self) -> RunDir:
+        """The run's directory on disk (config, metrics.jsonl, status.json, checkpoints)."""
+        return self._run_dir
+
+    @property
+    def task(self):
+        """The run's task (`core/tasks/`): its name, title, labels, what `predict` returns."""
+        return self._task
+
+    @property
+    def _prep(self):  # what pre-flight resolved: the task holds it (train / eval data, tokenizer, labels)
+        return self._task
+
+    @property
     def tokenizer(self):
-        return self._prep.tokenizer
+        return self._task.tokenizer
 
     @property
     def labels(self) -> list[str]:
-        return list(self._prep.label_names)
+        """Label (or tag) names in class-index order; [] for tasks without labels (question answering)."""
+        return list(self._task.label_names)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -401,10 +417,9 @@ class Run:
         if self._layer_map is not None:
             return self._layer_map
         if getattr(self, "_planned", None) is None:
-            from .core.tasks import text_classification as task
-
             try:
-                self._planned = build_layer_map(task.build_model(self.config, self._prep, meta=True))
+                self._task.cfg = self.config
+                self._planned = self._task.layer_map(self._task.build_model(meta=True))
             except Exception:  # noqa: BLE001 - a preview only; the run reports real errors when it starts
                 return None
         return self._planned
@@ -447,52 +462,37 @@ class Run:
             )
         return self._model
 
-    def predict(self, texts, batch_size: int = 32) -> list[dict[str, Any]]:
-        """Labels and scores for texts, e.g. `run.predict(["great film"])` -> [{'label': 'positive', 'score': 0.97}]."""
-        from .core.tasks import text_classification as task
-
+    def predict(self, *args, **kwargs):
+        """Predictions in the task's own shape (see each task's README section), e.g. for text classification
+        `run.predict(["great film"])` -> [{'label': 'positive', 'score': 0.97}]."""
         model = self._need_model("predict")
-        return task.predict(
-            model, self._prep.tokenizer, texts, self._prep.label_names, self._prep.max_length, batch_size
-        )
+        return self._task.predict(model, *args, **kwargs)
 
     def evaluate(self, data=None) -> dict[str, float]:
         """Metrics on the eval split, or on `data` (same forms as `data.eval`)."""
-        from .core import data as D
-        from .core.engine import evaluate_model
-        from .core.tasks import text_classification as task
+        from .core.train import evaluate
 
         model = self._need_model("evaluate")
-        prep = self._prep
         if data is None:
-            ds = prep.eval
+            ds = self._task.eval
             if ds is None:
                 raise FinetuneError("evaluate: this run has no eval data; pass data=... (a file, a DataFrame, ...)")
         else:
-            ds = D.load_source(data, role="eval")
-            D.detect_columns(ds, prep.text_col, prep.label_col, prep.pair_col, role="eval")
-        encoded = task._encode(prep, ds)
+            ds = self._task.load_eval(data)
+        encoded = self._task.encode(ds, role="eval")
         device = next(model.parameters()).device
-        return evaluate_model(
-            model,
-            encoded,
-            self.config,
-            D.Collator(prep.tokenizer.pad_token_id),
-            device,
-            task.compute_metrics,
-            len(prep.label_names),
-        )
+        metrics, _ = evaluate(model, encoded, self._task, self.config, device)
+        return metrics
 
     def save(self, path: str | Path) -> Path:
         """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
-        from .core.engine import library_logging_to
+        from .core.train import library_logging_to
 
         model = self._need_model("save")
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         with library_logging_to(self.dir / "run.log"):  # no library progress bars in the user's cell
-            model.save_pretrained(path, safe_serialization=True)
-            self._prep.tokenizer.save_pretrained(path)
+            self._task.save(model, path)
         (path / "finetune_config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return path
 
@@ -573,10 +573,9 @@ class Run:
     # ------------------------------------------------------------ worker side
     def _execute(self) -> None:
         """Runs on the worker thread: build model and data, train, record the outcome."""
-        from .core import engine
-        from .core.tasks import text_classification as task
+        from .core import train as T
 
-        rd = self._run_dir
+        task, rd = self._task, self._run_dir
         subscribers = [self, RegistryCallback(rd), *self._callbacks, _Subscribers(self._subscribers)]
 
         def emit(ev):
@@ -593,28 +592,18 @@ class Run:
         self._state = "starting"
         rd.write_status(state="starting")
         try:
-            with engine.library_logging_to(rd.path / "run.log"):
+            with T.library_logging_to(rd.path / "run.log"):
                 import torch
 
                 torch.manual_seed(self.config.seed)  # the new head's initialisation
-                model = task.build_model(self.config, self._prep)
-                train_data, eval_data = task.build_data(self._prep)
-                self._layer_map = build_layer_map(model)
+                task.cfg = self.config  # `configure()` may have changed it since pre-flight
+                model = task.build_model()
+                train_data, eval_data = task.build_data()
+                self._layer_map = task.layer_map(model)
                 self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
                 self._model = model
-                job = engine.Job(
-                    self.config,
-                    model,
-                    train_data,
-                    eval_data,
-                    self._layer_map,
-                    self._prep.tokenizer.pad_token_id,
-                    self._prep.label_names,
-                    rd,
-                    task.compute_metrics,
-                    self._resume,
-                )
-                result = engine.train(job, self.controls, subscribers)
+                job = T.Job(self.config, task, model, train_data, eval_data, self._layer_map, rd, self._resume)
+                result = T.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
             self._result = result
             emit(
@@ -662,7 +651,7 @@ def engine_unwrap(model):
 # --------------------------------------------------------------------------------------------- dry run
 @dataclass
 class DryRunReport:
-    """What a run would do: layer map, steps and a memory estimate. Nothing is trained or written."""
+    """What a run would do: the task and its head, layer map, steps and a memory estimate. Nothing is trained."""
 
     name: str
     model: str
@@ -678,13 +667,15 @@ class DryRunReport:
     precision: str
     device: str
     memory_bytes: dict[str, int]
+    task: str = "text-classification"
+    task_detail: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         mem = self.memory_bytes
         gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
         lines = [
             f"dry run '{self.name}': {self.model}",
-            f"labels ({len(self.labels)}): {', '.join(self.labels[:20])}{' ...' if len(self.labels) > 20 else ''}",
+            *(self.task_detail or [f"task: {self.task}"]),
             f"examples: {self.num_train:,} train, {self.num_eval:,} eval",
             f"steps: {self.steps_per_epoch:,} per epoch, {self.total_steps:,} in all",
             f"device: {self.device}, precision {self.precision}",
@@ -700,33 +691,30 @@ class DryRunReport:
         p.text(str(self))
 
 
-def _dry_run(cfg: FinetuneConfig, prep, task) -> DryRunReport:
+def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     import torch
 
-    from .core.engine import _device_name, _device_type, resolve_precision
+    from .core.train import device_name, device_type, resolve_precision
 
-    model = task.build_model(cfg, prep, meta=True)
-    lm = build_layer_map(model)
+    model = task.build_model(meta=True)
+    lm = task.layer_map(model)
     frozen = resolve_freeze(cfg.freeze, lm)
     owner = lm.group_of_param()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for n, p in model.named_parameters() if owner.get(n) not in frozen)
-    n_train = len(prep.train)
-    n_eval = len(prep.eval) if prep.eval is not None else 0
+    n_train, n_eval = task.num_train, task.num_eval
     spe = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)
-    dev_type = _device_type()
+    dev_type = device_type()
     precision = resolve_precision(cfg.precision.value, dev_type)
-    hc = prep.hf_config
+    hc = task.hf_config
     hidden = getattr(hc, "hidden_size", 0) or 0
     heads = getattr(hc, "num_attention_heads", 0) or 0
+    seq = task.max_length or 0
     trained_blocks = sum(1 for g in lm.groups if g.kind == "block" and g.name not in frozen)
     act_bytes = 2 if precision in ("bf16", "fp16") else 4
     # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
-    per_block = (
-        cfg.batch_size * prep.max_length * hidden * 17 * act_bytes
-        + cfg.batch_size * heads * prep.max_length**2 * 2.5 * act_bytes
-    )
+    per_block = cfg.batch_size * seq * hidden * 17 * act_bytes + cfg.batch_size * heads * seq**2 * 2.5 * act_bytes
     mem = {
         "weights": total * 4,
         "gradients": trainable * 4,
@@ -734,20 +722,22 @@ def _dry_run(cfg: FinetuneConfig, prep, task) -> DryRunReport:
         "activations": int(per_block * trained_blocks),
     }
     mem["total"] = sum(mem.values())
-    device = _device_name(torch.device(dev_type)) if dev_type != "cuda" else _device_name(torch.device("cuda", 0))
+    device = device_name(torch.device(dev_type)) if dev_type != "cuda" else device_name(torch.device("cuda", 0))
     return DryRunReport(
         cfg.name,
-        prep.model_id,
+        task.model_id,
         lm.describe(frozen),
         lm.table(frozen),
         total,
         trainable,
         n_train,
         n_eval,
-        list(prep.label_names),
+        list(task.label_names),
         spe,
         total_steps,
         precision,
         device,
         mem,
+        task=task.name,
+        task_detail=task.describe(),
     )

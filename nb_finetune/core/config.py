@@ -263,11 +263,13 @@ class FinetuneConfig(_Strict):
         ge=0,
         tasks=(QA,),
     )
-    max_answer_length: int = _field(
-        30, "Longest answer in tokens that post-processing considers.", ge=1, tasks=(QA,)
-    )
+    max_answer_length: int = _field(30, "Longest answer in tokens that post-processing considers.", ge=1, tasks=(QA,))
     n_best: int = _field(
-        20, "Start / end candidates per window that post-processing scores.", aliases=("n_best_size",), ge=1, tasks=(QA,)
+        20,
+        "Start / end candidates per window that post-processing scores.",
+        aliases=("n_best_size",),
+        ge=1,
+        tasks=(QA,),
     )
     threshold: float = _field(
         0.5, "Score above which a label is predicted (one sigmoid per label).", gt=0, lt=1, tasks=(ML,)
@@ -999,7 +1001,9 @@ def config_reference_markdown() -> str:
             desc = (f.description or "").replace("|", "\\|")
             if extra.get("live"):
                 desc += f" *Live:* {extra['live']}"
-            rows.append(f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |")
+            rows.append(
+                f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |"
+            )
             if prefix == "" and n in _NESTED:
                 add(f"{n}.", _NESTED[n])
 

@@ -41,7 +41,7 @@ _FILE_KINDS = {
     ".pq": "parquet",
 }
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "input", "prompt", "question", "tweet")
-LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "y")
+LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "rating", "score", "y")
 
 
 def _apply_slice(n: int, spec: str | None, what: str) -> range:
@@ -233,7 +233,7 @@ def infer_labels(train, eval_, label_col: str, names: list[str] | None) -> tuple
     if isinstance(sample, float) and any(float(v) != int(v) for v in values[:1000] if v == v):
         raise DataError(
             f"data.label: column '{label_col}' holds non-integer numbers (e.g. {sample}); "
-            "regression is not supported yet: bin it into classes"
+            "to predict the number, set `task: regression`; to classify, bin it into classes"
         )
     if isinstance(sample, bool) or isinstance(sample, (int, float, np.integer)):
         ints = sorted({int(v) for v in values})

@@ -280,7 +280,9 @@ def canonical_task(name: str) -> str:
 
         close = difflib.get_close_matches(key, list(_ALIASES), n=1, cutoff=0.6)
         hint = f" Did you mean '{_ALIASES[close[0]]}'?" if close else ""
-        raise ConfigError(f"Invalid finetune config: task: {name!r} is not a task; use auto, {', '.join(_REGISTRY)}.{hint}")
+        raise ConfigError(
+            f"Invalid finetune config: task: {name!r} is not a task; use auto, {', '.join(_REGISTRY)}.{hint}"
+        )
     return _ALIASES[key]
 
 

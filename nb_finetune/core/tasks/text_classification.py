@@ -109,7 +109,9 @@ class SequenceTask(Task):
     # ------------------------------------------------------------ worker
     def head_kwargs(self) -> dict[str, Any]:
         names = self.label_names
-        return dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        return dict(
+            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+        )
 
     def build_model(self, *, meta: bool = False):
         from transformers import AutoModelForSequenceClassification
