@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .core.controls import SIMPLE_COMMANDS
 from .errors import FinetuneError
 
 
@@ -21,20 +22,27 @@ class TextProgress:
 
     def __init__(self, out=sys.stdout):
         self.out = out
+        self.unit = "tokens"  # what tokens_per_s counts (RunStarted.throughput_unit)
 
     def on_event(self, e) -> None:
         k = e.kind
         if k == "RunStarted":
+            self.unit = e.throughput_unit
             print(
-                f"{e.name}: {e.num_train:,} train / {e.num_eval:,} eval examples, {e.total_steps:,} steps, "
-                f"{e.params_trainable:,} of {e.params_total:,} parameters trainable, {e.device}, {e.precision}",
+                f"{e.name} ({e.task_title or e.task}): {e.num_train:,} train / {e.num_eval:,} eval examples, "
+                f"{e.total_steps:,} steps, {e.params_trainable:,} of {e.params_total:,} parameters trainable, "
+                f"{e.device}, {e.precision}",
                 file=self.out,
                 flush=True,
             )
+            for line in e.task_detail:
+                print(f"  {line}", file=self.out, flush=True)
         elif k == "Logged":
+            speed = f"{e.samples_per_s:7.1f} samples/s"
+            if self.unit != "samples" and e.tokens_per_s:
+                speed += f"  {e.tokens_per_s:9,.0f} {self.unit}/s"
             print(
-                f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  "
-                f"{e.samples_per_s:7.1f} samples/s",
+                f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  {speed}",
                 file=self.out,
                 flush=True,
             )
@@ -58,14 +66,14 @@ class TextProgress:
 
 
 def _parse_sets(items: list[str]) -> dict:
-    from .magics.parsing import _scalar
+    from .magics.parsing import scalar
 
     out = {}
     for it in items:
         if "=" not in it:
             raise FinetuneError(f"{it!r} is not key=value")
         k, v = it.split("=", 1)
-        out[k.strip()] = _scalar(v.strip())
+        out[k.strip()] = scalar(v.strip())
     return out
 
 
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--overwrite", action="store_true")
-    for c in ("stop", "pause", "resume", "checkpoint", "abort"):
+    for c in SIMPLE_COMMANDS:
         s = sub.add_parser(c, help=f"{c} a run (any process) through its control file")
         s.add_argument("run_dir")
     s = sub.add_parser("set", help="change live fields of a running run")
@@ -118,7 +126,7 @@ def _dispatch(args) -> int:
         print(f"run directory: {run.dir}", flush=True)
         run.wait()  # Ctrl-C: graceful stop with a checkpoint; twice: abort
         return 0 if run.status in ("finished", "stopped") else 1
-    if args.cmd in ("stop", "pause", "resume", "checkpoint", "abort", "set"):
+    if args.cmd in (*SIMPLE_COMMANDS, "set"):
         values = _parse_sets(args.values) if args.cmd == "set" else {}
         seq = runs.append_command(args.run_dir, args.cmd, source="cli", **values)
         print(f"command {seq} ({args.cmd}) written to {args.run_dir}/control.jsonl")

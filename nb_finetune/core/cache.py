@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PrefixCache", "PrefixRunner"]
+__all__ = ["PrefixCache", "PrefixRunner", "FrozenPrefixCache", "prefix_depth", "probe", "setup_cache"]
 
 
 class PrefixCache:
@@ -337,7 +337,8 @@ class FrozenPrefixCache:
 
 
 def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
-    """Check on a real batch that replaying the captured prefix output gives the model's own logits."""
+    """Check on a real batch that replaying the captured prefix output gives the model's own outputs (its first
+    output tensor: logits, start logits, ...)."""
     import torch
 
     if depth <= 0 or not any(g.kind == "embeddings" for g in layer_map.groups):
@@ -362,7 +363,7 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
             runner.set_batch(
                 indices, lengths, inject=None, width=0, device=device, dtype=dtype, target=tmp, capture_depth=depth
             )
-            ref = model(**batch).logits.float()
+            ref = _first_output(model(**batch)).float()
             if not tmp.has(indices):
                 return False
             runner.set_batch(
@@ -376,7 +377,7 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
                 capture_depth=depth,
             )
             calls = list(runner.block_calls)
-            alt = model(**batch).logits.float()
+            alt = _first_output(model(**batch)).float()
             skipped = runner.block_calls[:depth] == calls[:depth]
         tol = 1e-5 if store_dtype == torch.float32 else 3e-2
         return bool(skipped and torch.allclose(ref, alt, atol=tol, rtol=tol))
@@ -385,3 +386,65 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
     finally:
         runner.remove()
         model.train(was_training)
+
+
+def _first_output(out):
+    if hasattr(out, "to_tuple"):
+        return out.to_tuple()[0]
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def setup_cache(
+    cfg, model, lm, frozen, data, collate, device, precision, planned_epochs, spill_dir=None, unfreeze_epochs=None
+):
+    """The frozen-prefix cache for this run, installed, or None, and a line saying which and why.
+
+    `data`: the training `Examples`; `collate`: the task's collator; `unfreeze_epochs`: epochs between scheduled
+    unfreezes (gradual unfreezing), or None. The caller checks first that the task says a frozen prefix is exact.
+    """
+    import numpy as np
+    import torch
+
+    from .tasks.base import HOST_KEYS
+
+    mode = cfg.cache_frozen.value
+    if mode == "off":
+        return None, "off (cache_frozen: off)"
+    if cfg.compile:
+        return None, "off (compile: true; a compiled graph cannot skip modules per batch)"
+    if cfg.frozen_mode.value != "eval":
+        return None, "off (frozen_mode: train makes the frozen prefix random)"
+    if mode == "auto" and planned_epochs <= 1:
+        return None, "off (a single pass over the data: nothing to reuse)"
+    if mode == "auto" and unfreeze_epochs is not None and unfreeze_epochs < 2:
+        return None, "off (gradual unfreezing shrinks the frozen prefix before its activations could be reused)"
+    if lm.num_blocks < 1 or len(data) < 2:
+        return None, "off (no blocks to skip)"
+    store_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    order = np.argsort(data.lengths, kind="stable")
+    pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    batch = collate([data[i] for i in pick])
+    for key in (*HOST_KEYS, "labels"):
+        batch.pop(key, None)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    probe_depth = max(1, min(prefix_depth(lm, frozen), lm.num_blocks))
+    if not probe(model, lm, probe_depth, batch, store_dtype):
+        return None, "off (this model's structure does not allow replaying its prefix exactly)"
+    max_bytes = int(cfg.cache_max_gb * 2**30)
+    store_device = torch.device("cpu")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if max_bytes < 0.3 * free:
+            store_device = device
+    ctl = FrozenPrefixCache(
+        model,
+        lm,
+        prefix_depth(lm, frozen),
+        store_dtype,
+        store_device,
+        max_bytes,
+        spill_dir=spill_dir,
+        spill_bytes=int(cfg.cache_spill_gb * 2**30),
+    )
+    ctl.install()
+    return ctl, ctl.describe()

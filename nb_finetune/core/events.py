@@ -1,4 +1,5 @@
-"""Typed events the training loop emits, the `Callback` protocol, and `Controls` (commands flowing back in).
+"""Typed events the training loop emits and the `Callback` protocol (`Controls`, commands flowing back in, is
+re-exported from core/controls.py; the metrics.jsonl codec of these events is core/records.py).
 
 Per-step events carry counters and wall-clock timings only: values living on the device (losses, grad
 norms) are read in one batch at log points and travel in `Logged`, so no subscriber can force a host sync
@@ -7,12 +8,11 @@ per step.
 
 from __future__ import annotations
 
-import itertools
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from .controls import Command, Controls  # re-exported: they live in core/controls.py with the state machine
 
 __all__ = [
     "Event",
@@ -142,98 +142,3 @@ class Callback(Protocol):
     """Anything with `on_event(event)`. Called on the training thread: return quickly, never block."""
 
     def on_event(self, event: Event) -> None: ...
-
-
-# --------------------------------------------------------------------------------------------- controls
-@dataclass
-class Command:
-    kind: str  # "stop" | "abort" | "pause" | "resume" | "set" | "freeze" | "checkpoint"
-    args: dict[str, Any] = field(default_factory=dict)
-    seq: int = 0
-    source: str = "api"
-
-
-_KINDS = {"stop", "abort", "pause", "resume", "set", "freeze", "checkpoint"}
-
-
-class Controls:
-    """Thread-safe command queue between whoever steers a run and the training loop.
-
-    Stop, abort and pause are seen at every micro-batch (`stop_requested`, `wait_if_paused`); everything
-    else is drained between optimizer steps (`drain`).
-    """
-
-    def __init__(self) -> None:
-        self._q: queue.Queue[Command] = queue.Queue()
-        self._seq = itertools.count(1)
-        self._resumed = threading.Event()
-        self._resumed.set()
-        self.stop_event = threading.Event()
-        self.abort_event = threading.Event()
-        self.stop_save = True
-
-    def send(self, kind: str, source: str = "api", seq: int | None = None, **args) -> Command:
-        if kind not in _KINDS:
-            raise ValueError(f"unknown command {kind!r}; one of {sorted(_KINDS)}")
-        cmd = Command(kind, args, seq if seq is not None else next(self._seq), source)
-        # stop/abort/pause/resume take effect at once, so the loop sees them mid-accumulation
-        if kind == "stop":
-            self.stop_save = bool(args.get("save", True))
-            self.stop_event.set()
-            self._resumed.set()
-        elif kind == "abort":
-            self.abort_event.set()
-            self.stop_event.set()
-            self._resumed.set()
-        elif kind == "pause":
-            self._resumed.clear()
-        elif kind == "resume":
-            self._resumed.set()
-        self._q.put(cmd)
-        return cmd
-
-    # convenience
-    def stop(self, save: bool = True, source: str = "api") -> Command:
-        return self.send("stop", source, save=save)
-
-    def pause(self, source: str = "api") -> Command:
-        return self.send("pause", source)
-
-    def resume(self, source: str = "api") -> Command:
-        return self.send("resume", source)
-
-    def set(self, source: str = "api", **values) -> Command:
-        return self.send("set", source, **values)
-
-    def freeze(self, spec, source: str = "api") -> Command:
-        return self.send("freeze", source, spec=spec)
-
-    def checkpoint(self, source: str = "api") -> Command:
-        return self.send("checkpoint", source)
-
-    # loop side
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_event.is_set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._resumed.is_set()
-
-    def wait_if_paused(self, on_pause=None, poll=None) -> None:
-        """Block the loop while paused. `poll()` is called periodically (e.g. to read control.jsonl)."""
-        if self._resumed.is_set():
-            return
-        if on_pause:
-            on_pause()
-        while not self._resumed.wait(0.1):
-            if poll:
-                poll()
-
-    def drain(self) -> list[Command]:
-        out = []
-        while True:
-            try:
-                out.append(self._q.get_nowait())
-            except queue.Empty:
-                return out

@@ -26,16 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FinetuneError, RunStateError
-from .events import (
-    CheckpointSaved,
-    ControlApplied,
-    EvalEnded,
-    Event,
-    Logged,
-    RunFinished,
-    RunStarted,
-    StepEnded,
-)
+from . import records
+from .controls import ACTIVE_STATES, next_state
+from .events import CheckpointSaved, ControlApplied, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
 
 __all__ = [
     "RunDir",
@@ -48,7 +41,6 @@ __all__ = [
     "ACTIVE_STATES",
 ]
 
-ACTIVE_STATES = ("queued", "starting", "training", "paused", "stopping")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 HEARTBEAT_S = 5.0
 
@@ -186,18 +178,28 @@ class RunDir:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(records.dumps(record) + "\n")
+
+    def append_event(self, event: Event) -> None:
+        """Append `event` to metrics.jsonl in the codec's format (core/records.py)."""
+        self.append_metrics(records.encode(event))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The raw records of metrics.jsonl (`read_events` decodes them)."""
         out = []
         try:
             with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
                 for line in f:
-                    with contextlib.suppress(ValueError):
-                        out.append(json.loads(line))
+                    rec = records.loads(line)
+                    if rec is not None:
+                        out.append(rec)
         except OSError:
             pass
         return out
+
+    def read_events(self) -> list[Event]:
+        """The events recorded in metrics.jsonl, decoded by the one codec (old runs' files included)."""
+        return records.read_events(self.path / "metrics.jsonl")
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -334,9 +336,10 @@ class RegistryCallback:
                 self._last_beat = e.time
                 rd.write_status(step=e.step, epoch=round(e.epoch, 4), total_steps=e.total_steps)
             return
+        rd.append_event(e)  # RunStarted with the layer map: `%finetune show` redraws it from here
+        fields: dict[str, Any] = {}
         if isinstance(e, RunStarted):
-            rd.write_status(
-                state="training",
+            fields = dict(
                 reason=None,
                 step=e.start_step,
                 total_steps=e.total_steps,
@@ -344,50 +347,19 @@ class RegistryCallback:
                 host=socket.gethostname(),
                 started=e.time,
             )
-            rd.append_metrics(e.to_dict())  # with the layer map: `%finetune show` redraws it from here
         elif isinstance(e, Logged):
-            rd.append_metrics(
-                {
-                    "event": "log",
-                    "time": e.time,
-                    "step": e.step,
-                    "epoch": e.epoch,
-                    "loss": e.loss,
-                    "lr": e.lr,
-                    "grad_norm": e.grad_norm,
-                    "samples_per_s": e.samples_per_s,
-                    "tokens_per_s": e.tokens_per_s,
-                    "nonfinite_steps": e.nonfinite_steps,
-                    "losses": e.losses,
-                    "memory_mb": e.memory_mb,
-                    "tflops": e.tflops,
-                    "mfu": e.mfu,
-                    "padding": e.padding,
-                    "group_lrs": e.group_lrs,
-                }
-            )
-            rd.write_status(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
+            fields = dict(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
         elif isinstance(e, EvalEnded):
-            rd.append_metrics(
-                {"event": "eval", "time": e.time, "step": e.step, "epoch": e.epoch, **e.metrics, "is_best": e.is_best}
-            )
-            rd.write_status(metrics=e.metrics)
-        elif isinstance(e, ControlApplied):
-            rd.append_metrics(e.to_dict())
-            st = rd.status()
-            fields: dict[str, Any] = (
-                {"last_command": max(e.seq, st.get("last_command") or 0)} if e.source == "file" else {}
-            )
-            if e.command == "pause" and e.ok:
-                fields["state"] = "paused"
-            elif e.command == "resume" and e.ok:
-                fields["state"] = "training"
-            elif e.command in ("stop", "abort"):
-                fields["state"] = "stopping"
-            rd.write_status(**fields)
+            fields = dict(metrics=e.metrics)
+        elif isinstance(e, ControlApplied) and e.source == "file":
+            fields = dict(last_command=max(e.seq, rd.status().get("last_command") or 0))  # acknowledged
         elif isinstance(e, CheckpointSaved):
-            rd.append_metrics(e.to_dict())
-            rd.write_status(last_checkpoint=e.path)
+            fields = dict(last_checkpoint=e.path)
         elif isinstance(e, RunFinished):
-            rd.append_metrics(e.to_dict())
-            rd.write_status(state=e.state, reason=e.reason, step=e.step, error=e.error, finished=e.time)
+            fields = dict(reason=e.reason, step=e.step, error=e.error, finished=e.time)
+        if isinstance(e, (RunStarted, ControlApplied, RunFinished)):
+            state = rd.status().get("state")
+            new = next_state(state, e)
+            if new != state:
+                fields["state"] = new
+        rd.write_status(**fields)

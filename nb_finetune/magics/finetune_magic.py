@@ -13,6 +13,7 @@ from traitlets.config import Configurable
 from .. import api
 from ..core import runs
 from ..core.config import FinetuneConfig, config_reference_markdown
+from ..core.controls import COMMANDS
 from ..errors import FinetuneError
 from .parsing import help_text, parse_cell_line, parse_line
 
@@ -125,11 +126,10 @@ class FinetuneMagic(Magics, Configurable):
             return self._show(cmd.name)
         target = _resolve(cmd.name)
         if isinstance(target, Path):  # a run of another process: through its control file
-            kind = {"checkpoint": "checkpoint"}.get(cmd.command, cmd.command)
-            if cmd.command == "wait":
-                raise FinetuneError("%finetune wait works for runs of this kernel only")
-            seq = runs.append_command(target, kind, source="magic", **cmd.options)
-            print(f"sent {kind} to {target} (command {seq})")
+            if cmd.command not in COMMANDS:
+                raise FinetuneError(f"%finetune {cmd.command} works for runs of this kernel only")
+            seq = runs.append_command(target, cmd.command, source="magic", **cmd.options)
+            print(f"sent {cmd.command} to {target} (command {seq})")
             return None
         run = target
         if cmd.command == "stop":
@@ -163,7 +163,7 @@ class FinetuneMagic(Magics, Configurable):
         run = target
         relay = _Relay()
         run.subscribe(relay)  # first, so no event falls between the replay and the subscription
-        state = PanelState.from_records(run._run_dir.read_metrics(), run.name, run._run_dir.status())
+        state = PanelState.from_events(run.run_dir.read_events(), run.name, run.run_dir.status())
         if run.done:
             state.state, state.reason, state.error = run.status, run.reason, run.error
         relay.target = self._view(run, interactive=True, state=state)

@@ -120,18 +120,19 @@ def parse_line(line: str) -> LineCommand:
             if "=" not in t:
                 raise FinetuneError(f"%finetune set: {t!r} is not key=value")
             k, v = t.split("=", 1)
-            out.options[k.strip()] = _scalar(v.strip())
+            out.options[k.strip()] = scalar(v.strip())
     elif cmd == "freeze":
         if not rest:
             raise FinetuneError("%finetune freeze: give a spec, e.g. %finetune freeze sentiment bottom 4")
-        out.options["spec"] = _scalar(" ".join(rest))
+        out.options["spec"] = scalar(" ".join(rest))
     elif rest:
         raise FinetuneError(f"%finetune {cmd}: unexpected {' '.join(rest)!r}")
     return out
 
 
-def _scalar(text: str):
-    """A value as the cell body would read it (YAML 1.2 scalars: `1e-5` is a number)."""
+def scalar(text: str):
+    """A value as the cell body would read it (YAML 1.2 scalars: `1e-5` is a number); the CLI parses its
+    `key=value` arguments with it too."""
     from ..core.config import parse_cell
 
     data, _ = parse_cell(f"v: {text}", first_line=1)

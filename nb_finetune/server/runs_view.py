@@ -24,19 +24,23 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from ..core import records
+from ..core.controls import COMMANDS as _ALL_COMMANDS
+from ..core.controls import FINAL_STATES
+from ..core.events import ControlApplied, EvalEnded, Logged, RunStarted
 from ..core.runs import ACTIVE_STATES, RunDir, index_dir, read_commands
 
 __all__ = ["ID_RE", "COMMANDS", "RunEntry", "RunsView", "clean_json"]
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
-COMMANDS = ("stop", "pause", "resume", "checkpoint", "abort", "set")
+COMMANDS = tuple(c for c in _ALL_COMMANDS if c != "freeze")  # the API's commands: freeze specs stay in Python
 RUN_FILES = ("status.json", "metrics.jsonl", "control.jsonl", "config.yaml")
 HISTORY_POINTS = 60  # loss_history length sent to the sparkline
 _KEEP_LOSSES = 2048  # losses kept per run (evenly thinned beyond this)
 _RATE_WINDOW = 20  # log events the step rate (ETA) is measured over
 _MAX_TAIL = 512 << 10  # first read of a long metrics.jsonl parses its last 512 KiB ...
 _PREFIX_SAMPLES = 256  # ... plus this many log lines sampled evenly before that (the sparkline's early part)
-_EVAL_NEEDLE = b'"event": "eval"'  # ... plus every eval line (found without parsing the rest)
+_EVAL_NEEDLE = records.EVAL_NEEDLE  # ... plus every eval line (found without parsing the rest)
 _SCAN_CHUNK = 4 << 20
 _MAX_SMALL_FILE = 1 << 20  # config.yaml / status.json larger than this are ignored
 _RECENT_COMMANDS = 20
@@ -128,34 +132,35 @@ class _MetricsSummary:
         self.steps: list[float] = []  # the step of each kept loss
         self.stride = 1  # keep every `stride`-th loss once the list would exceed _KEEP_LOSSES
         self.seen = 0
-        self.last_log: dict[str, Any] | None = None
+        self.last_log: Logged | None = None
         self.window: deque[tuple[float, float]] = deque(maxlen=_RATE_WINDOW)  # (time, step) at log events
-        self.best_flagged: dict[str, Any] | None = None  # the last eval record the engine marked is_best
+        self.best_flagged: EvalEnded | None = None  # the last evaluation the loop marked is_best
         self.evals = 0
-        self.extremes: dict[str, tuple[float, float]] = {}  # metric -> (min, max) over eval records
+        self.extremes: dict[str, tuple[float, float]] = {}  # metric -> (min, max) over evaluations
 
     def add(self, rec: dict[str, Any]) -> None:
-        kind = rec.get("event")
-        if kind == "log":
-            self.last_log = rec
-            t, step = _finite(rec.get("time")), _finite(rec.get("step"))
+        """One metrics.jsonl record, decoded by the run registry's codec."""
+        e = records.decode(rec)
+        if isinstance(e, Logged):
+            self.last_log = e
+            t, step = _finite(e.time), _finite(e.step)
             if t is not None and step is not None:
                 if self.window and step < self.window[-1][1]:
                     self.window.clear()
                 self.window.append((t, step))
-            loss = _finite(rec.get("loss"))
+            loss = _finite(e.loss)
             if loss is not None:
                 self.add_loss(step if step is not None else float(self.seen), loss)
-        elif kind == "eval":
+        elif isinstance(e, EvalEnded):
             self.evals += 1
-            if rec.get("is_best"):
-                self.best_flagged = rec
-            for k, v in rec.items():
+            if e.is_best:
+                self.best_flagged = e
+            for k, v in e.metrics.items():
                 v = _finite(v)
-                if k.startswith("eval_") and v is not None:
+                if v is not None:
                     lo, hi = self.extremes.get(k, (v, v))
                     self.extremes[k] = (min(lo, v), max(hi, v))
-        elif kind == "RunStarted" or (kind == "ControlApplied" and rec.get("command") in ("pause", "resume")):
+        elif isinstance(e, RunStarted) or (isinstance(e, ControlApplied) and e.command in ("pause", "resume")):
             self.window.clear()  # a resumed or paused run: the rate starts over
 
     def add_loss(self, step: float, loss: float) -> None:
@@ -176,8 +181,9 @@ class _MetricsSummary:
         return (s1 - s0) / (t1 - t0)
 
     def best(self, metric: str) -> dict[str, Any] | None:
-        if self.best_flagged is not None and _finite(self.best_flagged.get(metric)) is not None:
-            return {"name": metric, "value": float(self.best_flagged[metric])}
+        flagged = self.best_flagged.metrics.get(metric) if self.best_flagged is not None else None
+        if _finite(flagged) is not None:
+            return {"name": metric, "value": float(flagged)}
         if metric in self.extremes:
             lo, hi = self.extremes[metric]
             return {"name": metric, "value": lo if "loss" in metric else hi}
@@ -239,13 +245,8 @@ class _MetricsTail:
             complete = chunk[: end + 1] if end >= 0 else b""
             self.offset = start + len(complete)
             for line in complete.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
+                rec = records.loads(line) if line.strip() else None
+                if rec is not None:
                     self.summary.add(rec)
             # a half-written last line is read again next time: remember the size only up to the complete part
             self.key = key if self.offset == st.st_size else (st.st_ino, -1, -1)
@@ -260,9 +261,9 @@ class _MetricsTail:
             nl = chunk.find(b"\n")
             nl2 = chunk.find(b"\n", nl + 1) if nl >= 0 else -1
             if nl2 > nl and (k * end // _PREFIX_SAMPLES) + nl2 < end:
-                rec = _loads(chunk[nl + 1 : nl2])
-                if rec is not None and rec.get("event") == "log":
-                    samples.append(rec)
+                e = records.decode(records.loads(chunk[nl + 1 : nl2]))
+                if isinstance(e, Logged):
+                    samples.append(e)
         evals = []
         f.seek(0)
         pos, carry = 0, b""
@@ -274,25 +275,17 @@ class _MetricsTail:
             i = block.find(_EVAL_NEEDLE)
             while i >= 0:
                 a, b = block.rfind(b"\n", 0, i) + 1, block.find(b"\n", i)
-                rec = _loads(block[a:b])
+                rec = records.loads(block[a:b])
                 if rec is not None:
                     evals.append(rec)
                 i = block.find(_EVAL_NEEDLE, b)
         for rec in evals:
             self.summary.add(rec)
-        for rec in samples:
-            loss, step = _finite(rec.get("loss")), _finite(rec.get("step"))
+        for e in samples:
+            loss, step = _finite(e.loss), _finite(e.step)
             if loss is not None:
                 self.summary.add_loss(step if step is not None else 0.0, loss)
         self.summary.stride = 1  # the tail keeps every loss again (history() spaces them by step)
-
-
-def _loads(line: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 class _SmallFileCache:
@@ -406,7 +399,7 @@ class RunsView:
         state = st.get("state") or "queued"
         if state in ACTIVE_STATES and not alive:
             state = "dead"
-        elif state not in ACTIVE_STATES and state not in ("finished", "stopped", "failed"):
+        elif state not in ACTIVE_STATES and state not in FINAL_STATES:
             state = "queued" if alive else "dead"
         now = time.time()
         with self._lock:
@@ -417,7 +410,7 @@ class RunsView:
             history = m.history()
             rate = m.steps_per_s()
             best = m.best(_best_metric_name(cfg))
-            last_log = dict(m.last_log or {})
+            last_log = m.last_log
         step = _finite(st.get("step"))
         total = _finite(st.get("total_steps"))
         eta = None
@@ -426,9 +419,7 @@ class RunsView:
         last_command = int(_finite(st.get("last_command")) or 0)
         heartbeat = _finite(st.get("heartbeat"))
         model = cfg.get("model")
-        loss = _finite(last_log.get("loss"))
-        if loss is None and not last_log:
-            loss = _finite(st.get("loss"))
+        loss = _finite(last_log.loss) if last_log is not None else _finite(st.get("loss"))
         run: dict[str, Any] = {
             "id": e.id,
             "name": st.get("name") or e.entry.get("name") or os.path.basename(e.run_dir),
@@ -442,7 +433,7 @@ class RunsView:
             "total_steps": int(total) if total is not None else None,
             "epoch": _finite(st.get("epoch")),
             "eta_s": round(eta, 1) if eta is not None else None,
-            "samples_per_s": _finite(last_log.get("samples_per_s")),
+            "samples_per_s": _finite(last_log.samples_per_s) if last_log is not None else None,
             "loss": loss,
             "best_metric": best,
             "loss_history": history,

@@ -19,7 +19,7 @@ import ipywidgets as W
 from ..core.config import FinetuneConfig, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, TRAINABLE, PlotSet
-from .state import PanelState, fmt_duration
+from .state import PanelState, fmt_duration, main_metrics
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
@@ -78,6 +78,24 @@ def _short_path(v) -> str:
     return text
 
 
+def _fmt_metric(v) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "--"
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+
+
+def _task_facts(run) -> tuple[str, list[str]]:
+    """The run's task title and `describe()` lines, from the `Run`'s task (pre-flight resolved it)."""
+    task = getattr(run, "task", None)
+    if task is None:
+        return "", []
+    try:
+        detail = [str(x) for x in task.describe()]
+    except Exception:  # noqa: BLE001 - a header line must not stop the panel
+        detail = []
+    return str(getattr(task, "title", "") or getattr(task, "name", "")), detail
+
+
 def _fmt_count(n: int) -> str:
     for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= div:
@@ -104,6 +122,8 @@ class Panel:
         cfg = run.config
         self.state = state or PanelState(run.name, model=str(cfg.model))
         self.state.model = self.state.model or str(cfg.model)
+        if not self.state.task:  # before RunStarted tells it: the run's task as pre-flight resolved it
+            self.state.task, self.state.task_detail = _task_facts(run)
         if not self.state.layers and not run.done:
             lm = run.planned_layer_map()
             if lm is not None:
@@ -427,7 +447,7 @@ class Panel:
         )
         facts = [
             ("model", s.get("model") or ""),
-            ("task", s.get("task") or ""),
+            ("task", s.get("task") or "", "\n".join(s.get("task_detail") or [])),
             ("device", s.get("device") or "--"),
             ("precision", s.get("precision") or "--"),
         ]
@@ -444,9 +464,10 @@ class Panel:
         if s.get("cache", "").startswith("on"):
             facts.append(("cache", s["cache"]))
         items = " · ".join(
-            f'<span style="color:#777">{k}</span> <span title="{html.escape(str(v))}">{html.escape(_short_path(v))}</span>'
-            for k, v in facts
-            if v not in ("", None)
+            f'<span style="color:#777">{f[0]}</span> <span title="{html.escape(str(f[-1] or f[1]))}">'
+            f"{html.escape(_short_path(f[1]))}</span>"
+            for f in facts
+            if f[1] not in ("", None)
         )
         return (
             f'<div style="display:flex;align-items:center;gap:10px;flex-wrap:wrap;font-size:13px">'
@@ -469,12 +490,14 @@ class Panel:
             parts.append(f"lr {s['lr']:.2e}")
         if s.get("samples_per_s"):
             parts.append(f"{_fmt_num(s['samples_per_s'])} samples/s")
-        if s.get("tokens_per_s"):
-            parts.append(f"{_fmt_num(s['tokens_per_s'])} tokens/s")
+        unit = s.get("throughput_unit") or "tokens"
+        if s.get("tokens_per_s") and unit != "samples":
+            parts.append(f"{_fmt_num(s['tokens_per_s'])} {unit}/s")
         if s.get("memory_mb"):
             parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
-        if s.get("metrics"):
-            parts.append(", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in s["metrics"].items()))
+        metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
+        if metrics:
+            parts.append(", ".join(f"{k.removeprefix('eval_')} {_fmt_metric(v)}" for k, v in metrics.items()))
         return (
             '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
             'font-size:12px">'

@@ -11,9 +11,11 @@ import math
 import threading
 from typing import Any
 
-from bokeh.layouts import column, gridplot
+from bokeh.layouts import column, gridplot, row
 from bokeh.models import (
     ColumnDataSource,
+    DataRange1d,
+    FactorRange,
     HoverTool,
     Label,
     LinearAxis,
@@ -25,8 +27,9 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from .state import Points
+from .svg import cell_colour, fmt_cell
 
-__all__ = ["PlotSet", "FROZEN", "TRAINABLE"]
+__all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
 
 TRAINABLE = "#2e7d32"
 FROZEN = "#b0bec5"
@@ -34,7 +37,45 @@ RAW = "#90caf9"
 SMOOTH = "#1565c0"
 MARKER = "#ef6c00"
 ROLLOVER = 20_000  # points kept per series in the live plots
+MAX_EVAL_LINES = 10  # lines in the evaluation plot (per-label metrics go to the task's bars, see state.main_metrics)
+MATRIX_TEXT_CELLS = 400  # a matrix with more cells shows colours only (the counts are in the hover)
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+
+
+def is_score(name: str, values) -> bool:
+    """A metric drawn against the 0-1 axis (accuracy, F1, exact match); losses and errors on any scale (loss, mse,
+    perplexity) get the second axis, as `Task.higher_is_better` treats every `*loss*` as lower-is-better."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return "loss" not in name and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def matrix_cells(entry: dict[str, Any]) -> dict[str, list]:
+    """A matrix extras entry as one row per cell: x (column label), y (row label), value, text, colours."""
+    rows = [str(r) for r in entry.get("rows") or []]
+    cols = [str(c) for c in entry.get("cols") or []]
+    values = entry.get("values") or []
+    cells: dict[str, list] = {"x": [], "y": [], "value": [], "text": [], "color": [], "text_color": []}
+    flat = [_f(v) for line in values for v in (line if isinstance(line, list) else [])]
+    top = max((v for v in flat if math.isfinite(v)), default=0.0) or 1.0
+    for i, r in enumerate(rows):
+        line = values[i] if i < len(values) and isinstance(values[i], list) else []
+        for j, c in enumerate(cols):
+            v = _f(line[j]) if j < len(line) else math.nan
+            frac = v / top if math.isfinite(v) else 0.0
+            cells["x"].append(c)
+            cells["y"].append(r)
+            cells["value"].append(v)
+            cells["text"].append(fmt_cell(v))
+            cells["color"].append(cell_colour(frac))
+            cells["text_color"].append("white" if frac > 0.55 else "#333333")
+    return cells
+
+
+def bar_rows(entry: dict[str, Any]) -> dict[str, list]:
+    labels = [str(x) for x in entry.get("labels") or []]
+    values = [_f(v) for v in entry.get("values") or []]
+    values = (values + [math.nan] * len(labels))[: len(labels)]
+    return {"label": labels, "value": values, "text": [fmt_cell(v) for v in values]}
 
 
 def _fig(title: str, *, width: int, height: int, y_label: str = "", **kw):
@@ -105,6 +146,11 @@ class PlotSet:
         self.eval_src = ColumnDataSource({"step": []}, name="nbft-eval")
         self.eval = _fig("Evaluation", width=w, height=h, x_range=self.loss.x_range, y_label="metric")
         self.eval_metrics: list[str] = []
+        self._score_lines: list = []  # renderers on the 0-1 axis / on the losses-and-errors axis
+        self._error_lines: list = []
+        self.eval.extra_y_ranges = {"err": DataRange1d()}
+        self.err_axis = LinearAxis(y_range_name="err", axis_label="loss / error", visible=False)  # once both kinds
+        self.eval.add_layout(self.err_axis, "right")
         self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
         self.eval.add_tools(self.eval_hover)
         self.eval_waiting = Label(
@@ -136,6 +182,7 @@ class PlotSet:
         self.speed_src = ColumnDataSource({"step": [], "samples_per_s": [], "tokens_per_s": [], "memory_mb": []})
         self.speed = _fig("Throughput", width=w, height=h, x_range=self.loss.x_range, y_label="samples/s")
         sp = self.speed.line("step", "samples_per_s", source=self.speed_src, color=SMOOTH, line_width=2)
+        self.throughput_unit = "tokens"
         self.speed.extra_y_ranges = {"mem": Range1d(start=0, end=1)}
         self.mem_axis = LinearAxis(y_range_name="mem", axis_label="memory MB", visible=False)  # once known
         self.speed.add_layout(self.mem_axis, "right")
@@ -148,18 +195,8 @@ class PlotSet:
             line_dash="dashed",
             y_range_name="mem",
         )
-        self.speed.add_tools(
-            HoverTool(
-                renderers=[sp],
-                tooltips=[
-                    ("step", "@step"),
-                    ("samples/s", "@samples_per_s{0.0}"),
-                    ("tokens/s", "@tokens_per_s{0,0}"),
-                    ("memory MB", "@memory_mb{0,0}"),
-                ],
-                mode="vline",
-            )
-        )
+        self.speed_hover = HoverTool(renderers=[sp], tooltips=self._speed_tooltips(), mode="vline")
+        self.speed.add_tools(self.speed_hover)
         self._mem_max = 0.0
         # ---- layer map
         self.layer_src = ColumnDataSource(
@@ -185,6 +222,16 @@ class PlotSet:
         self.layers.x_range.start = 0
         self.grid = gridplot([[self.loss, self.eval], [self.lr, self.speed]], toolbar_location=None, merge_tools=False)
         self.root = column(self.grid)
+        # ---- what the task asks to draw (EvalEnded.extras): one figure per entry, below the grid once one comes
+        self.extras: dict[str, dict[str, Any]] = {}  # the latest entries drawn, by name
+        self.extra_figs: dict[str, tuple[str, Any, ColumnDataSource]] = {}  # name -> (kind, figure, source)
+        self.extras_row = row()
+
+    def _speed_tooltips(self) -> list[tuple[str, str]]:
+        tips = [("step", "@step"), ("samples/s", "@samples_per_s{0.0}")]
+        if self.throughput_unit != "samples":
+            tips.append((f"{self.throughput_unit}/s", "@tokens_per_s{0,0}"))
+        return [*tips, ("memory MB", "@memory_mb{0,0}")]
 
     # ------------------------------------------------------------------ the one writer
     def apply(self, pts: Points, layers: list[dict[str, Any]] | None = None) -> bool:
@@ -211,12 +258,18 @@ class PlotSet:
                 self._stream_markers(pts.markers)
             if pts.layers_changed and layers is not None:
                 self.set_layers(layers)
+            if pts.extras is not None:
+                self.set_extras(pts.extras)
+            if pts.throughput_unit and pts.throughput_unit != self.throughput_unit:
+                self.throughput_unit = pts.throughput_unit
+                self.speed_hover.tooltips = self._speed_tooltips()
+                self.structure += 1
             self.applied += 1
         return True
 
     def _stream_evals(self, rows: list[dict[str, Any]]) -> None:
-        names = sorted({k for r in rows for k in r if k.startswith("eval_")})
-        new = [n for n in names if n not in self.eval_metrics]
+        names = sorted({k for r in rows for k in r if k.startswith("eval_")}, key=lambda k: (k != "eval_loss", k))
+        new = [n for n in names if n not in self.eval_metrics][: max(0, MAX_EVAL_LINES - len(self.eval_metrics))]
         if new:
             self.eval_waiting.visible = False
             n_old = len(self.eval_src.data["step"])
@@ -227,10 +280,22 @@ class PlotSet:
             for n in new:
                 colour = Category10_10[len(self.eval_metrics) % 10]
                 label = n.removeprefix("eval_")
-                self.eval.line("step", n, source=self.eval_src, color=colour, line_width=2, legend_label=label)
-                self.eval.scatter("step", n, source=self.eval_src, color=colour, size=6, legend_label=label)
+                score = is_score(n, [r.get(n) for r in rows])
+                axis = {} if score else {"y_range_name": "err"}
+                line = self.eval.line(
+                    "step", n, source=self.eval_src, color=colour, line_width=2, legend_label=label, **axis
+                )
+                dots = self.eval.scatter(
+                    "step", n, source=self.eval_src, color=colour, size=6, legend_label=label, **axis
+                )
+                (self._score_lines if score else self._error_lines).extend([line, dots])
                 self.eval_metrics.append(n)
                 self.eval_hover.tooltips = [*self.eval_hover.tooltips, (label, f"@{n}{{0.0000}}")]
+            # each axis ranges over its own lines (a DataRange1d without renderers would range over all of them)
+            both = bool(self._score_lines and self._error_lines)
+            self.eval.y_range.renderers = list(self._score_lines) if both else []
+            self.eval.extra_y_ranges["err"].renderers = list(self._error_lines)
+            self.err_axis.visible = both
             self.structure += 1
             self.eval.legend.label_text_font_size = "8pt"
             self.eval.legend.location = "bottom_right"
@@ -294,6 +359,124 @@ class PlotSet:
                 "label": [f"{x['params']:,}" for x in layers],
             }
 
+    # ------------------------------------------------------------------ the task's figures
+    def set_extras(self, extras: dict[str, dict[str, Any]]) -> None:
+        """Draw the latest evaluation's task figures: a heatmap with counts for a "matrix" entry (a confusion
+        matrix), horizontal bars for a "bars" entry (entity F1 per type). Entries of an unknown kind are skipped."""
+        with self.lock:
+            for name, entry in extras.items():
+                kind = entry.get("kind") if isinstance(entry, dict) else None
+                if kind not in ("matrix", "bars"):
+                    continue
+                have = self.extra_figs.get(name)
+                if have is None or have[0] != kind:
+                    self._add_extra_figure(name, kind, entry)
+                _, fig, src = self.extra_figs[name]
+                if kind == "matrix":
+                    self._draw_matrix(fig, src, entry)
+                else:
+                    self._draw_bars(fig, src, entry)
+                self.extras[name] = json_copy(entry)
+
+    def _add_extra_figure(self, name: str, kind: str, entry: dict[str, Any]) -> None:
+        title = str(entry.get("title") or name)
+        if kind == "matrix":
+            src = ColumnDataSource(
+                {"x": [], "y": [], "value": [], "text": [], "color": [], "text_color": []}, name=f"nbft-x-{name}"
+            )
+            fig = figure(
+                title=title,
+                x_range=FactorRange(),
+                y_range=FactorRange(),
+                width=340,
+                height=300,
+                tools="hover,save",
+                tooltips=[
+                    (entry.get("y_label") or "row", "@y"),
+                    (entry.get("x_label") or "column", "@x"),
+                    ("", "@text"),
+                ],
+                toolbar_location=None,
+                x_axis_location="above",
+            )
+            fig.rect("x", "y", 1, 1, source=src, fill_color="color", line_color="white")
+            fig.text(
+                "x",
+                "y",
+                text="text",
+                source=src,
+                text_align="center",
+                text_baseline="middle",
+                text_color="text_color",
+                text_font_size="8pt",
+            )
+            fig.xaxis.major_label_orientation = 0.9
+            fig.grid.grid_line_color = None
+            fig.axis.axis_line_color = None
+            fig.axis.major_tick_line_color = None
+        else:
+            src = ColumnDataSource({"label": [], "value": [], "text": []}, name=f"nbft-x-{name}")
+            fig = figure(
+                title=title,
+                y_range=FactorRange(),
+                width=340,
+                height=220,
+                tools="hover,save",
+                tooltips=[("", "@label"), ("value", "@text")],
+                toolbar_location=None,
+            )
+            fig.hbar(y="label", right="value", left=0, height=0.75, color=SMOOTH, source=src)
+            fig.text(
+                "value", "label", text="text", source=src, x_offset=3, text_baseline="middle", text_font_size="8pt"
+            )
+            fig.ygrid.grid_line_color = None
+        fig.xaxis.axis_label = entry.get("x_label") or ""
+        fig.yaxis.axis_label = entry.get("y_label") or ""
+        fig.title.text_font_size = "11pt"
+        fig.title.text_font_style = "normal"
+        fig.axis.major_label_text_font_size = "8pt"
+        fig.outline_line_color = None
+        old = self.extra_figs.get(name)
+        self.extra_figs[name] = (kind, fig, src)
+        children = [c for c in self.extras_row.children if old is None or c is not old[1]]
+        self.extras_row.children = [*children, fig]
+        if self.extras_row not in self.root.children:
+            self.root.children.append(self.extras_row)
+        self.structure += 1
+
+    def _draw_matrix(self, fig, src: ColumnDataSource, entry: dict[str, Any]) -> None:
+        cells = matrix_cells(entry)
+        rows = list(dict.fromkeys(cells["y"]))
+        cols = list(dict.fromkeys(cells["x"]))
+        if len(cells["x"]) > MATRIX_TEXT_CELLS:
+            cells["text"] = [""] * len(cells["x"])
+        if list(fig.x_range.factors) != cols or list(fig.y_range.factors) != rows[::-1]:
+            fig.x_range.factors = cols
+            fig.y_range.factors = rows[::-1]  # the first row on top
+            cell = max(12, min(36, 300 // max(1, len(cols), len(rows))))
+            fig.width = max(220, 90 + cell * len(cols))
+            fig.height = max(180, 90 + cell * len(rows))
+            self.structure += 1
+        src.data = cells
+        title = str(entry.get("title") or fig.title.text)
+        if fig.title.text != title:
+            fig.title.text = title
+
+    def _draw_bars(self, fig, src: ColumnDataSource, entry: dict[str, Any]) -> None:
+        data = bar_rows(entry)
+        if list(fig.y_range.factors) != data["label"][::-1]:
+            fig.y_range.factors = data["label"][::-1]  # the first label on top
+            fig.height = max(140, min(520, 70 + 20 * len(data["label"])))
+            self.structure += 1
+        finite = [v for v in data["value"] if math.isfinite(v)]
+        start = 0 if all(v >= 0 for v in finite) else None  # bars grow from 0; negative values (r2) need room
+        if fig.x_range.start != start:
+            fig.x_range.start = start
+        src.data = data
+        title = str(entry.get("title") or fig.title.text)
+        if fig.title.text != title:
+            fig.title.text = title
+
     def sources(self) -> list[ColumnDataSource]:
         return [
             self.loss_src,
@@ -303,6 +486,7 @@ class PlotSet:
             self.lr_marker_src,
             self.speed_src,
             self.layer_src,
+            *(src for _, _, src in self.extra_figs.values()),
         ]
 
     # ------------------------------------------------------------------ snapshots
@@ -316,7 +500,17 @@ class PlotSet:
                 "speed": {k: list(v) for k, v in self.speed_src.data.items()},
                 "markers": {k: list(v) for k, v in self.marker_src.data.items()},
                 "layers": {k: list(v) for k, v in self.layer_src.data.items()},
+                "extras": json_copy(self.extras),
             }
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars)."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_copy(v) for v in value]
+    return value
 
 
 def _columns(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list]:

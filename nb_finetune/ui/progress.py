@@ -11,7 +11,9 @@ import html
 import threading
 import time
 
+from ..core.controls import next_state
 from ..core.events import ControlApplied, EvalEnded, Logged, RunFinished, RunStarted, StepEnded
+from .state import main_metrics
 
 _COLOURS = {"finished": "#2e7d32", "stopped": "#ef6c00", "failed": "#c62828", "paused": "#6a1b9a"}
 
@@ -41,6 +43,7 @@ class ProgressView:
         self.elapsed = 0.0
         self.start_step = 0
         self.metrics: dict[str, float] = {}
+        self.extras: dict = {}
         self.note = ""
         self.cache = ""
         self.renders = 0
@@ -50,27 +53,23 @@ class ProgressView:
 
     # ---------------------------------------------------------------- training thread: record only
     def on_event(self, e) -> None:
+        self.state = next_state(self.state, e)
         if isinstance(e, StepEnded):
             self.step, self.total, self.epoch, self.elapsed = e.step, e.total_steps, e.epoch, e.elapsed
         elif isinstance(e, Logged):
             self.loss, self.lr, self.sps = e.loss, e.lr, e.samples_per_s
         elif isinstance(e, EvalEnded):
             self.metrics = dict(e.metrics)
+            self.extras = dict(e.extras) or self.extras
         elif isinstance(e, RunStarted):
-            self.state, self.total, self.step, self.start_step = "training", e.total_steps, e.start_step, e.start_step
+            self.total, self.step, self.start_step = e.total_steps, e.start_step, e.start_step
             self.cache = e.cache if e.cache.startswith("on") else ""
         elif isinstance(e, ControlApplied):
             self.note = f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step}" + (
                 f": {e.message}" if e.message else ""
             )
-            if e.command == "pause" and e.ok:
-                self.state = "paused"
-            elif e.command == "resume" and e.ok:
-                self.state = "training"
-            elif e.command in ("stop", "abort"):
-                self.state = "stopping"
         elif isinstance(e, RunFinished):
-            self.state, self.reason, self.error, self.step = e.state, e.reason, e.error, e.step
+            self.reason, self.error, self.step = e.reason, e.error, e.step
         self._dirty = True
 
     # ---------------------------------------------------------------- rendering (main or pump thread)
@@ -91,8 +90,9 @@ class ProgressView:
         line = " | ".join(parts)
         if self.cache:
             line += f" | frozen-prefix cache {self.cache.split(' (')[0]}"
-        if self.metrics:
-            line += "\n" + "eval: " + ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in self.metrics.items())
+        metrics = main_metrics(self.metrics, self.extras)
+        if metrics:
+            line += "\n" + "eval: " + ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in metrics.items())
         if self.error:
             line += f"\nerror: {self.error}"
         elif self.note:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import records
+from ..core.controls import FINAL_STATES, next_state
 from ..core.events import (
     CheckpointSaved,
     ControlApplied,
@@ -24,9 +25,28 @@ from ..core.events import (
     StepEnded,
 )
 
-__all__ = ["PanelState", "Points", "fmt_duration", "smooth"]
+__all__ = ["PanelState", "Points", "fmt_duration", "smooth", "main_metrics"]
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai's smoothed loss
+
+
+def main_metrics(metrics: dict[str, float], extras: dict[str, Any] | None) -> dict[str, float]:
+    """The metrics the status line and the eval plot show: per-label ones (`eval_PER_f1`, `eval_f1_sports`) are left
+    to the task's bars figure that draws them (an `extras` entry of kind "bars" whose labels they name)."""
+    labels = {
+        str(label)
+        for x in (extras or {}).values()
+        if isinstance(x, dict) and x.get("kind") == "bars"
+        for label in (x.get("labels") or [])
+    }
+    if not labels:
+        return dict(metrics)
+
+    def per_label(name: str) -> bool:
+        short = name.removeprefix("eval_")
+        return any(short.startswith(f"{lb}_") or short.endswith(f"_{lb}") for lb in labels)
+
+    return {k: v for k, v in metrics.items() if not per_label(k)}
 
 
 def fmt_duration(s: float | None) -> str:
@@ -60,18 +80,32 @@ class Points:
     speed: list[dict[str, float]] = field(default_factory=list)  # step, samples_per_s, tokens_per_s, memory_mb
     markers: list[dict[str, Any]] = field(default_factory=list)  # step, label, ok, source
     layers_changed: bool = False
+    # the latest evaluation's task figures (EvalEnded.extras: name -> matrix / bars entry), when a new one came
+    extras: dict[str, dict[str, Any]] | None = None
+    throughput_unit: str | None = None  # when RunStarted said what the throughput counts
 
     def __bool__(self) -> bool:
-        return bool(self.loss or self.evals or self.lr or self.speed or self.markers or self.layers_changed)
+        return bool(
+            self.loss
+            or self.evals
+            or self.lr
+            or self.speed
+            or self.markers
+            or self.layers_changed
+            or self.extras is not None
+            or self.throughput_unit
+        )
 
 
 class PanelState:
     """Header facts, the status line's numbers and the plot series of one run."""
 
-    def __init__(self, name: str = "", *, model: str = "", task: str = "text classification"):
+    def __init__(self, name: str = "", *, model: str = "", task: str = ""):
         self.name = name
         self.model = model
-        self.task = task
+        self.task = task  # the task's title (RunStarted.task_title); "" until known
+        self.task_detail: list[str] = []  # Task.describe(): why auto picked it, the head, the labels
+        self.throughput_unit = "tokens"  # what tokens_per_s counts (tokens, images, seconds of audio)
         self.state = "queued"
         self.reason: str | None = None
         self.error: str | None = None
@@ -94,6 +128,7 @@ class PanelState:
         self.tokens_per_s: float | None = None
         self.memory_mb: float | None = None
         self.metrics: dict[str, float] = {}
+        self.extras: dict[str, dict[str, Any]] = {}  # the latest evaluation's task figures
         self.best: dict[str, Any] | None = None
         self.layers: list[dict[str, Any]] = []  # group, kind, params, trainable
         self.note = ""
@@ -114,6 +149,7 @@ class PanelState:
 
     def _apply(self, e: Event) -> None:
         p = self._pending
+        self.state = next_state(self.state, e)
         if isinstance(e, StepEnded):
             self.step, self.total_steps, self.epoch, self.elapsed = e.step, e.total_steps, e.epoch, e.elapsed
             if e.lr:
@@ -148,12 +184,18 @@ class PanelState:
                 return
             self._last_eval = e.step
             self.metrics = dict(e.metrics)
-            p.evals.append({"step": e.step, **e.metrics})
+            if e.extras:
+                self.extras = {k: v for k, v in e.extras.items() if isinstance(v, dict)}
+                p.extras = self.extras
+            p.evals.append({"step": e.step, **main_metrics(e.metrics, self.extras)})
             if e.is_best:
                 self.best = {"step": e.step, **e.metrics}
         elif isinstance(e, RunStarted):
-            self.state = "training"
             self.reason = None
+            self.task = e.task_title or e.task
+            self.task_detail = list(e.task_detail)
+            if e.throughput_unit != self.throughput_unit:
+                self.throughput_unit = p.throughput_unit = e.throughput_unit
             self.device, self.precision = e.device, e.precision
             self.params_total, self.params_trainable = e.params_total, e.params_trainable
             self.num_train, self.num_eval = e.num_train, e.num_eval
@@ -173,17 +215,11 @@ class PanelState:
             if e.ok and e.command == "freeze":
                 self._set_frozen(e.args.get("spec"))
                 p.layers_changed = True
-            if e.command == "pause" and e.ok:
-                self.state = "paused"
-            elif e.command == "resume" and e.ok:
-                self.state = "training"
-            elif e.command in ("stop", "abort"):
-                self.state = "stopping"
         elif isinstance(e, CheckpointSaved):
             self.last_checkpoint = e.path
             self.note = f"checkpoint ({e.reason}) at step {e.step}"
         elif isinstance(e, RunFinished):
-            self.state, self.reason, self.error = e.state, e.reason, e.error
+            self.reason, self.error = e.reason, e.error
             self.step = max(self.step, e.step)
 
     def set_layers(self, table: list[dict[str, Any]]) -> None:
@@ -225,7 +261,7 @@ class PanelState:
     # ------------------------------------------------------------------ derived
     @property
     def done(self) -> bool:
-        return self.state in ("finished", "stopped", "failed")
+        return self.state in FINAL_STATES
 
     def eta_seconds(self) -> float | None:
         if self.total_steps is None or self.step <= self.start_step or self.elapsed <= 0:
@@ -235,13 +271,16 @@ class PanelState:
 
     # ------------------------------------------------------------------ rebuilding from disk
     @classmethod
-    def from_records(cls, records: list[dict[str, Any]], name: str = "", status: dict | None = None) -> PanelState:
+    def from_records(cls, recs: list[dict[str, Any]], name: str = "", status: dict | None = None) -> PanelState:
         """A state replayed from a run's metrics.jsonl records (for `%finetune show` after the output was cleared)."""
+        return cls.from_events([ev for ev in map(records.decode, recs) if ev is not None], name, status)
+
+    @classmethod
+    def from_events(cls, events: list[Event], name: str = "", status: dict | None = None) -> PanelState:
+        """A state replayed from a run's recorded events (`RunDir.read_events()`), then its status.json."""
         st = cls(name)
-        for rec in records:
-            ev = _event_from_record(rec)
-            if ev is not None:
-                st.on_event(ev)
+        for ev in events:
+            st.on_event(ev)
         status = status or {}
         if status.get("state") and (status["state"] not in ("training", "starting") or st.state == "queued"):
             st.state = status["state"]
@@ -265,60 +304,3 @@ def _command_label(e: ControlApplied) -> str:
 
 def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-_EVENT_TYPES = {
-    "RunStarted": RunStarted,
-    "ControlApplied": ControlApplied,
-    "CheckpointSaved": CheckpointSaved,
-    "RunFinished": RunFinished,
-}
-
-
-def _event_from_record(rec: dict[str, Any]) -> Event | None:
-    kind = rec.get("event") or rec.get("kind")
-    t = rec.get("time", time.time())
-    try:
-        if kind == "log":
-            return Logged(
-                step=rec["step"],
-                epoch=rec.get("epoch") or 0.0,
-                loss=_num(rec.get("loss")),
-                lr=_num(rec.get("lr"), 0.0),
-                grad_norm=rec.get("grad_norm"),
-                samples_per_s=_num(rec.get("samples_per_s"), 0.0),
-                tokens_per_s=_num(rec.get("tokens_per_s"), 0.0),
-                losses=[_num(x) for x in rec.get("losses") or []],
-                memory_mb=rec.get("memory_mb"),
-                time=t,
-                **({"group_lrs": rec["group_lrs"]} if "group_lrs" in rec and _has_field(Logged, "group_lrs") else {}),
-            )
-        if kind == "eval":
-            return EvalEnded(
-                step=rec["step"],
-                epoch=rec.get("epoch") or 0.0,
-                metrics={k: v for k, v in rec.items() if k.startswith("eval_")},
-                is_best=bool(rec.get("is_best")),
-                time=t,
-            )
-        cls = _EVENT_TYPES.get(kind)
-        if cls is None:
-            return None
-        names = set(cls.__dataclass_fields__)
-        args = {k: v for k, v in rec.items() if k in names}
-        if cls is RunStarted:
-            args.setdefault("layers", [])
-        return cls(**args)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _num(v, default: float = math.nan) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
-
-
-def _has_field(cls, name: str) -> bool:
-    return name in getattr(cls, "__dataclass_fields__", {})

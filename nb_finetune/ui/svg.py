@@ -1,7 +1,9 @@
 """A static SVG of a run's curves, drawn in Python (no plotting library, no JavaScript).
 
 It is the part of a run's final output that shows everywhere: GitHub, nbviewer, untrusted notebooks, a
-reopened notebook without the kernel. Series are thinned to at most `MAX_POINTS` points per line.
+reopened notebook without the kernel. Series are thinned to at most `MAX_POINTS` points per line. The task's
+figures of the last evaluation (`EvalEnded.extras`: a confusion matrix, F1 per entity type) follow the curves,
+two per row.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-__all__ = ["run_svg"]
+__all__ = ["run_svg", "fmt_cell", "cell_colour"]
 
 MAX_POINTS = 400
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
@@ -112,8 +114,140 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
     return out
 
 
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def fmt_cell(v) -> str:
+    """A matrix cell or bar value as text: counts as integers, rates with two digits."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return ""
+    return str(int(v)) if float(v).is_integer() else f"{v:.2g}"
+
+
+def cell_colour(frac: float) -> str:
+    """A matrix cell's colour: white-blue for 0, dark blue for the largest value."""
+    frac = min(1.0, max(0.0, frac)) if math.isfinite(frac) else 0.0
+    r, g, b = (round(lo + (hi - lo) * frac) for lo, hi in zip((247, 251, 255), (8, 81, 156)))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _num(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _matrix(x0, y0, w, h, entry) -> list[str]:
+    """A heatmap with the counts as text: rows top-down, columns left-right."""
+    rows = [str(r) for r in entry.get("rows") or []]
+    cols = [str(c) for c in entry.get("cols") or []]
+    values = entry.get("values") or []
+    out = [f'<g transform="translate({x0},{y0})">']
+    out.append(
+        f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">'
+        f"{html.escape(str(entry.get('title') or ''))}</text>"
+    )
+    if not rows or not cols:
+        out.append("</g>")
+        return out
+    y_label, x_label = str(entry.get("y_label") or ""), str(entry.get("x_label") or "")
+    left = min(100, 12 + 6 * max(len(r) for r in rows)) + (14 if y_label else 0)
+    top, bottom = 24, 46 + (12 if x_label else 0)
+    cell = max(2.0, min((w - left - 10) / len(cols), (h - top - bottom) / len(rows), 40.0))
+    grid = [
+        [_num(line[j]) if isinstance(line, list) and j < len(line) else math.nan for j in range(len(cols))]
+        for line in (values[i] if i < len(values) else [] for i in range(len(rows)))
+    ]
+    peak = max((v for line in grid for v in line if math.isfinite(v)), default=0.0) or 1.0
+    text = cell >= 14 and len(rows) * len(cols) <= 400
+    for i, r in enumerate(rows):
+        y = top + i * cell
+        out.append(
+            f'<text x="{left - 4}" y="{y + cell / 2 + 3:.1f}" text-anchor="end" font-size="9" fill="#555">'
+            f"{html.escape(_short(r, 16))}</text>"
+        )
+        for j, v in enumerate(grid[i]):
+            frac = v / peak if math.isfinite(v) else 0.0
+            x = left + j * cell
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell:.1f}" height="{cell:.1f}" fill="{cell_colour(frac)}" '
+                f'stroke="white"><title>{html.escape(r)} / {html.escape(cols[j])}: '
+                f"{fmt_cell(v) or '-'}</title></rect>"
+            )
+            if text and math.isfinite(v):
+                out.append(
+                    f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 3:.1f}" text-anchor="middle" font-size="9" '
+                    f'fill="{"white" if frac > 0.55 else "#333"}">{fmt_cell(v)}</text>'
+                )
+    base = top + len(rows) * cell + 10
+    for j, c in enumerate(cols):
+        cx = left + (j + 0.5) * cell
+        out.append(
+            f'<text x="{cx:.1f}" y="{base:.1f}" font-size="9" fill="#555" text-anchor="end" '
+            f'transform="rotate(-40 {cx:.1f} {base:.1f})">{html.escape(_short(c, 12))}</text>'
+        )
+    mid_x, mid_y = left + len(cols) * cell / 2, top + len(rows) * cell / 2
+    if x_label:
+        out.append(
+            f'<text x="{mid_x:.1f}" y="{base + 40:.1f}" text-anchor="middle" font-size="9" fill="#666">'
+            f"{html.escape(x_label)}</text>"
+        )
+    if y_label:
+        out.append(
+            f'<text x="8" y="{mid_y:.1f}" text-anchor="middle" font-size="9" fill="#666" '
+            f'transform="rotate(-90 8 {mid_y:.1f})">{html.escape(y_label)}</text>'
+        )
+    out.append("</g>")
+    return out
+
+
+def _bars(x0, y0, w, h, entry) -> list[str]:
+    """Horizontal bars from 0, one per label, the value written at the bar's end."""
+    labels = [str(x) for x in entry.get("labels") or []]
+    values = [_num(v) for v in entry.get("values") or []][: len(labels)]
+    out = [f'<g transform="translate({x0},{y0})">']
+    out.append(
+        f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">'
+        f"{html.escape(str(entry.get('title') or ''))}</text>"
+    )
+    if not labels:
+        out.append("</g>")
+        return out
+    left = min(120, 12 + 6 * max(len(x) for x in labels))
+    top, right = 24, 40
+    bar = max(2.0, min(18.0, (h - top - 10) / len(labels)))
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    peak = max(finite, default=0.0) or 1.0
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + bar * len(labels)}" stroke="#999"/>')
+    for i, label in enumerate(labels):
+        v = values[i] if i < len(values) else math.nan
+        y = top + i * bar
+        length = (w - left - right) * (max(v, 0.0) / peak if math.isfinite(v) else 0.0)
+        out.append(
+            f'<text x="{left - 4}" y="{y + bar / 2 + 3:.1f}" text-anchor="end" font-size="9" fill="#555">'
+            f"{html.escape(_short(label, 20))}</text>"
+            f'<rect x="{left}" y="{y + bar * 0.12:.1f}" width="{length:.1f}" height="{bar * 0.76:.1f}" fill="#1565c0">'
+            f"<title>{html.escape(label)}: {_fmt(v) if math.isfinite(v) else '-'}</title></rect>"
+        )
+        if math.isfinite(v) and bar >= 8:
+            out.append(
+                f'<text x="{left + length + 3:.1f}" y="{y + bar / 2 + 3:.1f}" font-size="9" fill="#333">'
+                f"{_fmt(v)}</text>"
+            )
+    out.append("</g>")
+    return out
+
+
+def _extras_height(entry) -> int:
+    if entry.get("kind") == "matrix":
+        n = max(len(entry.get("rows") or []), len(entry.get("cols") or []), 1)
+        return int(min(420, max(160, 90 + 28 * n)))
+    return int(min(420, max(100, 40 + 18 * len(entry.get("labels") or []))))
+
+
 def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str = "", note: str = "") -> str:
-    """Loss, eval metrics, learning rate and throughput as one SVG (2 x 2 charts)."""
+    """Loss, eval metrics, learning rate and throughput as one SVG (2 x 2 charts), then the task's figures."""
     w, h = 460, 220
     loss, ev, lr, speed = (series.get(k, {}) for k in ("loss", "eval", "lr", "speed"))
     mk = series.get("markers", {})
@@ -127,10 +261,16 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
         for i, k in enumerate(k for k in lr if k.startswith("g:"))
     ]
     head = 26 if (title or state) else 0
+    extras = [
+        x for x in (series.get("extras") or {}).values() if isinstance(x, dict) and x.get("kind") in ("matrix", "bars")
+    ]
+    rows = [extras[i : i + 2] for i in range(0, len(extras), 2)]
+    row_heights = [max(_extras_height(x) for x in r) for r in rows]
+    total = 2 * h + head + sum(row_heights)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{2 * h + head}" '
-        f'viewBox="0 0 {2 * w} {2 * h + head}" font-family="sans-serif">',
-        f'<rect width="{2 * w}" height="{2 * h + head}" fill="white"/>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{total}" '
+        f'viewBox="0 0 {2 * w} {total}" font-family="sans-serif">',
+        f'<rect width="{2 * w}" height="{total}" fill="white"/>',
     ]
     if head:
         colour = _STATE_COLOURS.get(state, "#1565c0")
@@ -165,5 +305,11 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
         (),
         "samples/s",
     )
+    y = head + 2 * h
+    for r, rh in zip(rows, row_heights):
+        for i, entry in enumerate(r):
+            draw = _matrix if entry["kind"] == "matrix" else _bars
+            parts += draw(i * w, y, w, rh, entry)
+        y += rh
     parts.append("</svg>")
     return "".join(parts)

@@ -83,8 +83,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from nb_finetune.core import engine
     from nb_finetune.core.config import FinetuneConfig
+    from nb_finetune.core.train import checkpoints
 
     rd = runs.RunDir.create(tmp_path, "atomic")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
@@ -93,17 +93,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
     )
     cfg = FinetuneConfig.from_dict({"model": "x"})
     state = {"step": 1, "epoch": 0, "batch": 1}
-    engine.save_checkpoint(rd, model, opt, state, engine._rng_state(), cfg)
-    real = engine.json.dumps
+    checkpoints.save_checkpoint(rd, model, opt, state, checkpoints.rng_state(), cfg)
+    real = checkpoints.json.dumps
 
     def boom(*a, **k):
         if k.get("indent") == 1:
             raise OSError("disk full")
         return real(*a, **k)
 
-    monkeypatch.setattr(engine.json, "dumps", boom)
+    monkeypatch.setattr(checkpoints.json, "dumps", boom)
     with pytest.raises(OSError):
-        engine.save_checkpoint(rd, model, opt, {**state, "step": 2}, engine._rng_state(), cfg)
+        checkpoints.save_checkpoint(rd, model, opt, {**state, "step": 2}, checkpoints.rng_state(), cfg)
     assert [c.name for c in rd.checkpoints()] == ["step-000001"]
     assert sorted(p.name for p in rd.checkpoints_dir.iterdir()) == ["step-000001"], "no half checkpoint left"
 

@@ -16,7 +16,6 @@ from test_host_sync import counter  # noqa: E402, F401 - the sync-counting fixtu
 
 from nb_finetune import finetune, get_run  # noqa: E402
 from nb_finetune.core.config import FinetuneConfig, parse_interval  # noqa: E402
-from nb_finetune.core.engine import _due  # noqa: E402
 from nb_finetune.core.events import ControlApplied, Logged, RunStarted, StepEnded  # noqa: E402
 from nb_finetune.core.freezing import (  # noqa: E402
     build_layer_map,
@@ -24,6 +23,7 @@ from nb_finetune.core.freezing import (  # noqa: E402
     next_unfreeze,
     resolve_freeze,
 )
+from nb_finetune.core.train.flow import due  # noqa: E402
 from nb_finetune.errors import ConfigError  # noqa: E402
 
 
@@ -187,9 +187,9 @@ def test_intervals_in_epochs():
     assert parse_interval("every 2 epochs") == ("epoch", 2)
     assert parse_interval("1 epoch") == ("epoch", 1)
     # eval_every / save_every in epochs: due at every 2nd epoch end only
-    assert [n for n in range(1, 7) if _due("2 epochs", 0, True, None, n)] == [2, 4, 6]
-    assert not _due("2 epochs", 0, False, None, 2)
-    assert [n for n in range(1, 4) if _due("epoch", 0, True, None, n)] == [1, 2, 3]
+    assert [n for n in range(1, 7) if due("2 epochs", 0, True, None, n)] == [2, 4, 6]
+    assert not due("2 epochs", 0, False, None, 2)
+    assert [n for n in range(1, 4) if due("epoch", 0, True, None, n)] == [1, 2, 3]
 
 
 # ------------------------------------------------------------------------------------------------ runs

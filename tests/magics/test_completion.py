@@ -85,7 +85,9 @@ def test_values_of_booleans_choices_and_documented_words(shell):
 
 
 def test_nested_keys_and_values(shell):
-    assert texts(shell, "%%finetune\ndata:\n  train: x.csv\n  te") == ["text: ", "text_pair: ", "test: "]
+    got = texts(shell, "%%finetune\ndata:\n  train: x.csv\n  te")
+    assert got[:3] == ["text: ", "text_pair: ", "test: "]  # prefix matches first, then substrings ("context: ")
+    assert all("te" in t for t in got) and "train: " not in got
     assert texts(shell, "%%finetune\nearly_stopping:\n  metric: eval_f1\n  mode: ") == ["auto", "min", "max"]
     assert finetune_completions("%%finetune\ndata:", 1, 5) is None  # nothing after the colon of a mapping key
     assert texts(shell, "%%finetune\nd")[0] == "data:"  # a mapping key opens a block

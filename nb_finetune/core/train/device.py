@@ -1,0 +1,69 @@
+"""Where a run trains and in what precision: precision resolution, the Accelerator, device name and memory."""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+
+__all__ = ["resolve_precision", "device_type", "device_name", "memory_mb", "make_accelerator", "precision_of"]
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """auto -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 elsewhere."""
+    import torch
+
+    if precision == "auto":
+        if device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device_type != "cuda":
+        raise ConfigError(
+            "Invalid finetune config: precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine"
+        )
+    return precision
+
+
+def device_type() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def memory_mb(device) -> float | None:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None
+
+
+def make_accelerator(precision: str):
+    """A fresh Accelerator for `precision` (fp32 | bf16 | fp16); TF32 matmuls on CUDA."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate's state is process-wide: reset it so a bf16 run after an fp32 run gets its own settings
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    accelerator = Accelerator(mixed_precision=mp)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def precision_of(accelerator) -> str:
+    """The precision a run reports: fp32 | bf16 | fp16."""
+    return {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)

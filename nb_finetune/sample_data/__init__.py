@@ -1,0 +1,1 @@
+"""Small data sets built from real text that arrives offline, for demos, docs and tests."""
