@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .core.config import FinetuneConfig, live_fields, load_config
-from .core.events import Controls, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
+from .core.controls import ACTIVE_STATES, Controls, next_state
+from .core.events import ControlApplied, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
 from .core.freezing import resolve_freeze
-from .core.runs import ACTIVE_STATES, RegistryCallback, RunDir
+from .core.runs import RegistryCallback, RunDir
 from .errors import ConfigError, FinetuneError, RunStateError
 
 __all__ = ["finetune", "Run", "DryRunReport", "active_runs", "get_run"]
@@ -502,9 +503,9 @@ class Run:
         self._subscribers.append(callback)
 
     def on_event(self, e: Event) -> None:
+        self._state = next_state(self._state, e)  # the one state machine (core/controls.py)
         if isinstance(e, RunStarted):
             self._started = e
-            self._state = "training"
             if e.layers:  # the trainable set the loop starts with (a resumed run: the checkpoint's)
                 self._frozen = {row["group"] for row in e.layers if not row.get("trainable", True)}
         elif isinstance(e, StepEnded):
@@ -539,36 +540,16 @@ class Run:
         elif isinstance(e, EvalEnded):
             with self._lock:
                 self._evals.append({"step": e.step, "epoch": e.epoch, **e.metrics})
-        elif e.kind == "ControlApplied":
-            if e.command == "pause" and e.ok:
-                self._state = "paused"
-            elif e.command == "resume" and e.ok and self._state == "paused":
-                self._state = "training"
-            elif e.command in ("stop", "abort"):
-                self._state = "stopping"
-            elif e.command == "freeze" and e.ok and self._layer_map is not None:
+        elif isinstance(e, ControlApplied):
+            if e.command == "freeze" and e.ok and self._layer_map is not None:
                 self._frozen = resolve_freeze(e.args.get("spec"), self._layer_map)
         elif isinstance(e, RunFinished):
-            self._state, self._reason, self._error = e.state, e.reason, e.error
+            self._reason, self._error = e.reason, e.error
 
     def _load_prior_history(self, upto_step: int) -> None:
-        for rec in self._run_dir.read_metrics():
-            if rec.get("event") == "log" and rec.get("step", 0) <= upto_step:
-                self.on_event(
-                    Logged(
-                        step=rec["step"],
-                        epoch=rec.get("epoch", 0),
-                        loss=rec.get("loss", math.nan),
-                        lr=rec.get("lr", 0.0),
-                        grad_norm=rec.get("grad_norm"),
-                        samples_per_s=rec.get("samples_per_s", 0.0),
-                        tokens_per_s=rec.get("tokens_per_s", 0.0),
-                        losses=rec.get("losses", []),
-                    )
-                )
-            elif rec.get("event") == "eval" and rec.get("step", 0) <= upto_step:
-                metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}
-                self.on_event(EvalEnded(step=rec["step"], epoch=rec.get("epoch", 0), metrics=metrics))
+        for e in self._run_dir.read_events():  # the one metrics.jsonl codec (core/records.py)
+            if isinstance(e, (Logged, EvalEnded)) and e.step <= upto_step:
+                self.on_event(e)
 
     # ------------------------------------------------------------ worker side
     def _execute(self) -> None:

@@ -22,8 +22,15 @@ HEADLESS_MODULES = [
     "nb_finetune.core.freezing",
     "nb_finetune.core.data",
     "nb_finetune.core.runs",
-    "nb_finetune.core.engine",
+    "nb_finetune.core.records",
+    "nb_finetune.core.controls",
+    "nb_finetune.core.train",
+    "nb_finetune.core.tasks.base",
     "nb_finetune.core.tasks.text_classification",
+    "nb_finetune.core.tasks.regression",
+    "nb_finetune.core.tasks.multi_label",
+    "nb_finetune.core.tasks.token_classification",
+    "nb_finetune.core.tasks.question_answering",
     "nb_finetune.api",
 ]
 

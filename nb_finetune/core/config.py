@@ -596,7 +596,7 @@ class FinetuneConfig(_Strict):
 
 
 # --------------------------------------------------------------------------------------------- aliases
-def _alias_table(model: type[BaseModel]) -> dict[str, str]:
+def alias_table(model: type[BaseModel]) -> dict[str, str]:
     table = {}
     for name, f in model.model_fields.items():
         table[name] = name
@@ -607,7 +607,7 @@ def _alias_table(model: type[BaseModel]) -> dict[str, str]:
 
 def canonical_name(key: str, model: type[BaseModel] | None = None) -> str:
     """`learning_rate` -> `lr`. Raises ConfigError with a suggestion for an unknown key."""
-    table = _alias_table(model or FinetuneConfig)
+    table = alias_table(model or FinetuneConfig)
     if key in table:
         return table[key]
     raise ConfigError(_unknown_key_message(key, table))
@@ -629,7 +629,7 @@ def _normalize(model, data, path, lines):
     problems: list[tuple[int | None, str]] = []
     if not isinstance(data, Mapping):
         return data, [(lines.get(path), f"{_dotted(path) or 'config'}: expected a mapping of key: value lines")]
-    table = _alias_table(model)
+    table = alias_table(model)
     out: dict[str, Any] = {}
     given: dict[str, str] = {}
     for key, value in data.items():
@@ -924,7 +924,7 @@ def load_config(config: FinetuneConfig | Mapping | str | Path | None = None, /, 
             cfg_dict["data"] = {**cfg_dict["data"], **v}
         else:
             # an override replaces the key under whichever alias the config used
-            table = _alias_table(FinetuneConfig)
+            table = alias_table(FinetuneConfig)
             canon = table.get(k, k)
             for existing in [e for e in cfg_dict if table.get(e) == canon]:
                 del cfg_dict[existing]

@@ -156,7 +156,8 @@ def _load_hub(base: str, slc: str | None, what: str, trust_remote_code: bool):
         ) from None
 
 
-def _suggest(name: str, columns: list[str]) -> str:
+def suggest(name: str, columns: list[str]) -> str:
+    """' Did you mean ...?' for the closest column name, or ''."""
     close = difflib.get_close_matches(name, columns, n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -176,7 +177,7 @@ def detect_columns(
     for key, col in (("text", text), ("label", label), ("text_pair", text_pair)):
         if col is not None and col not in cols:
             raise DataError(
-                f"data.{key}: column '{col}' is not in data.{role} (columns: {shown}).{_suggest(col, cols)}"
+                f"data.{key}: column '{col}' is not in data.{role} (columns: {shown}).{suggest(col, cols)}"
             )
     if label is None and require_label:
         lower = {c.lower(): c for c in cols}

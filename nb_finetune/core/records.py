@@ -117,7 +117,9 @@ def _fields(cls: type[Event], rec: dict[str, Any]) -> dict[str, Any]:
 def _empty(ann: str) -> Any:
     if ann.endswith("| None"):
         return None
-    return {"int": 0, "float": 0.0, "str": "", "bool": False}.get(ann.split("[")[0], [] if ann.startswith("list") else {})
+    if ann.startswith(("list", "dict")):
+        return [] if ann.startswith("list") else {}
+    return {"int": 0, "float": 0.0, "str": "", "bool": False}.get(ann)
 
 
 def _convert(ann: str, v: Any) -> Any:

@@ -66,6 +66,7 @@ class FinetuneMagic(Magics, Configurable):
             return None
         if args.wait and args.paused:
             raise FinetuneError("%%finetune: --paused waits for the Start button, which --wait cannot deliver")
+        self._renderer_choice()  # a bad renderer is an error before the run exists
         view = _Relay()
         run = api.finetune(cfg, callbacks=[view], overwrite=args.overwrite, start=False)
         self.shell.user_ns[cfg.name] = run
@@ -84,12 +85,7 @@ class FinetuneMagic(Magics, Configurable):
 
     def _view(self, run, *, interactive: bool, state=None):
         """The run's panel (or the one-line progress display with `renderer = text` / without the UI extras)."""
-        renderer = self.renderer.strip().lower()
-        if renderer != "text":
-            try:
-                from ..ui.panel import Panel
-            except ImportError:  # the `notebook` extra (ipywidgets, bokeh) is not installed
-                renderer = "text"
+        renderer = self._renderer_choice()
         if renderer == "text":
             from ..ui.progress import ProgressView
 
@@ -97,19 +93,34 @@ class FinetuneMagic(Magics, Configurable):
             view.run = run
             view.show()
             return _ProgressAdapter(view, run)
-        try:
-            panel = Panel(
-                run,
-                renderer=renderer,
-                interactive=interactive,
-                refresh_seconds=min(self.refresh_seconds, 0.25),
-                plot_interval=self.plot_interval,
-                state=state,
-            )
-        except ValueError as e:
-            raise FinetuneError(f"%config FinetuneMagic.renderer: {e}") from None
+        from ..ui.panel import Panel
+
+        panel = Panel(
+            run,
+            renderer=renderer,
+            interactive=interactive,
+            refresh_seconds=min(self.refresh_seconds, 0.25),
+            plot_interval=self.plot_interval,
+            state=state,
+        )
         panel.display()
         return panel
+
+    def _renderer_choice(self) -> str:
+        """`%config FinetuneMagic.renderer`, checked; "text" when the `notebook` extra (ipywidgets, bokeh) is absent."""
+        renderer = self.renderer.strip().lower()
+        if renderer == "text":
+            return renderer
+        try:
+            from ..ui.panel import Panel  # noqa: F401 - ipywidgets and bokeh are there
+            from ..ui.transport import RENDERERS
+        except ImportError:
+            return "text"
+        if renderer not in RENDERERS:
+            raise FinetuneError(
+                f"%config FinetuneMagic.renderer: {renderer!r} is not one of {', '.join(RENDERERS)} or text"
+            )
+        return renderer
 
     # ---------------------------------------------------------------- line
     def _line(self, line: str):

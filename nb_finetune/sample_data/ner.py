@@ -94,7 +94,7 @@ class _Tagger:
         self.common = common
         self.surnames: set[str] = set()
         for words in sentences:  # first pass: surnames of full names, so `Spielberg` alone is a PER later
-            for kind, a, b in self.spans(words, alone=False) or ():
+            for kind, _, b in self.spans(words, alone=False) or ():
                 if kind == "PER":
                     self.surnames.add(words[b - 1])
 
@@ -140,7 +140,11 @@ class _Tagger:
             n = 0
             if words[i] in self.place_starts:
                 n = next(
-                    (k for k in range(min(self.longest_place, len(words) - i), 0, -1) if words[i : i + k] in self.places),
+                    (
+                        k
+                        for k in range(min(self.longest_place, len(words) - i), 0, -1)
+                        if words[i : i + k] in self.places
+                    ),
                     0,
                 )
             lone = alone and i > 0 and words[i] in self.surnames

@@ -38,10 +38,10 @@ class BodyError(ValueError):
 
 def _set_fields() -> tuple[dict[str, str], set[str]]:
     """(name or alias -> canonical name, live canonical names that `set` may change with a number)."""
-    from ..core.config import FinetuneConfig, _alias_table, live_fields
+    from ..core.config import FinetuneConfig, alias_table, live_fields
 
     live = {n for n in live_fields() if n != "freeze"}
-    table = {k: v for k, v in _alias_table(FinetuneConfig).items() if v in live}
+    table = {k: v for k, v in alias_table(FinetuneConfig).items() if v in live}
     return table, live
 
 

@@ -441,7 +441,7 @@ class PlotSet:
         children = [c for c in self.extras_row.children if old is None or c is not old[1]]
         self.extras_row.children = [*children, fig]
         if self.extras_row not in self.root.children:
-            self.root.children.append(self.extras_row)
+            self.root.children = [*self.root.children, self.extras_row]
         self.structure += 1
 
     def _draw_matrix(self, fig, src: ColumnDataSource, entry: dict[str, Any]) -> None:

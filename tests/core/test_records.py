@@ -117,7 +117,9 @@ def test_decoding_is_lenient_with_partial_records_and_strict_with_garbage():
     assert log.step == 7 and math.isnan(log.loss)  # a log without a loss: unknown, not 0
     assert records.decode({"event": "log", "step": "seven"}) is None
     assert records.decode({"event": "log", "step": 1, "losses": "x"}) is None
-    assert records.decode({"event": "nope"}) is None and records.decode(["log"]) is None and records.decode(None) is None
+    assert (
+        records.decode({"event": "nope"}) is None and records.decode(["log"]) is None and records.decode(None) is None
+    )
     assert records.decode({"event": "log", "step": 1, "future_field": 1}).step == 1  # a newer version's key
     # NaN written by json.dumps comes back as NaN
     back = records.decode(json.loads(records.dumps(records.encode(Logged(1, 0.1, math.nan, 0.0, None, 1.0, 1.0)))))

@@ -120,3 +120,25 @@ def test_append_command_refuses_a_symlinked_control_file(tmp_path):
     with pytest.raises(FinetuneError, match="cannot be opened"):
         append_command(run_dir, "stop")
     assert target.read_text() == ""
+
+
+def test_status_follows_the_one_state_machine(tmp_path):
+    from nb_finetune.core.events import ControlApplied, RunFinished, RunStarted
+
+    rd = runs.RunDir.create(tmp_path, "states")
+    cb = runs.RegistryCallback(rd)
+    seen = []
+    for e in [
+        RunStarted("states", str(rd.path), 10, 5, 8, 2, "cpu", "fp32", 10, 10, []),
+        ControlApplied(step=2, command="pause", args={}, seq=1, source="file"),
+        ControlApplied(step=2, command="resume", args={}, seq=2, source="file"),
+        ControlApplied(step=3, command="set", args={"lr": -1}, seq=3, source="file", ok=False, message="bad"),
+        ControlApplied(step=4, command="stop", args={}, seq=4, source="api"),
+        ControlApplied(step=4, command="resume", args={}, seq=5, source="api"),
+        RunFinished(state="stopped", reason="user", step=4),
+    ]:
+        cb.on_event(e)
+        seen.append(rd.status()["state"])
+    assert seen == ["training", "paused", "training", "training", "stopping", "stopping", "stopped"]
+    assert rd.status()["last_command"] == 3  # commands from control.jsonl are acknowledged, refused ones too
+    assert [type(e).__name__ for e in rd.read_events()][-1] == "RunFinished"

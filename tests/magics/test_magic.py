@@ -126,7 +126,7 @@ def test_line_commands_steer_a_run(ip):
     assert cell(ip, "%finetune stop steer").success
     run.wait(timeout=60)
     assert run.status == "stopped"
-    applied = [r for r in run._run_dir.read_metrics() if r.get("event") == "ControlApplied"]
+    applied = [r for r in run.run_dir.read_metrics() if r.get("event") == "ControlApplied"]
     assert [r["command"] for r in applied] == ["set", "pause", "resume", "stop"]
     assert all(r["ok"] for r in applied)
 

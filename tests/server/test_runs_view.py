@@ -143,3 +143,23 @@ def test_view_lists_runs_from_the_index(tmp_path):
     (tmp_path / "index" / "0123456789abcdef.json").write_text("not json")
     runs = RunsView().list()
     assert [(r["name"], r["state"], r["step"]) for r in runs] == [("one", "finished", 3)]
+
+
+def test_reads_what_the_registry_writes_with_the_task_fields(tmp_path, monkeypatch):
+    """Records written through the codec (new fields, nested extras) are read back by the server's scan too."""
+    from nb_finetune.core.events import EvalEnded, Logged, RunStarted
+    from nb_finetune.core.runs import RegistryCallback
+
+    monkeypatch.setattr(runs_view, "_MAX_TAIL", 600)  # the eval lines are found by the prefix scan
+    rd = RunDir.create(tmp_path / "runs", "codec")
+    cb = RegistryCallback(rd)
+    cb.on_event(RunStarted("codec", str(rd.path), 40, 10, 8, 2, "cpu", "fp32", 1, 1, [], task="regression"))
+    extras = {"m": {"kind": "matrix", "title": "t", "rows": ["a"], "cols": ["a"], "values": [[3]]}}
+    for step in range(1, 41):
+        cb.on_event(Logged(step, step / 10, 1.0 / step, 1e-3, None, 12.0, 100.0, losses=[1.0 / step], time=step))
+        if step in (5, 10):
+            cb.on_event(EvalEnded(step, step / 10, {"eval_mse": 2.0 / step}, is_best=True, extras=extras))
+    m = _MetricsTail().update(str(rd.path / "metrics.jsonl"))
+    assert m.evals == 2 and m.best("eval_mse") == {"name": "eval_mse", "value": 0.2}
+    assert m.last_log.step == 40 and m.last_log.samples_per_s == 12.0
+    assert m.steps_per_s() == pytest.approx(1.0)

@@ -78,3 +78,6 @@ def test_bad_renderer_is_a_usage_error(ip):
         and "renderer" in str(res.error_in_exec)
         and "auto, widget, display, static" in str(res.error_in_exec)
     )
+    from nb_finetune import api
+
+    assert "r" not in [x.name for x in api.all_runs()]  # refused before the run was created

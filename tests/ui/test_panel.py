@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import time
 import xml.etree.ElementTree as ET
@@ -80,6 +81,10 @@ def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, display
     assert s["eval"]["step"] == [8, 16, 24] and "eval_accuracy" in s["eval"]
     assert s["lr"]["step"][-1] == 24 and s["speed"]["samples_per_s"][-1] > 0
     assert s["layers"]["group"][0] == "embeddings" and s["layers"]["group"][-1] == "head"
+    # the task's own figure (text classification: a confusion matrix of the last evaluation), counts summing to n_eval
+    (kind, fig, src), *_ = panel.plots.extra_figs.values()
+    assert kind == "matrix" and sum(src.data["value"]) == run.task.num_eval
+    assert "text classification" in panel.header.value and "tokens/s" in panel.status.value
     # the header and status tell the run's facts
     assert "streamed" in panel.header.value and "finished" in panel.header.value
     assert "step 24/24" in panel.status.value
@@ -88,7 +93,7 @@ def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, display
     final = displays.outputs[-1]
     assert "image/svg+xml" in final and "<svg" in final["text/html"] and "embed_item" in final["text/html"]
     ET.fromstring(final["image/svg+xml"])  # well-formed
-    assert "finished" in final["image/svg+xml"]
+    assert "finished" in final["image/svg+xml"] and html.escape(fig.title.text) in final["image/svg+xml"]
     # BokehJS is loaded inline (no CDN) before the plots
     assert any(
         "Bokeh" in o.get("text/html", "") and "cdn.bokeh.org" not in o.get("text/html", "")
@@ -124,7 +129,7 @@ def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
     hist = long_run.history
     assert abs(hist.dropna(subset=["lr"]).iloc[-1]["lr"] - 1e-4) < 1e-12
     # the change is recorded in metrics.jsonl
-    recs = [r for r in long_run._run_dir.read_metrics() if r.get("event") == "ControlApplied"]
+    recs = [r for r in long_run.run_dir.read_metrics() if r.get("event") == "ControlApplied"]
     assert any(r["command"] == "set" and r["args"].get("lr") == 1e-4 and r["ok"] for r in recs)
 
 
@@ -214,12 +219,14 @@ def test_state_rebuilt_from_metrics_matches_the_live_one(tiny_config):
     run.subscribe(live)
     run.start()
     run.wait(60)
-    replay = PanelState.from_records(run._run_dir.read_metrics(), "replay", run._run_dir.status())
+    replay = PanelState.from_records(run.run_dir.read_metrics(), "replay", run.run_dir.status())
     a, b = live.take(), replay.take()
     assert [p["step"] for p in a.loss] == [p["step"] for p in b.loss] == list(range(1, 13))
     assert [p["smooth"] for p in a.loss] == pytest.approx([p["smooth"] for p in b.loss])
     assert [e["step"] for e in b.evals] == [4, 8, 12]
     assert replay.state == "finished" and [x["group"] for x in replay.layers] == [x["group"] for x in live.layers]
+    assert b.extras == a.extras and b.extras  # the task's figures of the last evaluation, through the codec
+    assert replay.task == live.task == run.task.title
 
 
 def test_auto_transport_uses_the_widget_once_it_confirms(tiny_config, displays):

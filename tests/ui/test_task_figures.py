@@ -125,7 +125,8 @@ def test_plots_build_a_heatmap_and_bars_and_update_them_at_each_eval():
     plots.apply(st.take())
     kind, heat, heat_src = plots.extra_figs["confusion"]
     assert kind == "matrix" and heat.title.text == "Confusion matrix"
-    assert list(heat.x_range.factors) == ["neg", "pos"] and list(heat.y_range.factors) == ["pos", "neg"]  # row 0 on top
+    assert list(heat.x_range.factors) == ["neg", "pos"]
+    assert list(heat.y_range.factors) == ["pos", "neg"]  # the first row on top
     cells = dict(zip(zip(heat_src.data["y"], heat_src.data["x"]), heat_src.data["text"]))
     assert cells == {("neg", "neg"): "3", ("neg", "pos"): "1", ("pos", "neg"): "2", ("pos", "pos"): "4"}
     assert heat_src.data["color"][3] != heat_src.data["color"][1]  # the largest count is the darkest
@@ -157,7 +158,13 @@ def test_a_matrix_that_changes_shape_and_unknown_kinds():
     plots = PlotSet()
     plots.set_extras({"confusion": matrix([[1, 2], [3, 4]]), "later": {"kind": "generations", "items": []}})
     assert set(plots.extra_figs) == {"confusion"}  # an unknown kind is skipped, not an error
-    bigger = {"kind": "matrix", "title": "3 classes", "rows": list("abc"), "cols": list("abc"), "values": [[1] * 3] * 3}
+    bigger = {
+        "kind": "matrix",
+        "title": "3 classes",
+        "rows": list("abc"),
+        "cols": list("abc"),
+        "values": [[1] * 3] * 3,
+    }
     plots.set_extras({"confusion": bigger})
     _, fig, src = plots.extra_figs["confusion"]
     assert list(fig.x_range.factors) == ["a", "b", "c"] and len(src.data["x"]) == 9 and fig.title.text == "3 classes"

@@ -302,6 +302,7 @@ def resolve_task(cfg) -> Task:
     from .. import data as D
 
     ds = D.load_source(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
+    _check_named_columns(cfg, ds)
     fits = [(cls, why) for cls in registry().values() if (why := cls.detect(ds, cfg))]
     if len(fits) == 1:
         cls, why = fits[0]
@@ -315,6 +316,19 @@ def resolve_task(cfg) -> Task:
         )
     named = "; ".join(f"{c.name} ({why})" for c, why in fits)
     raise DataError(f"task: auto: data.train fits several tasks: {named}. Name one with `task:`")
+
+
+def _check_named_columns(cfg, ds) -> None:
+    """A column named under `data:` that data.train lacks is the mistake to report, not the task it leaves unclear."""
+    from ..data import suggest
+
+    cols = list(getattr(ds, "column_names", []) or [])
+    for key in ("text", "text_pair", "label", "tokens", "question", "context", "answers"):
+        col = getattr(cfg.data, key, None)
+        if col is not None and col not in cols:
+            raise DataError(
+                f"data.{key}: column '{col}' is not in data.train (columns: {', '.join(cols)}).{suggest(col, cols)}"
+            )
 
 
 def check_task_keys(cfg, cls: type[Task]) -> None:
@@ -336,4 +350,6 @@ def _is_set(cfg, dotted: str) -> bool:
     *parents, last = dotted.split(".")
     for p in parents:
         obj = getattr(obj, p)
-    return last in obj.model_fields_set and getattr(obj, last) is not None
+    value = getattr(obj, last)
+    # `replace()` marks every field as set: a value equal to the default is no choice of the user's
+    return last in obj.model_fields_set and value is not None and value != type(obj).model_fields[last].default

@@ -12,7 +12,7 @@ An entity is right only when its type, first and last token all match.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -299,7 +299,7 @@ class TokenClassification(Task):
                     f"data.{key}: column '{named}' is not in data.{role} (columns: {shown}).{_suggest(named, cols)}"
                 )
         if role != "train":  # data.eval must have the columns data.train has
-            for key, col in (("tokens", self.tokens_col), ("label", self.tags_col)):
+            for col in (self.tokens_col, self.tags_col):
                 if col not in cols:
                     raise DataError(
                         f"data.{role} lacks column '{col}' that data.train has (columns: {shown}).{_suggest(col, cols)}"
@@ -433,7 +433,9 @@ class TokenClassification(Task):
 
     def describe(self) -> list[str]:
         lines = super().describe()
-        sub = "every sub-token of a word tagged" if self.cfg.label_all_tokens else "first sub-token of each word tagged"
+        sub = (
+            "every sub-token of a word tagged" if self.cfg.label_all_tokens else "first sub-token of each word tagged"
+        )
         lines.append(
             f"input: token column '{self.tokens_col}', tag column '{self.tags_col}', max_length {self.max_length}; "
             f"{sub}"
@@ -453,7 +455,9 @@ class TokenClassification(Task):
     # ------------------------------------------------------------ worker
     def head_kwargs(self) -> dict[str, Any]:
         names = self.label_names
-        return dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        return dict(
+            num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+        )
 
     def build_model(self, *, meta: bool = False):
         from transformers import AutoModelForTokenClassification
@@ -462,7 +466,12 @@ class TokenClassification(Task):
             model = self.model_obj
         else:
             model = C.from_pretrained(
-                AutoModelForTokenClassification, self.cfg, self.model_id, self.hf_config, meta=meta, **self.head_kwargs()
+                AutoModelForTokenClassification,
+                self.cfg,
+                self.model_id,
+                self.hf_config,
+                meta=meta,
+                **self.head_kwargs(),
             )
             if meta:
                 return model

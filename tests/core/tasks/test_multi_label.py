@@ -18,16 +18,18 @@ from nb_finetune.errors import DataError
 
 POS = "good great fine superb lovely wonderful excellent brilliant".split()
 NEG = "bad awful poor terrible boring dull horrible weak".split()
-ACT = "actor actress cast".split()
-FILL = "the a film movie plot story scene was is and it this very quite".split()
+ACT = "actor scene story".split()
+FILL = "the a film movie plot was is and it this very quite".split()
 
 
 def tagged_texts(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
-    """Texts that may hold a positive word, a negative word and a word about the cast; tags say which."""
+    """Texts with a positive word, a negative word or neither, and maybe a word about the acting; tags say which
+    (none, one or two per text)."""
     rng = random.Random(seed)
     texts, tags = [], []
     for _ in range(n):
-        t = [k for k, p in (("positive", 0.5), ("negative", 0.4), ("acting", 0.3)) if rng.random() < p]
+        sentiment = rng.choice(("positive", "negative", None, "positive", "negative"))
+        t = ([sentiment] if sentiment else []) + (["acting"] if rng.random() < 0.4 else [])
         words = [rng.choice(FILL) for _ in range(rng.randint(3, 9))]
         for k, vocab in (("positive", POS), ("negative", NEG), ("acting", ACT)):
             if k in t:
@@ -220,14 +222,14 @@ def test_finetune_learns_the_tags(tiny_model_dir, tmp_path):
         {
             "model": tiny_model_dir,
             "data": {"train": ml_df(256, seed=1), "eval": ml_df(64, seed=2)},
-            "epochs": 6,
+            "epochs": 10,
             "batch_size": 16,
             "lr": 2e-3,
             "log_every": 2,
             "eval_at_start": True,
             "seed": 0,
             "output_dir": str(tmp_path),
-            "name": "labels",
+            "name": "tags",
         },
         wait=True,
     )
@@ -237,10 +239,10 @@ def test_finetune_learns_the_tags(tiny_model_dir, tmp_path):
     for key in ("eval_loss", "eval_f1_micro", "eval_f1_macro", "eval_subset_accuracy"):
         assert key in evals.columns, key
     first, last = evals.iloc[0], evals.iloc[-1]
-    assert last["eval_f1_micro"] > max(0.8, first["eval_f1_micro"] + 0.2), (first, last)
-    assert last["eval_subset_accuracy"] > 0.5
+    assert last["eval_f1_micro"] > max(0.8, first["eval_f1_micro"] + 0.3), (first, last)
+    assert last["eval_f1_macro"] > 0.75 and last["eval_subset_accuracy"] > 0.6, last
     losses = run.history["loss"].dropna().to_numpy()
     assert losses[-4:].mean() < 0.7 * losses[:4].mean()
-    got = run.predict(["a superb film with a fine cast", "the plot was dull"])
+    got = run.predict(["a superb film and the actor", "the plot was very dull"])
     assert {p["label"] for p in got[0]} >= {"positive", "acting"} and "negative" not in {p["label"] for p in got[0]}
     assert [p["label"] for p in got[1]] == ["negative"]
