@@ -2,7 +2,10 @@
 
 Keys complete to `key: ` (`max_st` -> `max_steps: `), aliases are offered with the canonical name they stand for,
 values complete after `key: ` for choices (`precision: ` -> auto, fp32, bf16, fp16), booleans and a few known
-words, keys nest under `data:` / `early_stopping:`, and `{{` completes notebook variable names. Each completion's
+words, `task: ` offers `auto` and every registered task (names, then aliases, each with its title), keys nest under
+`data:` / `early_stopping:`, and `{{` completes notebook variable names. A cell that names its task (`task: ner`)
+is offered only the keys that task reads besides the common ones (the schema's `tasks=`); without one (or with
+`task: auto`) every key is offered, the task-specific ones after the common ones. Each completion's
 `type` carries the field's kind and help text, which JupyterLab shows beside the item (and as its tooltip).
 
 Works in every frontend that asks the kernel for completions (JupyterLab, Notebook, Colab, VS Code):
@@ -43,6 +46,7 @@ _VALUE_POS = re.compile(
 _VAR_POS = re.compile(r"\{\{[ \t]*(?P<frag>[A-Za-z_][A-Za-z0-9_]*)?$")
 _PARENT = re.compile(r"^(?P<indent>[ \t]*)(?P<key>[A-Za-z_][A-Za-z0-9_]*)[ \t]*:[ \t]*(?:#.*)?$")
 _KEY_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<key>[A-Za-z_][A-Za-z0-9_]*)[ \t]*:")
+_TASK_LINE = re.compile(r"^task[ \t]*:[ \t]*(?P<value>[^#]*)")
 # words a field accepts besides its type (only those the schema's own help text documents)
 _VALUE_HINTS = {
     "resume_from": ("last", "best"),
@@ -147,6 +151,50 @@ def _schema() -> dict[str, _Field]:
     from ..core.config import FinetuneConfig
 
     return _fields_of(FinetuneConfig)
+
+
+@functools.lru_cache(maxsize=1)
+def _task_specific() -> dict[str, tuple[str, ...]]:
+    """Dotted config key (`doc_stride`, `data.tokens`) -> the tasks that read it; keys not here are common."""
+    from ..core.config import task_specific_keys
+
+    return {k: tuple(v) for k, v in task_specific_keys().items()}
+
+
+def _task_values() -> list[tuple[str, str, str]]:
+    """(value, canonical name, type text) for `task: `: auto, every registered name, then every alias."""
+    from ..core.tasks.base import registry
+
+    tasks = registry()
+    values = [("auto", "auto", "picked from the data (default)")]
+    values += [(name, name, cls.title or name) for name, cls in tasks.items()]
+    seen = {v for v, _, _ in values}
+    for name, cls in tasks.items():
+        for a in cls.aliases:
+            if a not in seen:
+                seen.add(a)
+                values.append((a, name, f"alias of {name} · {cls.title or name}"))
+    return values
+
+
+def _cell_task(lines: list[str], start: int, row: int) -> str | None:
+    """The canonical task a cell's top-level `task:` line names; None for auto, none, or one not known (yet)."""
+    from ..core.tasks.base import canonical_task
+    from ..errors import ConfigError
+
+    for i in range(start + 1, len(lines)):
+        m = _TASK_LINE.match(lines[i]) if i != row else None
+        if m is None:
+            continue
+        value = m.group("value").strip().strip("'\"").strip()
+        if not value:
+            continue
+        try:
+            name = canonical_task(value)
+        except ConfigError:  # a placeholder, a typo or a half-typed name: no reason to hide keys
+            return None
+        return None if name == "auto" else name
+    return None
 
 
 def _keys(fields: dict[str, _Field]) -> dict[str, _Field]:
@@ -256,19 +304,26 @@ def finetune_completions(
             fields = pf.nested
         table = _keys(fields)
         given = {table[k].name for k in _siblings(lines, start, cursor_line, indent) if k in table}
+        task = _cell_task(lines, start, cursor_line)
+        specific = _task_specific()
+        prefix = "" if parent is None else f"{_keys(top)[parent].name}."
         low = frag.lower()
         ranked = []
         for key, f in table.items():
             if f.name in given and key != frag:
                 continue
+            users = specific.get(prefix + f.name)
+            if task is not None and users is not None and task not in users:
+                continue  # the cell's task does not read this key
             k = key.lower()
             rank = 0 if k.startswith(low) else 2 if low in k else None
             if rank is None:
                 continue
-            ranked.append((rank + (key != f.name), key, f))
-        ranked.sort(key=lambda t: (t[0], t[1]))
+            # no task named: keys only some tasks read come after the common ones
+            ranked.append((rank + (key != f.name), task is None and users is not None, key, f))
+        ranked.sort(key=lambda t: t[:3])
         # a mapping-valued key opens a nested block: `data:` then the next line
-        items = [Item(f"{key}:" if f.nested is not None else f"{key}: ", _key_type(key, f)) for _, key, f in ranked]
+        items = [Item(f"{key}:" if f.nested is not None else f"{key}: ", _key_type(key, f)) for *_, key, f in ranked]
         return frag, items
 
     m = _VALUE_POS.match(before)
@@ -279,9 +334,11 @@ def finetune_completions(
             return None
         fields = top if parent is None else getattr(_keys(top).get(parent), "nested", None)
         f = _keys(fields).get(key) if fields else None
+        pad = "" if m.group("space") else " "  # `precision:` + `bf16` would not be YAML
+        if parent is None and f is not None and f.name == "task":
+            return frag, _task_items(frag, pad)
         if f is None or not f.values:
             return None
-        pad = "" if m.group("space") else " "  # `precision:` + `bf16` would not be YAML
         low = frag.lower()
         items = []
         for v in f.values:
@@ -290,6 +347,20 @@ def finetune_completions(
                 items.append(Item(pad + v, _short(label)))
         return frag, items
     return None
+
+
+def _task_items(frag: str, pad: str) -> list[Item]:
+    """`task: ` values matching `frag` at the start or at a word (`class` -> text-classification): names first."""
+    low = frag.strip().lower().replace("_", "-")
+    ranked = []
+    for order, (value, name, text) in enumerate(_task_values()):
+        if value == frag:
+            continue
+        rank = 0 if value.startswith(low) else 1 if any(w.startswith(low) for w in value.split("-")[1:]) else None
+        if rank is not None:
+            ranked.append((value != name, rank, order, Item(pad + value, _short(text))))
+    ranked.sort(key=lambda t: t[:3])
+    return [t[-1] for t in ranked]
 
 
 # --------------------------------------------------------------------------------------------- IPython glue

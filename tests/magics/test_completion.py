@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nb_finetune.core.config import FinetuneConfig
+from nb_finetune.core.config import FinetuneConfig, task_specific_keys
+from nb_finetune.core.tasks.base import registry, task_names
 from nb_finetune.magics import completion
 from nb_finetune.magics.completion import MATCHER_ID, finetune_completions
 
@@ -137,6 +138,99 @@ def test_unload_removes_the_matcher(shell):
     assert texts(shell, "%%finetune\nmax_st") == ["max_steps: "]
 
 
+# ------------------------------------------------------------------------------------------------- the task registry
+def test_task_values_are_auto_then_names_then_aliases_with_titles(shell):
+    tasks = registry()
+    got = complete(shell, "%%finetune\nmodel: m\ntask: ")
+    values = [t for _, t, _ in got]
+    names = task_names()
+    aliases = [a for cls in tasks.values() for a in cls.aliases]
+    assert {"token-classification", "question-answering"} <= set(names) and {"ner", "qa"} <= set(aliases)
+    assert values == ["auto", *names, *aliases]
+    types = {t: ty for _, t, ty in got}
+    assert types["auto"].endswith("(default)")
+    for name, cls in tasks.items():
+        assert types[name] == cls.title
+    assert types["ner"] == f"alias of token-classification · {tasks['token-classification'].title}"
+    assert texts(shell, "%%finetune\ntask:")[:2] == [" auto", f" {names[0]}"]  # YAML needs the space
+
+
+def test_task_values_match_a_prefix_or_a_word_names_first(shell):
+    assert texts(shell, "%%finetune\ntask: to") == ["token-classification", "token-tagging"]
+    assert texts(shell, "%%finetune\ntask: token_") == ["token-classification", "token-tagging"]  # _ reads as -
+    assert texts(shell, "%%finetune\ntask: q") == ["question-answering", "qa", "extractive-qa"]
+    got = texts(shell, "%%finetune\ntask: answ")
+    assert got == ["question-answering"]  # the start of a later word
+    got = texts(shell, "%%finetune\ntask: class")
+    assert got.index("text-classification") < got.index("classification")  # names before aliases
+    assert "regression" not in got
+    assert texts(shell, "%%finetune\ntask: ner") == []  # already complete
+    assert texts(shell, "%%finetune\ntask: qa") == ["extractive-qa"]
+    assert finetune_completions("%%finetune\ndata:\n  task: ", 2, 8) is None  # not the top-level key
+
+
+def test_named_task_hides_keys_it_does_not_read(shell):
+    assert texts(shell, "%%finetune\ntask: qa\ndoc_") == ["doc_stride: "]
+    assert texts(shell, "%%finetune\ntask: question-answering\nn_be") == ["n_best: ", "n_best_size: "]
+    assert texts(shell, "%%finetune\ntask: text-classification\ndoc_") == []
+    assert texts(shell, "%%finetune\ntask: ner\ndoc_") == []
+    assert "stride: " not in texts(shell, "%%finetune\ntask: ner\nstri")
+    label = texts(shell, "%%finetune\ntask: ner\nlabel")
+    assert label[:2] == ["label_all_tokens: ", "labels: "] and "label_sep: " not in label
+    assert texts(shell, "%%finetune\ntask: qa\nlabel") == []
+    assert texts(shell, "%%finetune\ntask: multi-label\nthre") == ["threshold: "]
+    assert texts(shell, "%%finetune\ntask: regression\nthre") == []
+    # common keys stay, every task's own keys are there, and nothing another task reads
+    for name, cls in registry().items():
+        got = {t.rstrip(": ") for t in texts(shell, f"%%finetune\ntask: {name}\n")}
+        own = {k for k in cls.keys() if "." not in k}
+        assert own <= got and {"lr", "model", "data"} <= got and "task" not in got, name  # task: given
+        others = {k for k, users in task_specific_keys().items() if "." not in k and name not in users}
+        assert not got & others, (name, got & others)
+
+
+def test_task_line_anywhere_in_the_cell_and_by_alias(shell):
+    text = "%%finetune\ndoc_\nmodel: m\ntask: 'QA'  # extractive\n"
+    offset = text.index("doc_") + 4
+    assert [t for _, t, _ in complete(shell, text, offset)] == ["doc_stride: "]
+    text = "%%finetune\ndoc_\ntask: token_classification\n"
+    assert [t for _, t, _ in complete(shell, text, text.index("doc_") + 4)] == []
+    assert texts(shell, "%%finetune\ndata:\n  task: qa\nlabel_all") == ["label_all_tokens: "]  # nested: no task
+
+
+def test_auto_unknown_or_no_task_offers_every_key_task_specific_last(shell):
+    for cell in ["%%finetune\n", "%%finetune\ntask: auto\n", "%%finetune\ntask: {{t}}\n", "%%finetune\ntask: nerr\n"]:
+        got = [t.rstrip(": ") for t in texts(shell, cell)]
+        assert set(got) >= set(FinetuneConfig.model_fields) - {"task"}, cell
+        canonical = [k for k in got if k in FinetuneConfig.model_fields]
+        specific = [k for k in canonical if k in task_specific_keys()]
+        assert specific and canonical[-len(specific) :] == specific, cell  # after the common ones
+    assert texts(shell, "%%finetune\ntask: auto\ndoc_") == ["doc_stride: "]
+    assert set(texts(shell, "%%finetune\nlabel")) >= {"labels: ", "label_all_tokens: ", "label_sep: "}
+
+
+def test_nested_data_keys_follow_the_task(shell):
+    def data_keys(task_line: str, frag: str = "") -> list[str]:
+        return [t.rstrip(": ") for t in texts(shell, f"%%finetune\n{task_line}data:\n  train: x.csv\n  {frag}")]
+
+    assert data_keys("task: ner\n", "to") == ["tokens"]
+    assert data_keys("task: qa\n", "to") == []
+    assert "tags" in data_keys("task: ner\n", "ta") and "tags" not in data_keys("task: qa\n", "ta")
+    qa = set(data_keys("task: qa\n"))
+    assert {"question", "context", "answers", "eval", "eval_split"} <= qa
+    assert not qa & {"text", "text_pair", "label", "tokens"}
+    tc = set(data_keys("task: text-classification\n"))
+    assert {"text", "text_pair", "label"} <= tc and not tc & {"tokens", "question", "context", "answers"}
+    ner = set(data_keys("task: ner\n"))
+    assert {"tokens", "label"} <= ner and not ner & {"text", "text_pair", "question"}
+    every = data_keys("")
+    assert {"text", "tokens", "question", "context", "answers"} <= set(every)
+    assert every.index("eval_split") < every.index("answers")  # common keys first
+    # the task line may come after the block
+    text = "%%finetune\ndata:\n  que\ntask: text-classification\n"
+    assert [t for _, t, _ in complete(shell, text, text.index("que") + 3)] == []
+
+
 # ------------------------------------------------------------------------------------------------- IPython < 8.6
 def test_legacy_path_in_a_real_shell(shell):
     completion.install(shell, api="legacy")
@@ -186,6 +280,8 @@ def test_legacy_path_with_a_734_style_completer():
     assert [b for _, b, _ in ask("%%finetune\nprecision: ")] == ["auto", "fp32", "bf16", "fp16"]
     assert [b for _, b, _ in ask("%%finetune\ndata:\n  tr")] == ["train: "]
     assert [b for _, b, _ in ask("%%finetune\ndata: {{d")] == ["df"]
+    assert [b for _, b, _ in ask("%%finetune\ntask: q")] == ["question-answering", "qa", "extractive-qa"]
+    assert [b for _, b, _ in ask("%%finetune\ntask: ner\ndata:\n  to")] == ["tokens: "]
     assert c.calls == []  # all answered from the schema
     assert ask("x = 1\nmax_st") == [("", "python_name", "instance")]  # anything else goes to IPython
     assert ask("%%finetune\nmodel: ") == [("", "python_name", "instance")]  # nothing to offer: IPython's turn
@@ -212,6 +308,8 @@ def test_completion_never_imports_torch():
         "import sys\n"
         "from nb_finetune.magics.completion import finetune_completions\n"
         "assert finetune_completions('%%finetune\\nmax_st', 1, 6)[1]\n"
+        "assert finetune_completions('%%finetune\\ntask: ', 1, 6)[1]\n"
+        "assert finetune_completions('%%finetune\\ntask: ner\\ndata:\\n  to', 3, 4)[1]\n"
         "print([m for m in ('torch', 'transformers') if m in sys.modules])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "PYTHONPATH")}
@@ -257,6 +355,12 @@ def test_complete_request_through_a_real_kernel(tmp_path):
         assert r["matches"] == ["auto", "fp32", "bf16", "fp16"]
         types = r["metadata"]["_jupyter_types_experimental"]
         assert [t["type"] for t in types] == ["precision value (default)"] + ["precision value"] * 3
+
+        r = ask("%%finetune\ntask: q")
+        assert r["matches"] == ["question-answering", "qa", "extractive-qa"]
+        types = r["metadata"]["_jupyter_types_experimental"]
+        assert types[0]["type"] == "question answering" and types[1]["type"].startswith("alias of question-answering")
+        assert ask("%%finetune\ntask: qa\ndoc_")["matches"] == ["doc_stride: "]
 
         assert kc.execute_interactive("import os", timeout=60)["content"]["status"] == "ok"
         r = ask("x = 1\nos.pa")  # ordinary cells still complete Python (`path` with Jedi, `os.path` without)

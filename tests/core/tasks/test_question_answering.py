@@ -369,7 +369,7 @@ def test_training_pieces_learn_and_find_the_answer_in_the_last_window(tiny_model
             loss.backward()
             opt.step()
             opt.zero_grad()
-            losses.append(float(loss))
+            losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     metric = task.metric(ev)
     model.eval()
@@ -483,13 +483,13 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     from nb_finetune.core.events import RunStarted
 
     data = tmp_path / "train.jsonl"
-    rows = sentiment_records(64, 26) + sentiment_records(8, 27, words=(60, 90))  # some questions span 2+ windows
+    rows = sentiment_records(40, 26) + sentiment_records(4, 27, words=(60, 90))  # some questions span 2+ windows
     data.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = {
         "model": tiny_model_dir,
         "task": "qa",
         "data": {"train": str(data), "eval_split": 0.25},
-        "epochs": 3,
+        "epochs": 2,
         "batch_size": 8,
         "grad_accum": 2,
         "lr": 1e-3,
