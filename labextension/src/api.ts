@@ -38,6 +38,12 @@ export interface IRun {
   eta_s?: number | null;
   samples_per_s?: number | null;
   loss?: number | null;
+  /** The last logged learning rate (base x schedule factor). */
+  lr?: number | null;
+  /** The schedule's base learning rate: what Set LR replaces (the last applied `set`, else the config's lr). */
+  base_lr?: number | null;
+  /** The id of this server's kernel that runs it; null for a run of another process, server or user. */
+  kernel_id?: string | null;
   best_metric?: IBestMetric | null;
   loss_history?: number[];
   last_command: number;
@@ -68,6 +74,13 @@ export type ControlCommand = 'stop' | 'pause' | 'resume' | 'checkpoint' | 'abort
 export interface IControlReply {
   seq: number;
   id: string;
+}
+
+export type StopScope = 'server' | 'all';
+
+export interface IStopAllReply {
+  stopped: string[];
+  skipped?: string[];
 }
 
 export type RequestFn = (url: string, init: RequestInit, settings: ServerConnection.ISettings) => Promise<Response>;
@@ -165,7 +178,11 @@ export class RunsApi {
     return this.post<IControlReply>(`runs/${encodeURIComponent(id)}/control`, { cmd, args });
   }
 
-  stopAll(): Promise<{ stopped: string[] }> {
-    return this.post<{ stopped: string[] }>('stop-all', {});
+  /**
+   * Stops the live runs of this server's kernels (`scope: 'all'`: every live run), only those in `ids` when
+   * given. `skipped`: the live runs left alone because another process runs them.
+   */
+  stopAll(options: { scope?: StopScope; ids?: string[] } = {}): Promise<IStopAllReply> {
+    return this.post<IStopAllReply>('stop-all', options);
   }
 }

@@ -1,9 +1,12 @@
 /** Commands: insert a %%finetune template, stop all runs, open a run's panel in the current notebook. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Clipboard, ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { Clipboard, Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { addIcon, stopIcon } from '@jupyterlab/ui-components';
+import { Widget } from '@lumino/widgets';
+import type { IRun } from './api';
 import { CATEGORY, CommandIDs, PluginIDs } from './constants';
+import { plural, stopAllPlan } from './format';
 import { finetuneIcon } from './icons';
 import { RunsModel } from './model';
 import { IRunsModel } from './tokens';
@@ -38,6 +41,30 @@ function insertCell(panel: NotebookPanel, source: string): void {
   notebook.activeCell?.model.sharedModel.setSource(source.replace(/\n$/, ''));
 }
 
+/** The body of the Stop-all confirmation: the runs it stops, by name, and what it leaves alone. */
+class StopAllBody extends Widget {
+  constructor(runs: IRun[], left: string) {
+    super();
+    this.addClass('nbf-StopAllDialog');
+    const intro = document.createElement('p');
+    intro.textContent = `Checkpoint, then stop ${runs.length === 1 ? 'this run' : `these ${runs.length} runs`} of this server's kernels:`;
+    const list = document.createElement('ul');
+    for (const run of runs) {
+      const li = document.createElement('li');
+      li.textContent = run.name;
+      li.title = run.run_dir;
+      list.append(li);
+    }
+    this.node.append(intro, list);
+    if (left) {
+      const note = document.createElement('p');
+      note.className = 'nbf-StopAllDialog-note';
+      note.textContent = left.trim();
+      this.node.append(note);
+    }
+  }
+}
+
 export const commandsPlugin: JupyterFrontEndPlugin<void> = {
   id: PluginIDs.commands,
   description: 'Insert %%finetune template, Stop all runs, Open run panel.',
@@ -69,12 +96,30 @@ export const commandsPlugin: JupyterFrontEndPlugin<void> = {
 
     app.commands.addCommand(CommandIDs.stopAll, {
       label: 'Stop All Fine-tune Runs',
-      caption: 'Send stop (checkpoint, then stop) to every live run',
+      caption: "Send stop (checkpoint, then stop) to the live runs of this server's kernels, after a confirmation",
       icon: stopIcon,
       execute: async () => {
+        await model.refresh(); // count what is live now, not at the last poll
+        const { stop, others } = stopAllPlan(model.runs);
+        const left = others.length
+          ? ` ${plural(others.length, 'run')} of other processes (a terminal, another server or user) ` +
+            `${others.length === 1 ? 'is' : 'are'} left alone.`
+          : '';
+        if (stop.length === 0) {
+          Notification.info(`No live run of this server's kernels to stop.${left}`, { autoClose: 6000 });
+          return;
+        }
+        const answer = await showDialog({
+          title: `Stop ${plural(stop.length, 'run')}?`,
+          body: new StopAllBody(stop, left),
+          buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: `Stop ${plural(stop.length, 'run')}` })]
+        });
+        if (!answer.button.accept) {
+          return;
+        }
         try {
-          const stopped = await model.stopAll();
-          Notification.info(stopped.length ? `Stop sent to ${stopped.length} run(s)` : 'No live run to stop', {
+          const stopped = await model.stopAll(stop.map(r => r.id));
+          Notification.info(stopped.length ? `Stop sent to ${plural(stopped.length, 'run')}` : 'No live run to stop', {
             autoClose: 4000
           });
         } catch (err) {

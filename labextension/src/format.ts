@@ -146,8 +146,40 @@ export function statusText(run: IRun): string {
   return parts.join(' · ');
 }
 
-/** The run the status bar shows: the newest training run, else the newest other active one. */
-export function activeRun(runs: ReadonlyArray<IRun>): IRun | null {
-  const active = runs.filter(isActive);
-  return active.find(r => effectiveState(r) === 'training') ?? active[0] ?? null;
+/** Whether one of this server's kernels runs it (the server says which; a terminal's or another user's run is not). */
+export function isOwn(run: Pick<IRun, 'kernel_id'>): boolean {
+  return typeof run.kernel_id === 'string' && run.kernel_id !== '';
+}
+
+/**
+ * The run the status bar shows: only runs of this server's kernels, so it never jumps to another process's run.
+ * It stays on `currentId` while that run is active, else takes the newest training run, else the newest other
+ * active one (`runs` is newest first).
+ */
+export function activeRun(runs: ReadonlyArray<IRun>, currentId?: string | null): IRun | null {
+  const active = runs.filter(r => isOwn(r) && isActive(r));
+  return (
+    active.find(r => r.id === currentId) ?? active.find(r => effectiveState(r) === 'training') ?? active[0] ?? null
+  );
+}
+
+/** States in which a stop still does something (a stopping run needs none). */
+const STOPPABLE = new Set(['queued', 'starting', 'training', 'paused']);
+
+export interface IStopAllPlan {
+  /** The live runs of this server's kernels: what "Stop all" stops. */
+  stop: IRun[];
+  /** The live runs of other processes, left alone. */
+  others: IRun[];
+}
+
+/** What "Stop all" would do with the runs the sidebar shows. */
+export function stopAllPlan(runs: ReadonlyArray<IRun>): IStopAllPlan {
+  const live = runs.filter(r => r.alive && STOPPABLE.has(effectiveState(r)));
+  return { stop: live.filter(isOwn), others: live.filter(r => !isOwn(r)) };
+}
+
+/** "1 run", "3 runs". */
+export function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }

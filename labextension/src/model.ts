@@ -7,6 +7,14 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { AckTracker } from './acks';
 import { ApiError, ControlCommand, IRun, RunsApi } from './api';
 import { POLL_BACKGROUND_MS, POLL_VISIBLE_MS } from './constants';
+import { formatLr } from './lr';
+
+/** "lr=1e-5", "lr=2e-5, weight_decay=0.01": what a `set` command changes, as its acknowledgement shows it. */
+export function setLabel(args: { [key: string]: number }): string {
+  return Object.entries(args)
+    .map(([k, v]) => `${k}=${Number.isInteger(v) ? String(v) : formatLr(v)}`)
+    .join(', ');
+}
 
 export class RunsModel {
   readonly acks = new AckTracker();
@@ -101,7 +109,7 @@ export class RunsModel {
     this._errors.delete(run.id);
     try {
       const reply = await this.api.control(run.id, cmd, args);
-      this.acks.sent(run.id, cmd === 'set' ? `set ${Object.keys(args).join(', ')}` : cmd, reply.seq);
+      this.acks.sent(run.id, cmd === 'set' ? `set ${setLabel(args)}` : cmd, reply.seq);
     } catch (err) {
       this._errors.set(run.id, `${cmd}: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -109,8 +117,9 @@ export class RunsModel {
     void this._poll.refresh();
   }
 
-  async stopAll(): Promise<string[]> {
-    const reply = await this.api.stopAll();
+  /** Sends stop to the runs `ids` of this server's kernels (what the user confirmed); returns the ids stopped. */
+  async stopAll(ids: string[]): Promise<string[]> {
+    const reply = await this.api.stopAll({ scope: 'server', ids });
     void this._poll.refresh();
     return reply.stopped ?? [];
   }

@@ -1,6 +1,6 @@
 /** The "Fine-tune runs" sidebar: a list of runs with progress, a loss sparkline and Stop / Pause / Resume / Set LR. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin, ILayoutRestorer } from '@jupyterlab/application';
-import { ICommandPalette, InputDialog } from '@jupyterlab/apputils';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 import type { IRun } from './api';
 import { CATEGORY, CommandIDs, PluginIDs, SIDEBAR_ID } from './constants';
@@ -10,11 +10,14 @@ import {
   formatMetric,
   formatNumber,
   formatStep,
+  isOwn,
   progressFraction,
   sparklinePath,
   stateBadge
 } from './format';
 import { finetuneIcon } from './icons';
+import { formatLr } from './lr';
+import { askLearningRate } from './lrdialog';
 import { RunsModel } from './model';
 import { IRunsModel } from './tokens';
 
@@ -37,12 +40,14 @@ class RunRow {
   private _run: IRun;
   private name = el('span', 'nbf-Run-name');
   private badge = el('span', 'nbf-Badge');
+  private owner = el('span', 'nbf-Run-owner', 'other process');
   private step = el('span', 'nbf-Run-step');
   private eta = el('span', 'nbf-Run-eta');
   private bar = el('div', 'nbf-Progress');
   private fill = el('div', 'nbf-Progress-fill');
   private metric = el('span', 'nbf-Run-metric');
   private loss = el('span', 'nbf-Run-loss');
+  private lr = el('span', 'nbf-Run-lr');
   private spark = document.createElementNS(SVG_NS, 'svg');
   private path = document.createElementNS(SVG_NS, 'path');
   private ack = el('div', 'nbf-Run-ack');
@@ -57,7 +62,7 @@ class RunRow {
     this._run = run;
     this.node.dataset.runId = run.id;
     const head = el('div', 'nbf-Run-head');
-    head.append(this.name, this.badge);
+    head.append(this.name, this.owner, this.badge);
     const line = el('div', 'nbf-Run-line');
     line.append(this.step, this.eta);
     this.bar.append(this.fill);
@@ -70,7 +75,7 @@ class RunRow {
     this.spark.append(this.path);
     const stats = el('div', 'nbf-Run-stats');
     const numbers = el('div', 'nbf-Run-numbers');
-    numbers.append(this.loss, this.metric);
+    numbers.append(this.loss, this.lr, this.metric);
     stats.append(numbers, this.spark);
     const actions = el('div', 'nbf-Run-actions');
     const add = (name: string, label: string, title: string, handler: () => void) => {
@@ -96,15 +101,11 @@ class RunRow {
   }
 
   private async setLr(): Promise<void> {
-    const result = await InputDialog.getNumber({
-      title: `Set learning rate of ${this._run.name}`,
-      label: 'New base learning rate (e.g. 1e-5)',
-      value: NaN
-    });
-    if (!result.button.accept || result.value === null || !isFinite(result.value) || result.value <= 0) {
-      return;
+    const run = this._run;
+    const lr = await askLearningRate(run);
+    if (lr !== null) {
+      await this.model.control(run, 'set', { lr });
     }
-    await this.model.control(this._run, 'set', { learning_rate: result.value });
   }
 
   update(run: IRun): void {
@@ -125,12 +126,20 @@ class RunRow {
     this.fill.style.width = `${((frac ?? 0) * 100).toFixed(1)}%`;
     this.bar.title = frac === null ? '' : `${(frac * 100).toFixed(1)}%`;
     this.loss.textContent = typeof run.loss === 'number' ? `loss ${formatNumber(run.loss)}` : '';
+    this.lr.textContent = typeof run.lr === 'number' ? `lr ${formatLr(run.lr, 3)}` : '';
+    this.lr.title = typeof run.lr === 'number' ? `last logged learning rate ${formatLr(run.lr)}` : '';
     const metric = formatMetric(run.best_metric);
     this.metric.textContent = metric ? `best ${metric}` : '';
     const d = sparklinePath(run.loss_history, SPARK_W, SPARK_H, 2);
     this.path.setAttribute('d', d);
     this.spark.style.display = d ? '' : 'none';
     const live = run.alive && ['queued', 'starting', 'training', 'paused'].includes(state);
+    const own = isOwn(run);
+    this.node.dataset.own = String(own);
+    this.owner.style.display = live && !own ? '' : 'none';
+    this.owner.title =
+      `Not run by a kernel of this Jupyter server (process ${run.pid ?? '?'}: a terminal, another server or ` +
+      'user). "Stop all" leaves it alone; its own Stop button still works.';
     this.buttons.stop.disabled = !live;
     this.buttons.pause.disabled = !live;
     this.buttons.pause.style.display = state === 'paused' ? 'none' : '';
@@ -165,7 +174,7 @@ export class RunsSidebar extends Widget {
     const title = el('h2', 'nbf-Title', 'Fine-tune runs');
     const stopAll = el('button', 'jp-Button jp-mod-styled jp-mod-small nbf-Button nbf-StopAll', 'Stop all');
     stopAll.type = 'button';
-    stopAll.title = 'Send stop to every live run';
+    stopAll.title = "Stop the live runs of this server's kernels (checkpoint first; asks before)";
     stopAll.addEventListener('click', () => void this.commands.execute(CommandIDs.stopAll));
     header.append(title, stopAll);
     this.error.style.display = 'none';

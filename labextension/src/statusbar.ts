@@ -1,4 +1,7 @@
-/** The status bar item (JupyterLab only): the active run's name, step / total and ETA; hidden with no active run. */
+/**
+ * The status bar item (JupyterLab only): the name, step / total and ETA of the active run of this server's kernels;
+ * hidden without one. Runs of other processes (a terminal, another server or user) are never shown here.
+ */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
@@ -11,6 +14,7 @@ import { IRunsModel } from './tokens';
 export class RunStatus extends Widget {
   private icon = document.createElement('span');
   private text = document.createElement('span');
+  private current: string | null = null; // the run shown: kept while it is active
 
   constructor(private model: RunsModel) {
     super();
@@ -24,11 +28,12 @@ export class RunStatus extends Widget {
   }
 
   get isActive(): boolean {
-    return activeRun(this.model.runs) !== null;
+    return activeRun(this.model.runs, this.current) !== null;
   }
 
   refresh(): void {
-    const run = activeRun(this.model.runs);
+    const run = activeRun(this.model.runs, this.current);
+    this.current = run?.id ?? null;
     this.text.textContent = run ? statusText(run) : '';
     const frac = run ? progressFraction(run.step, run.total_steps) : null;
     this.node.title = run ? `${run.name}: ${run.state}${frac === null ? '' : `, ${(frac * 100).toFixed(0)}%`}` : '';

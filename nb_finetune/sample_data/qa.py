@@ -158,25 +158,32 @@ def _question(target: Quote, rng: random.Random) -> tuple[str, bool]:
     return rng.choice(_WORK if ask_work else _WHO).format(s=_snippet(target, rng)), ask_work
 
 
-def _context(shown: list[Quote], at: int | None, ask_work: bool) -> tuple[str, int]:
-    """The quotations one per line, and where the answer (author or work of `shown[at]`) starts."""
-    context = "\n".join(q.render() for q in shown)
+def _context(shown: list[Quote], at: int | None, ask_work: bool, bare: bool = False) -> tuple[str, int]:
+    """The quotations one per line (`bare`: only `shown[at]` with its attribution), and where the answer (author
+    or work of `shown[at]`) starts."""
+    lines = [q.render() if not bare or i == at else q.text for i, q in enumerate(shown)]
+    context = "\n".join(lines)
     if at is None:
         return context, -1
-    start = sum(len(q.render()) + 1 for q in shown[:at])
+    start = sum(len(line) + 1 for line in lines[:at])
     q = shown[at]
     return context, start + len(q.text) + 4 + (len(q.author) + 3 if ask_work else 0)  # ` -- ` and `, "`
 
 
-def _record(rid: str, target: Quote, shown: list[Quote], rng: random.Random) -> dict:
+def _record(rid: str, target: Quote, shown: list[Quote], rng: random.Random, bare: bool = False) -> dict:
     question, ask_work = _question(target, rng)
     at = shown.index(target) if target in shown else None
-    context, start = _context(shown, at, ask_work)
+    context, start = _context(shown, at, ask_work, bare)
     if at is None:
         return {"id": rid, "question": question, "context": context, "answers": {"text": [], "answer_start": []}}
     answer = target.work if ask_work else target.author
     assert context[start : start + len(answer)] == answer
-    return {"id": rid, "question": question, "context": context, "answers": {"text": [answer], "answer_start": [start]}}
+    return {
+        "id": rid,
+        "question": question,
+        "context": context,
+        "answers": {"text": [answer], "answer_start": [start]},
+    }
 
 
 def _others(pool: list[Quote], target: Quote, k: int, rng: random.Random) -> list[Quote]:
@@ -235,14 +242,23 @@ def qa_records(
     return out
 
 
-def long_record(n_quotes: int = 40, seed: int = 0, split: str = "all") -> dict:
-    """One record whose context is `n_quotes` quotations (a few thousand characters, much longer than a model's
-    window) and whose question is about the LAST of them: reading it needs every window."""
+def long_record(n_quotes: int = 20, seed: int = 0, split: str = "all", attributed: str = "last") -> dict:
+    """One record whose context is `n_quotes` quotations, one per line (thousands of characters: several windows of
+    a model), and whose question is about the LAST of them, so the answer lies in the last window.
+
+    `attributed="last"`: only that last quotation carries its attribution (a page of unattributed quotations, then
+    the one asked about, with its source); `"all"`: every quotation does, by authors who all differ (then the
+    question's opening words must be matched to the right quotation, a harder task)."""
+    if attributed not in ("last", "all"):
+        raise ValueError(f"attributed {attributed!r}: use 'last' or 'all'")
     pool = _pool(split)
     rng = random.Random(seed)
     target = rng.choice(pool)
-    shown = [q for q in rng.sample(pool, len(pool)) if q.key != target.key][: n_quotes - 1] + [target]
-    return _record(f"long-{seed}", target, shown, rng)
+    if attributed == "all":
+        shown = _others(pool, target, n_quotes - 1, rng)
+    else:
+        shown = [q for q in rng.sample(pool, len(pool)) if q.key != target.key][: n_quotes - 1]
+    return _record(f"long-{seed}", target, [*shown, target], rng, bare=attributed == "last")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,15 @@
     GET  runs                 {"runs": [Run, ...], "time": epoch_s}, newest first
     GET  runs/<id>            Run + "commands": the last 20 control.jsonl records, each with "acknowledged"
     POST runs/<id>/control    {"cmd": "stop"|"pause"|"resume"|"checkpoint"|"abort"|"set", "args": {...}} -> 202 {"seq", "id"}
-    POST stop-all             {"stopped": [ids]}
+    POST stop-all             {"scope": "server"|"all", "ids": [id, ...]} (both optional) -> {"stopped": [ids],
+                              "skipped": [ids]}: stops the live runs of this server's kernels ("server", the default)
+                              or every live run ("all"), only those in "ids" when given; "skipped" are the live runs
+                              left alone because they belong to another process
     GET  schema               the config's JSON schema
+
+A Run has "kernel_id": the id of this server's kernel that runs it, or null for a run of another process (a
+terminal, another Jupyter server, another user), "lr" (the last logged learning rate) and "base_lr" (the base of
+the schedule: the last applied `set`, else the config's).
 
 Errors are `{"message": ...}` with 400 (bad body), 404 (unknown run id) or 409 (run not alive).
 """
@@ -24,12 +31,14 @@ from jupyter_server.utils import url_path_join
 
 from ..core.runs import append_command
 from ..errors import FinetuneError
-from .runs_view import COMMANDS, RunEntry, RunsView, clean_json
+from .runs_view import COMMANDS, ID_RE, RunEntry, RunsView, clean_json, kernel_pids
 
-__all__ = ["setup_handlers", "parse_control_body", "BodyError"]
+__all__ = ["setup_handlers", "parse_control_body", "parse_stop_all_body", "BodyError"]
 
 MAX_BODY = 16 * 1024
 MAX_SET_FIELDS = 16
+MAX_STOP_IDS = 1000
+STOP_SCOPES = ("server", "all")
 
 
 class BodyError(ValueError):
@@ -78,6 +87,35 @@ def parse_control_body(body: bytes) -> tuple[str, dict[str, Any]]:
     if args:
         raise BodyError(f"args.{_key(sorted(args)[0])}: '{cmd}' takes no arguments")
     return cmd, {}
+
+
+def parse_stop_all_body(body: bytes) -> tuple[str, set[str] | None]:
+    """Validate a stop-all body; returns (scope, the run ids to limit it to or None). Raises BodyError."""
+    if len(body) > MAX_BODY:
+        raise BodyError(f"body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body.decode("utf-8") or "{}", parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BodyError(f"body is not valid JSON: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BodyError('body must be a JSON object such as {"scope": "server"}')
+    extra = sorted(set(data) - {"scope", "ids"})
+    if extra:
+        raise BodyError(f"unknown field {_key(extra[0])!r}: a stop-all body has optional 'scope' and 'ids'")
+    scope = data.get("scope", "server")
+    if scope not in STOP_SCOPES:
+        raise BodyError(f"scope: {_short(scope)} is not one of {', '.join(STOP_SCOPES)}")
+    ids = data.get("ids")
+    if ids is None:
+        return scope, None
+    if not isinstance(ids, list) or len(ids) > MAX_STOP_IDS:
+        raise BodyError(f"ids: must be a list of at most {MAX_STOP_IDS} run ids")
+    bad = [i for i in ids if not isinstance(i, str) or not ID_RE.match(i)]
+    if bad:
+        raise BodyError(f"ids: {_short(bad[0])} is not a run id")
+    return scope, set(ids)
 
 
 def _parse_set_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +183,10 @@ class _Base(APIHandler):
         """Run file reading in a worker thread: a first read of many long runs must not stall the server."""
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
+    def kernels(self) -> dict[int, str]:
+        """pid -> kernel id of this server's kernels (read on the event loop, where the kernel manager lives)."""
+        return kernel_pids(self.settings.get("kernel_manager"))
+
     def entry_or_404(self, run_id: str) -> RunEntry:
         entry = self.view.lookup(run_id)
         if entry is None:
@@ -155,7 +197,7 @@ class _Base(APIHandler):
 class RunsHandler(_Base):
     @tornado.web.authenticated
     async def get(self) -> None:
-        runs = await self.off_loop(self.view.list)
+        runs = await self.off_loop(self.view.list, kernels=self.kernels())
         self.reply({"runs": runs, "time": time.time()})
 
 
@@ -163,7 +205,7 @@ class RunHandler(_Base):
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         entry = self.entry_or_404(run_id)
-        self.reply(await self.off_loop(self.view.describe, entry, with_commands=True))
+        self.reply(await self.off_loop(self.view.describe, entry, with_commands=True, kernels=self.kernels()))
 
 
 class ControlHandler(_Base):
@@ -188,9 +230,20 @@ class ControlHandler(_Base):
 class StopAllHandler(_Base):
     @tornado.web.authenticated
     async def post(self) -> None:
-        stopped = []
-        for entry in self.view.entries():
-            if not (await self.off_loop(self.view.describe, entry))["alive"]:
+        try:
+            scope, ids = parse_stop_all_body(self.request.body or b"")
+        except BodyError as e:
+            raise tornado.web.HTTPError(400, "%s", str(e)) from None
+        kernels = self.kernels()
+        stopped, skipped = [], []
+        for entry in await self.off_loop(self.view.entries):
+            if ids is not None and entry.id not in ids:
+                continue
+            run = await self.off_loop(self.view.describe, entry, kernels=kernels)
+            if not run["alive"]:
+                continue
+            if scope == "server" and run["kernel_id"] is None:
+                skipped.append(entry.id)  # another process's run (a terminal, another server or user)
                 continue
             try:
                 append_command(entry.run_dir, "stop", source="server")
@@ -198,7 +251,8 @@ class StopAllHandler(_Base):
                 self.log.warning("nb_finetune: cannot stop run %s: %s", entry.id, e)
                 continue
             stopped.append(entry.id)
-        self.reply({"stopped": stopped})
+        self.log.info("nb_finetune: stop-all (%s): stopped %d, left %d alone", scope, len(stopped), len(skipped))
+        self.reply({"stopped": stopped, "skipped": skipped})
 
 
 class SchemaHandler(_Base):

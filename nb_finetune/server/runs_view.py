@@ -7,6 +7,11 @@ symlink-free path to a real directory, and the run's files there are regular fil
 
 `metrics.jsonl` is read incrementally: each poll reads only the bytes appended since the last one (nothing when
 its size and mtime are unchanged), and a first read of a very long file starts from its tail.
+
+A run belongs to this server when its process is one of the server's kernels or a descendant of one (a kernel
+started through a wrapper, Accelerate's child processes): `kernel_pids` lists the kernels' process ids from the
+kernel manager, `kernel_owner` walks a run's parent processes up to one of them. "Stop all" stops only those by
+default, and the status bar follows only those.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import math
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -30,7 +36,7 @@ from ..core.controls import FINAL_STATES
 from ..core.events import ControlApplied, EvalEnded, Logged, RunStarted
 from ..core.runs import ACTIVE_STATES, RunDir, index_dir, read_commands
 
-__all__ = ["ID_RE", "COMMANDS", "RunEntry", "RunsView", "clean_json"]
+__all__ = ["ID_RE", "COMMANDS", "RunEntry", "RunsView", "clean_json", "kernel_owner", "kernel_pids"]
 
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 COMMANDS = tuple(c for c in _ALL_COMMANDS if c != "freeze")  # the API's commands: freeze specs stay in Python
@@ -41,9 +47,11 @@ _RATE_WINDOW = 20  # log events the step rate (ETA) is measured over
 _MAX_TAIL = 512 << 10  # first read of a long metrics.jsonl parses its last 512 KiB ...
 _PREFIX_SAMPLES = 256  # ... plus this many log lines sampled evenly before that (the sparkline's early part)
 _EVAL_NEEDLE = records.EVAL_NEEDLE  # ... plus every eval line (found without parsing the rest)
+_CONTROL_NEEDLE = b'"event": "ControlApplied"'  # ... and every applied command (a `set lr` long ago still counts)
 _SCAN_CHUNK = 4 << 20
 _MAX_SMALL_FILE = 1 << 20  # config.yaml / status.json larger than this are ignored
 _RECENT_COMMANDS = 20
+_MAX_ANCESTORS = 16  # parent processes walked up from a run's pid to find this server's kernel
 
 
 def clean_json(value: Any) -> Any:
@@ -62,6 +70,12 @@ def _finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _positive(value: Any) -> float | None:
+    """A finite number > 0, else None (a log record without an lr decodes to 0.0: unknown, not zero)."""
+    value = _finite(value)
+    return value if value is not None and value > 0 else None
 
 
 def _is_regular_or_absent(path: str) -> bool:
@@ -84,6 +98,72 @@ def _read_small(path: str) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SMALL_FILE:
             return None
         return f.read(_MAX_SMALL_FILE + 1)
+
+
+def kernel_pids(kernel_manager: Any) -> dict[int, str]:
+    """Process id -> kernel id of the kernels `kernel_manager` (the server's MappingKernelManager) runs locally.
+
+    jupyter_client >= 7 keeps the kernel's process in its provisioner (`provisioner.pid`, `provisioner.process`);
+    older versions in `kernel`. Kernels without a local process (a gateway, a remote provisioner) are left out.
+    """
+    out: dict[int, str] = {}
+    if kernel_manager is None:
+        return out
+    try:
+        ids = list(kernel_manager.list_kernel_ids())
+    except Exception:  # a kernel manager of another kind: no kernel is ours then, nothing breaks
+        return out
+    for kid in ids:
+        try:
+            km = kernel_manager.get_kernel(kid)
+        except KeyError:  # shut down between the two calls
+            continue
+        prov = getattr(km, "provisioner", None)
+        for pid in (
+            getattr(prov, "pid", None),
+            getattr(getattr(prov, "process", None), "pid", None),
+            getattr(getattr(km, "kernel", None), "pid", None),
+        ):
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1:
+                out[pid] = str(kid)
+                break
+    return out
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of process `pid` (Linux /proc, else psutil when installed); None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")"
+        return int(data[data.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        if os.path.isdir("/proc/self"):
+            return None  # a /proc system: the process is gone or not ours to read
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return psutil.Process(pid).ppid()
+    except Exception:  # gone, or access denied
+        return None
+
+
+def kernel_owner(pid: Any, kernels: dict[int, str]) -> str | None:
+    """The id of the kernel whose process is `pid` or one of its ancestors; None when no kernel of `kernels` is."""
+    if not kernels or isinstance(pid, bool) or not isinstance(pid, int):
+        return None
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen and len(seen) < _MAX_ANCESTORS:
+        if pid in kernels:
+            return kernels[pid]
+        seen.add(pid)
+        parent = _parent_pid(pid)
+        if parent is None:
+            return None
+        pid = parent
+    return None
 
 
 class RunEntry:
@@ -137,6 +217,7 @@ class _MetricsSummary:
         self.best_flagged: EvalEnded | None = None  # the last evaluation the loop marked is_best
         self.evals = 0
         self.extremes: dict[str, tuple[float, float]] = {}  # metric -> (min, max) over evaluations
+        self.base_lr: float | None = None  # the lr of the last `set` the loop applied (the schedule's new base)
 
     def add(self, rec: dict[str, Any]) -> None:
         """One metrics.jsonl record, decoded by the run registry's codec."""
@@ -160,6 +241,10 @@ class _MetricsSummary:
                 if v is not None:
                     lo, hi = self.extremes.get(k, (v, v))
                     self.extremes[k] = (min(lo, v), max(hi, v))
+        elif isinstance(e, ControlApplied) and e.command == "set" and e.ok:
+            lr = _finite(e.args.get("lr", e.args.get("learning_rate"))) if isinstance(e.args, dict) else None
+            if lr is not None and lr > 0:
+                self.base_lr = lr
         elif isinstance(e, RunStarted) or (isinstance(e, ControlApplied) and e.command in ("pause", "resume")):
             self.window.clear()  # a resumed or paused run: the rate starts over
 
@@ -264,22 +349,24 @@ class _MetricsTail:
                 e = records.decode(records.loads(chunk[nl + 1 : nl2]))
                 if isinstance(e, Logged):
                     samples.append(e)
-        evals = []
+        found: list[tuple[int, dict[str, Any]]] = []  # (offset, record) of eval and control lines
         f.seek(0)
         pos, carry = 0, b""
         while pos < end:
+            start = pos - len(carry)
             block = carry + f.read(min(_SCAN_CHUNK, end - pos))
             pos = f.tell()
             cut = block.rfind(b"\n") + 1
             block, carry = block[:cut], block[cut:]
-            i = block.find(_EVAL_NEEDLE)
-            while i >= 0:
-                a, b = block.rfind(b"\n", 0, i) + 1, block.find(b"\n", i)
-                rec = records.loads(block[a:b])
-                if rec is not None:
-                    evals.append(rec)
-                i = block.find(_EVAL_NEEDLE, b)
-        for rec in evals:
+            for needle in (_EVAL_NEEDLE, _CONTROL_NEEDLE):
+                i = block.find(needle)
+                while i >= 0:
+                    a, b = block.rfind(b"\n", 0, i) + 1, block.find(b"\n", i)
+                    rec = records.loads(block[a:b])
+                    if rec is not None:
+                        found.append((start + a, rec))
+                    i = block.find(needle, b)
+        for _, rec in sorted(found, key=lambda x: x[0]):
             self.summary.add(rec)
         for e in samples:
             loss, step = _finite(e.loss), _finite(e.step)
@@ -327,6 +414,16 @@ def _parse_config(path: str) -> dict[str, Any]:
 
 def _parse_commands(path: str) -> list[dict[str, Any]]:
     return [c for c in read_commands(os.path.dirname(path)) if isinstance(c, dict)]
+
+
+def _config_number(value: Any) -> float | None:
+    """A number of config.yaml; `1e-5` written by hand is a string to a YAML 1.1 reader such as PyYAML."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    return _finite(value)
 
 
 def _best_metric_name(cfg: dict[str, Any]) -> str:
@@ -380,9 +477,10 @@ class RunsView:
         return validate_entry(run_id, entry)
 
     # ------------------------------------------------------------ reports
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, kernels: dict[int, str] | None = None) -> list[dict[str, Any]]:
+        """Every run of the index, newest first; `kernels` (from `kernel_pids`) fills each run's `kernel_id`."""
         entries = self.entries()
-        runs = [self.describe(e) for e in entries]
+        runs = [self.describe(e, kernels=kernels) for e in entries]
         with self._lock:  # forget runs that left the index
             keep = {e.run_dir for e in entries}
             for gone in [k for k in self._metrics if k not in keep]:
@@ -392,7 +490,9 @@ class RunsView:
             r.pop("_registered", None)
         return runs
 
-    def describe(self, e: RunEntry, *, with_commands: bool = False) -> dict[str, Any]:
+    def describe(
+        self, e: RunEntry, *, with_commands: bool = False, kernels: dict[int, str] | None = None
+    ) -> dict[str, Any]:
         rd = RunDir(e.run_dir)
         st = rd.status()
         alive = rd.is_live()
@@ -411,6 +511,7 @@ class RunsView:
             rate = m.steps_per_s()
             best = m.best(_best_metric_name(cfg))
             last_log = m.last_log
+            base_lr = m.base_lr
         step = _finite(st.get("step"))
         total = _finite(st.get("total_steps"))
         eta = None
@@ -420,6 +521,11 @@ class RunsView:
         heartbeat = _finite(st.get("heartbeat"))
         model = cfg.get("model")
         loss = _finite(last_log.loss) if last_log is not None else _finite(st.get("loss"))
+        pid = st.get("pid") if isinstance(st.get("pid"), int) else e.entry.get("pid")
+        host = st.get("host") or e.entry.get("host")
+        own = bool(alive and kernels) and (not isinstance(host, str) or host == socket.gethostname())
+        if base_lr is None:
+            base_lr = _config_number(cfg.get("lr", cfg.get("learning_rate")))
         run: dict[str, Any] = {
             "id": e.id,
             "name": st.get("name") or e.entry.get("name") or os.path.basename(e.run_dir),
@@ -428,13 +534,18 @@ class RunsView:
             "reason": st.get("reason"),
             "alive": alive,
             "heartbeat_age_s": round(max(0.0, now - heartbeat), 1) if heartbeat is not None else None,
-            "pid": st.get("pid") if isinstance(st.get("pid"), int) else e.entry.get("pid"),
+            "pid": pid,
+            # the id of this server's kernel that runs it (its process or an ancestor of it); None for a run of
+            # another process: a terminal, another server, another user
+            "kernel_id": kernel_owner(pid, kernels) if own else None,
             "step": int(step) if step is not None else 0,
             "total_steps": int(total) if total is not None else None,
             "epoch": _finite(st.get("epoch")),
             "eta_s": round(eta, 1) if eta is not None else None,
             "samples_per_s": _finite(last_log.samples_per_s) if last_log is not None else None,
             "loss": loss,
+            "lr": _positive(last_log.lr) if last_log is not None else None,  # last logged: base lr x schedule factor
+            "base_lr": _positive(base_lr),  # what `set lr` changes: the last applied set, else the config's lr
             "best_metric": best,
             "loss_history": history,
             "last_command": last_command,

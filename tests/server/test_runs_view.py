@@ -163,3 +163,90 @@ def test_reads_what_the_registry_writes_with_the_task_fields(tmp_path, monkeypat
     assert m.evals == 2 and m.best("eval_mse") == {"name": "eval_mse", "value": 0.2}
     assert m.last_log.step == 40 and m.last_log.samples_per_s == 12.0
     assert m.steps_per_s() == pytest.approx(1.0)
+
+
+def test_base_lr_is_the_last_applied_set_even_long_before_the_tail(tmp_path, monkeypatch):
+    from nb_finetune.core.events import ControlApplied, Logged
+    from nb_finetune.core.runs import RegistryCallback
+
+    monkeypatch.setattr(runs_view, "_MAX_TAIL", 600)
+    monkeypatch.setattr(runs_view, "_SCAN_CHUNK", 300)
+    rd = RunDir.create(tmp_path / "runs", "lr")
+    rd.write_config("model: tiny\nlr: 1e-3\n")  # hand-written: `1e-3` is a string to PyYAML
+    rd.write_status(state="training", pid=os.getpid(), name="lr")
+    rd.register()
+    cb = RegistryCallback(rd)
+    view = RunsView()
+    [run] = view.list()
+    assert (run["lr"], run["base_lr"]) == (None, 1e-3)  # nothing logged yet: the config's lr
+    for step in range(1, 61):
+        if step == 5:
+            cb.on_event(ControlApplied(step, "set", {"lr": 3e-4}, 1, "file"))
+        if step == 7:
+            cb.on_event(ControlApplied(step, "set", {"lr": 7e-5}, 2, "file"))
+        if step == 9:  # refused: not the base
+            cb.on_event(ControlApplied(step, "set", {"lr": 5.0}, 3, "file", ok=False, message="no"))
+        cb.on_event(Logged(step, step / 10, 1.0, 7e-5 * 0.5, None, 12.0, 100.0, time=step))
+    m = _MetricsTail().update(str(rd.path / "metrics.jsonl"))
+    assert m.base_lr == 7e-5  # found by the prefix scan, in file order
+    [run] = RunsView().list()
+    assert run["base_lr"] == 7e-5 and run["lr"] == pytest.approx(3.5e-5)
+
+
+class _Prov:
+    def __init__(self, pid=None, process_pid=None):
+        self.pid = pid
+        if process_pid is not None:
+            self.process = type("P", (), {"pid": process_pid})()
+
+
+class _Kernels:
+    """The part of jupyter_server's MappingKernelManager that `kernel_pids` reads."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def list_kernel_ids(self):
+        return [*self.kernels, "gone"]
+
+    def get_kernel(self, kid):
+        return self.kernels[kid]  # "gone" -> KeyError, as for a kernel shut down in between
+
+
+def test_kernel_pids_reads_the_provisioners():
+    km = _Kernels(
+        {
+            "a": type("K", (), {"provisioner": _Prov(pid=4242)})(),
+            "b": type("K", (), {"provisioner": _Prov(process_pid=4343)})(),
+            "remote": type("K", (), {"provisioner": _Prov()})(),  # a gateway or remote kernel: no local pid
+            "old": type("K", (), {"kernel": type("P", (), {"pid": 4444})()})(),  # jupyter_client < 7
+        }
+    )
+    assert runs_view.kernel_pids(km) == {4242: "a", 4343: "b", 4444: "old"}
+    assert runs_view.kernel_pids(None) == {} and runs_view.kernel_pids(object()) == {}
+
+
+def test_a_run_belongs_to_the_kernel_that_is_its_process_or_an_ancestor():
+    import subprocess
+    import sys
+
+    # this process plays the kernel; its grandchild the training process (a kernel started through a wrapper,
+    # or Accelerate's child processes)
+    spawn = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    child = subprocess.Popen(
+        [sys.executable, "-c", spawn + "; print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True
+    )
+    grandchild = int(child.stdout.readline())
+    try:
+        kernels = {os.getpid(): "k1"}
+        assert runs_view.kernel_owner(os.getpid(), kernels) == "k1"
+        assert runs_view.kernel_owner(child.pid, kernels) == "k1"
+        assert runs_view.kernel_owner(grandchild, kernels) == "k1"
+        assert runs_view.kernel_owner(grandchild, {child.pid: "k2"}) == "k2"
+        assert runs_view.kernel_owner(os.getpid(), {child.pid: "k2"}) is None  # a parent is no descendant
+        assert runs_view.kernel_owner(os.getppid(), kernels) is None
+        assert runs_view.kernel_owner(child.pid, {}) is None and runs_view.kernel_owner(None, kernels) is None
+    finally:
+        os.kill(grandchild, 9)
+        child.kill()
+        child.wait()

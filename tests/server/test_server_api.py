@@ -106,6 +106,7 @@ def server(tmp_path_factory):
         stderr=subprocess.STDOUT,
     )
     srv = Server(f"http://127.0.0.1:{port}/", token, proc, tmp / "index")
+    srv.runtime = tmp / "runtime"  # the kernels' connection files
     deadline = time.monotonic() + 90
     while True:
         assert proc.poll() is None, (tmp / "server.log").read_text()
@@ -310,7 +311,7 @@ def test_index_entries_that_leave_their_directory_are_ignored(api, tmp_path):
     for why, rid in bad.items():
         assert api.request("GET", API + f"runs/{rid}")[0] == 404, why
         assert api.request("POST", API + f"runs/{rid}/control", {"cmd": "stop"})[0] == 404, why
-    assert api.request("POST", API + "stop-all", {})[1] == {"stopped": []}
+    assert api.request("POST", API + "stop-all", {"scope": "all"})[1] == {"stopped": [], "skipped": []}
     assert not (outside / "control.jsonl").exists()
     assert target.read_text() == "original\n"
 
@@ -369,15 +370,124 @@ def test_commands_are_appended_with_source_server_and_shown_pending(api, tmp_pat
     assert [(c["seq"], c["cmd"], c["acknowledged"]) for c in r["commands"]] == [(1, "set", True), (2, "stop", False)]
 
 
-def test_stop_all_stops_every_alive_run(api, tmp_path):
+def test_stop_all_with_scope_all_stops_every_alive_run(api, tmp_path):
     a = fake_run(tmp_path / "runs", "a")
     b = fake_run(tmp_path / "runs", "b", state="paused")
     c = fake_run(tmp_path / "runs", "c", pid=dead_pid())
     d = fake_run(tmp_path / "runs", "d", state="finished")
-    status, reply = api.request("POST", API + "stop-all", {})
+    status, reply = api.request("POST", API + "stop-all", {"scope": "all"})
     assert status == 200 and sorted(reply["stopped"]) == sorted([run_id(a.path), run_id(b.path)])
+    assert reply["skipped"] == []
     for rd, n in [(a, 1), (b, 1), (c, 0), (d, 0)]:
         assert [x["cmd"] for x in read_commands(rd.path)] == ["stop"] * n
+
+
+@pytest.fixture()
+def other_process():
+    """A live process that is neither this server nor one of its kernels (a run started from a terminal)."""
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_stop_all_leaves_runs_of_other_processes_alone(api, tmp_path, other_process):
+    other = fake_run(tmp_path / "runs", "other", pid=other_process.pid)
+    mine = fake_run(tmp_path / "runs", "this_test")  # this test's process: not a kernel of the server either
+    runs = {r["name"]: r for r in api.request("GET", API + "runs")[1]["runs"]}
+    assert runs["other"]["alive"] is True and runs["other"]["kernel_id"] is None
+    assert runs["this_test"]["kernel_id"] is None
+
+    status, reply = api.request("POST", API + "stop-all", {})
+    assert status == 200 and reply["stopped"] == []
+    assert sorted(reply["skipped"]) == sorted([run_id(other.path), run_id(mine.path)])
+    # ids limit what is stopped, never widen the scope
+    status, reply = api.request("POST", API + "stop-all", {"ids": [run_id(other.path)]})
+    assert status == 200 and reply == {"stopped": [], "skipped": [run_id(other.path)]}
+    assert not (other.path / "control.jsonl").exists() and not (mine.path / "control.jsonl").exists()
+    assert other_process.poll() is None
+    # everything, when asked for; only the listed ids then
+    status, reply = api.request("POST", API + "stop-all", {"scope": "all", "ids": [run_id(other.path)]})
+    assert status == 200 and reply == {"stopped": [run_id(other.path)], "skipped": []}
+    assert [c["cmd"] for c in read_commands(other.path)] == ["stop"]
+    assert not (mine.path / "control.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"[1]", "object"),
+        (b'{"scope": "everyone"}', "scope"),
+        (b'{"scope": "all", "force": true}', "force"),
+        (b'{"ids": "0123456789abcdef"}', "ids"),
+        (b'{"ids": ["../../etc"]}', "ids"),
+        (b'{"ids": [7]}', "ids"),
+    ],
+)
+def test_bad_stop_all_bodies_are_400(api, tmp_path, body, field):
+    rd = fake_run(tmp_path / "runs", "untouched")
+    status, err = api.request("POST", API + "stop-all", raw=body)
+    assert status == 400 and field in err["message"], err
+    assert not (rd.path / "control.jsonl").exists()
+
+
+def _kernel_client(server, kernel_id: str):
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient(connection_file=str(server.runtime / f"kernel-{kernel_id}.json"))
+    kc.load_connection_file()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return kc
+
+
+@pytest.mark.kernel
+def test_stop_all_stops_the_run_of_this_servers_kernel(api, tmp_path, tiny_model_dir, other_process):
+    other = fake_run(tmp_path / "runs", "other", pid=other_process.pid)
+    status, kernel = api.request("POST", "api/kernels", {"name": "python3"})
+    assert status == 201, kernel
+    kc = _kernel_client(api, kernel["id"])
+    try:
+        # a real run in the kernel, training in the background until it is stopped
+        code = "\n".join(
+            [
+                "import pandas as pd",
+                "from tests.conftest import make_texts",
+                "from nb_finetune import finetune",
+                "texts, labels = make_texts(64, seed=1)",
+                f"run = finetune({{'name': 'mine', 'model': {str(tiny_model_dir)!r}, "
+                "'data': {'train': pd.DataFrame({'text': texts, 'label': labels}), 'eval_split': 0}, "
+                "'max_steps': 1000000, 'batch_size': 16, 'log_every': 1, 'save_every': None, "
+                f"'output_dir': {str(tmp_path / 'kernel_runs')!r}}})",
+            ]
+        )
+        reply = kc.execute_interactive(code, timeout=180, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        deadline = time.monotonic() + 120
+        while True:
+            runs = {r["name"]: r for r in api.request("GET", API + "runs")[1]["runs"]}
+            if runs.get("mine", {}).get("state") == "training" and runs["mine"]["step"] >= 2:
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.2)
+        mine = runs["mine"]
+        assert mine["kernel_id"] == kernel["id"] and runs["other"]["kernel_id"] is None
+        assert mine["lr"] is not None and mine["base_lr"] == pytest.approx(2e-5)  # the default lr
+
+        status, reply = api.request("POST", API + "stop-all", {})
+        assert status == 200 and reply == {"stopped": [mine["id"]], "skipped": [run_id(other.path)]}
+        deadline = time.monotonic() + 120
+        while (r := api.request("GET", API + f"runs/{mine['id']}")[1])["state"] != "stopped":
+            assert time.monotonic() < deadline, r
+            time.sleep(0.2)
+        assert r["alive"] is False and r["commands"][-1]["cmd"] == "stop" and r["commands"][-1]["acknowledged"]
+        # the other process's run goes on, untouched
+        o = api.request("GET", API + f"runs/{run_id(other.path)}")[1]
+        assert (o["state"], o["alive"], o["commands"]) == ("training", True, [])
+        assert other_process.poll() is None
+    finally:
+        kc.stop_channels()
+        api.request("DELETE", f"api/kernels/{kernel['id']}")
 
 
 def test_a_live_run_honours_a_stop_from_the_server(api, tiny_config):

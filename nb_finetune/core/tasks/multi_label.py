@@ -67,7 +67,7 @@ class MultiLabelClassification(SequenceTask):
             items = _as_list(v, sep)
             if items is None:
                 hint = (
-                    f"set `label_sep: \",\"` (the delimiter) if it holds several labels in one string"
+                    'set `label_sep: ","` (the delimiter) if it holds several labels in one string'
                     if isinstance(v, str)
                     else "use a list of labels per row ([] for none)"
                 )
@@ -127,7 +127,12 @@ class MultiLabelClassification(SequenceTask):
         self.labels_per_text = float(np.mean([len(set(r)) for r in full])) if full else 0.0
 
     def _int_names(self, full, eval_rows, given):
-        ids = [(role, row, x) for role, rows in (("train", full), ("eval", eval_rows)) for row, r in enumerate(rows) for x in r]
+        ids = [
+            (role, row, x)
+            for role, rows in (("train", full), ("eval", eval_rows))
+            for row, r in enumerate(rows)
+            for x in r
+        ]
         neg = next((t for t in ids if int(t[2]) < 0), None)
         if neg is not None:
             raise DataError(f"data.label: row {neg[1]} of data.{neg[0]} has class id {neg[2]}; ids are 0..K-1")

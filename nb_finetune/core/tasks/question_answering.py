@@ -220,10 +220,11 @@ class QuestionAnswering(Task):
             )
         stride = self.cfg.doc_stride
         if stride >= room:
-            if "doc_stride" in self.cfg.model_fields_set:
+            default = type(self.cfg).model_fields["doc_stride"].default
+            if stride != default:  # the user's choice (`replace()` marks every field as set: compare values)
                 raise ConfigError(
                     f"Invalid finetune config: doc_stride {stride} must be smaller than the context room of a "
-                    f"window: max_length {self.max_length} minus the longest question ({qlen} tokens, row {row} of "
+                    f"window: max_length {self.max_length} minus the longest question ({qlen} token{'s' * (qlen != 1)}, row {row} of "
                     f"data.{role}) and special tokens = {room}; use doc_stride: {room // 2} or a larger max_length"
                 )
             self.stride_note = f" (default {stride} lowered to fit max_length {self.max_length})"
@@ -240,7 +241,9 @@ class QuestionAnswering(Task):
             if ds is not None:
                 lines.append(f"{role}: {len(ds):,} questions -> {len(self.windows(role)):,} windows")
         null = "; 'no answer' when the [CLS] score beats the best span (the train data has unanswerable questions)"
-        lines.append("head: start / end logit per token (cross-entropy over positions)" + (null if self.allow_null else ""))
+        lines.append(
+            "head: start / end logit per token (cross-entropy over positions)" + (null if self.allow_null else "")
+        )
         if self.eval_unanswerable and not self.allow_null:
             lines.append(
                 f"note: data.eval has {self.eval_unanswerable} unanswerable questions but data.train has none: "
@@ -272,7 +275,9 @@ class QuestionAnswering(Task):
         if self.model_obj is not None:
             model = self.model_obj
         else:
-            model = C.from_pretrained(AutoModelForQuestionAnswering, self.cfg, self.model_id, self.hf_config, meta=meta)
+            model = C.from_pretrained(
+                AutoModelForQuestionAnswering, self.cfg, self.model_id, self.hf_config, meta=meta
+            )
             if meta:
                 return model
         return C.finish_model(self.cfg, model, self.tokenizer)
@@ -295,7 +300,9 @@ class QuestionAnswering(Task):
         tok = self.tokenizer
         right = tok.padding_side == "right"  # question first, unless the model reads the context first
         lengths = self.question_lengths(questions)
-        too_long = np.flatnonzero(self.max_length - tok.num_special_tokens_to_add(pair=True) - lengths <= self.doc_stride)
+        too_long = np.flatnonzero(
+            self.max_length - tok.num_special_tokens_to_add(pair=True) - lengths <= self.doc_stride
+        )
         if len(too_long):
             i = int(too_long[0])
             raise DataError(
@@ -429,9 +436,7 @@ class QuestionAnswering(Task):
             ex = samples[w]
             kept[ex] = merge_candidates(kept[ex], cands, n_best)
             null[ex] = min(null[ex], null_score)
-        results = [
-            choose(contexts[i], kept[i], null[i] if self.allow_null else None) for i in range(len(questions))
-        ]
+        results = [choose(contexts[i], kept[i], null[i] if self.allow_null else None) for i in range(len(questions))]
         return results[0] if single else results
 
 

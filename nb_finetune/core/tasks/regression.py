@@ -62,7 +62,12 @@ class Regression(SequenceTask):
             self.labels_of(self.eval, "eval")
         y = np.asarray(self.labels_of(self.train, "train"), dtype=np.float64)
         self.label_names = []
-        self.label_stats = {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+        self.label_stats = {
+            "mean": float(y.mean()),
+            "std": float(y.std()),
+            "min": float(y.min()),
+            "max": float(y.max()),
+        }
 
     def labels_of(self, ds, role: str) -> list[float] | None:
         """The label of every row of `ds` as a float, or None when it has no label column."""

@@ -70,7 +70,7 @@ def squad_scores(predictions: Iterable[str], references: Iterable[Sequence[str]]
 
     Example:
         >>> squad_scores(["The Eiffel tower", "Paris", ""], [["Eiffel Tower"], ["in Paris, France"], []])
-        {'exact_match': 0.6666666666666666, 'f1': 0.8333333333333333}
+        {'exact_match': 0.6666666666666666, 'f1': 0.8333333333333334}
     """
     em = f1 = 0.0
     n = 0

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from ...errors import ConfigError
 
-__all__ = ["resolve_precision", "device_type", "device_name", "memory_mb", "make_accelerator", "precision_of"]
+__all__ = [
+    "resolve_precision",
+    "device_type",
+    "device_name",
+    "memory_mb",
+    "make_accelerator",
+    "precision_of",
+    "keep_thread_count",
+]
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -67,3 +75,15 @@ def make_accelerator(precision: str):
 def precision_of(accelerator) -> str:
     """The precision a run reports: fp32 | bf16 | fp16."""
     return {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+
+
+def keep_thread_count() -> None:
+    """Give this (worker) thread the intra-op thread count `torch.get_num_threads()` reports.
+
+    `torch.set_num_threads(n)` in the notebook sets OpenMP's and MKL's count for the calling thread only: on a new
+    thread MKL's matmuls go back to one thread per core while torch still reports n (measured: a 1-thread setting
+    ran the worker's matmuls on 2 threads). Set again here, every kernel library uses what the user asked for.
+    """
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())

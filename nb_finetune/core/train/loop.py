@@ -34,7 +34,15 @@ from .checkpoints import (
     set_rng_state,
     write_best,
 )
-from .device import device_name, device_type, make_accelerator, memory_mb, precision_of, resolve_precision
+from .device import (
+    device_name,
+    device_type,
+    keep_thread_count,
+    make_accelerator,
+    memory_mb,
+    precision_of,
+    resolve_precision,
+)
 from .evaluate import evaluate
 from .flow import Best, Meter, due, eval_due
 from .live import (
@@ -116,6 +124,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     emit = Emitter(callbacks)
 
     # ---------------------------------------------------------------- set-up
+    keep_thread_count()  # this is the worker thread: the notebook's torch.set_num_threads holds here too
     accelerator = make_accelerator(resolve_precision(cfg.precision.value, device_type()))
     device, precision = accelerator.device, precision_of(accelerator)
     live = Live.from_config(cfg, lm)
@@ -139,49 +148,13 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
     mask_4d = task.capabilities.mask_4d and probe_4d_mask(model, job.train_data, collate, device)
     param_dtype = next(unwrapped.parameters()).dtype
-    if task.capabilities.prefix_cache:
-        unfreeze_epochs = None if live.unfreeze_at is None else (live.unfreeze_at - live.unfreeze_from) / spe
-        parts.cache, cache_note = setup_cache(
-            cfg,
-            unwrapped,
-            lm,
-            live.frozen,
-            job.train_data,
-            collate,
-            device,
-            precision,
-            live.total_steps(spe) / spe,
-            spill_dir=rd.path / "cache",
-            unfreeze_epochs=unfreeze_epochs,
-        )
-    else:
-        cache_note = f"off (task {task.name}: a frozen prefix is not exact to cache)"
+    parts.cache, cache_note = _prefix_cache(job, parts, live, spe, collate, device, precision)
     # torch.compile for the training forward only (evaluation keeps the eager module: no recompiles for eval mode)
     train_forward = torch.compile(model, dynamic=True) if cfg.compile else model
     parts.flops = FlopModel(unwrapped, lm)
     parts.flops.update(live.frozen, parts.cache.depth if parts.cache is not None else 0)
     peak = peak_flops(device_name(device), precision) if device.type == "cuda" else None
-    emit(
-        RunStarted(
-            name=rd.name,
-            run_dir=str(rd.path),
-            total_steps=live.total_steps(spe),
-            steps_per_epoch=spe,
-            num_train=len(job.train_data),
-            num_eval=len(job.eval_data) if job.eval_data else 0,
-            device=device_name(device),
-            precision=precision,
-            params_total=total_params,
-            params_trainable=parts.trainable,
-            layers=lm.table(live.frozen),
-            start_step=pos.step,
-            cache=cache_note,
-            task=task.name,
-            task_title=task.title,
-            task_detail=task.describe(),
-            throughput_unit=task.capabilities.throughput_unit,
-        )
-    )
+    emit(_run_started(job, parts, live, spe, pos, device, precision, cache_note))
     if job.resume_checkpoint is None and (refusal := nothing_to_unfreeze(live, lm, pos.step)) is not None:
         emit(refusal)
     desk = CommandDesk(controls, rd, emit)
@@ -383,3 +356,49 @@ def _resume(path: Path, parts: Parts, live: Live, best: Best, cfg: FinetuneConfi
     set_rng_state(rng)
     step = st["step"]
     return Position(step, st["epoch"], st["batch"], st.get("samples", 0), st.get("tokens", 0), last_ckpt=step)
+
+
+def _prefix_cache(job: Job, parts: Parts, live: Live, spe: int, collate, device, precision: str):
+    """The frozen-prefix cache (installed) and its RunStarted note, where the task says a frozen prefix is exact."""
+    task = job.task
+    if not task.capabilities.prefix_cache:
+        return None, f"off (task {task.name}: a frozen prefix is not exact to cache)"
+    unfreeze_epochs = None if live.unfreeze_at is None else (live.unfreeze_at - live.unfreeze_from) / spe
+    return setup_cache(
+        job.config,
+        parts.accelerator.unwrap_model(parts.model),
+        parts.layer_map,
+        live.frozen,
+        job.train_data,
+        collate,
+        device,
+        precision,
+        live.total_steps(spe) / spe,
+        spill_dir=job.run_dir.path / "cache",
+        unfreeze_epochs=unfreeze_epochs,
+    )
+
+
+def _run_started(
+    job: Job, parts: Parts, live: Live, spe: int, pos: Position, device, precision: str, cache_note: str
+) -> RunStarted:
+    task, rd = job.task, job.run_dir
+    return RunStarted(
+        name=rd.name,
+        run_dir=str(rd.path),
+        total_steps=live.total_steps(spe),
+        steps_per_epoch=spe,
+        num_train=len(job.train_data),
+        num_eval=len(job.eval_data) if job.eval_data else 0,
+        device=device_name(device),
+        precision=precision,
+        params_total=parts.total_params,
+        params_trainable=parts.trainable,
+        layers=parts.layer_map.table(live.frozen),
+        start_step=pos.step,
+        cache=cache_note,
+        task=task.name,
+        task_title=task.title,
+        task_detail=task.describe(),
+        throughput_unit=task.capabilities.throughput_unit,
+    )

@@ -188,7 +188,9 @@ def test_metric_finds_the_answer_in_the_last_window_on_crafted_logits(tiny_model
 
 
 def test_v2_no_answer_wins_when_the_null_score_beats_every_span(tiny_model_dir):
-    train = sentiment_records(8, 5) + [{"id": "u", "question": QUESTION, "context": "the film", "answers": _ans([], [])}]
+    train = sentiment_records(8, 5) + [
+        {"id": "u", "question": QUESTION, "context": "the film", "answers": _ans([], [])}
+    ]
     task = make_task(tiny_model_dir, train, data={"train": train, "eval_split": 0})
     assert task.allow_null and any("no answer" in line for line in task.describe())
     rows = sentiment_records(2, 6) + [{"question": QUESTION, "context": "plot was story", "answers": _ans([], [])}]
@@ -273,10 +275,16 @@ def test_answer_start_mismatch_names_the_row_and_what_the_context_has(tiny_model
 
 
 def test_missing_columns_suggest_the_close_name(tiny_model_dir):
-    rows = [{"question": r["question"], "contexts": r["context"], "answers": r["answers"]} for r in sentiment_records(4, 9)]
-    with pytest.raises(DataError, match=r"data.context: column 'context' is not in data.train .*Did you mean 'contexts'"):
+    rows = [
+        {"question": r["question"], "contexts": r["context"], "answers": r["answers"]} for r in sentiment_records(4, 9)
+    ]
+    with pytest.raises(
+        DataError, match=r"data.context: column 'context' is not in data.train .*Did you mean 'contexts'"
+    ):
         make_task(tiny_model_dir, rows)
-    rows = [{"Question": r["question"], "context": r["context"], "answers": r["answers"]} for r in sentiment_records(4, 9)]
+    rows = [
+        {"Question": r["question"], "context": r["context"], "answers": r["answers"]} for r in sentiment_records(4, 9)
+    ]
     with pytest.raises(DataError, match="Did you mean 'Question'"):
         make_task(tiny_model_dir, rows)
     renamed = [{"q": r["question"], "context": r["context"], "answers": r["answers"]} for r in sentiment_records(4, 9)]
@@ -286,17 +294,24 @@ def test_missing_columns_suggest_the_close_name(tiny_model_dir):
 
 def test_answers_not_in_squad_shape_name_the_row(tiny_model_dir):
     rows = sentiment_records(4, 10)
-    for wrong in (["a"], {"text": ["x"]}, {"text": ["a", "b"], "answer_start": [1]}, {"text": "fine", "answer_start": 0}):
-        bad = [dict(r, answers=json.dumps(wrong)) if i == 2 else dict(r, answers=json.dumps(r["answers"])) for i, r in enumerate(rows)]
+    for wrong in (
+        ["a"],
+        {"text": ["x"]},
+        {"text": ["a", "b"], "answer_start": [1]},
+        {"text": "fine", "answer_start": 0},
+    ):
+        bad = [
+            dict(r, answers=json.dumps(wrong)) if i == 2 else dict(r, answers=json.dumps(r["answers"]))
+            for i, r in enumerate(rows)
+        ]
         with pytest.raises(DataError, match="row 2 of data.train is not in SQuAD shape"):
             make_task(tiny_model_dir, bad)
     assert parse_answers("{'text': ['a'], 'answer_start': [3]}", 0, "train") == (["a"], [3])  # a CSV cell
 
 
 def test_empty_data_a_model_without_qa_head_a_slow_tokenizer_and_too_long_questions(tiny_model_dir, tmp_path):
-    from transformers import BertTokenizerFast, ViTConfig
-
     import pandas as pd
+    from transformers import BertTokenizerFast, ViTConfig
 
     with pytest.raises(DataError, match="data.train is empty"):
         make_task(tiny_model_dir, pd.DataFrame({"question": [], "context": [], "answers": []}))
@@ -338,11 +353,15 @@ def test_sample_records_are_deterministic_real_quotes_with_correct_spans(tiny_mo
             assert r["context"][s : s + len(t)] == t
         assert all(line.split(" -- ")[0] in texts or " -- " in line for line in r["context"].split("\n"))
     assert 20 < sum(1 for r in recs if not r["answers"]["text"]) < 80
-    train_q = {q.text for q in quotes()} - {line.rsplit(" -- ", 1)[0] for r in recs for line in r["context"].split("\n")}
+    train_q = {q.text for q in quotes()} - {
+        line.rsplit(" -- ", 1)[0] for r in recs for line in r["context"].split("\n")
+    }
     assert len(train_q) > 100  # test contexts use test quotations only
     rec = long_record(40, seed=1)
     assert rec["context"].endswith(rec["answers"]["text"][0]) or rec["context"].endswith('"')
-    task = make_task(tiny_model_dir, qa_records(6, 0), max_length=64, data={"train": qa_records(6, 0), "eval_split": 0})
+    task = make_task(
+        tiny_model_dir, qa_records(6, 0), max_length=64, data={"train": qa_records(6, 0), "eval_split": 0}
+    )
     assert task.num_train >= 6  # pre-flight accepts the records; with 64 positions they span several windows
 
 
@@ -392,7 +411,10 @@ def test_finetune_learns_answers_and_reports_exact_match_and_f1(tiny_model_dir, 
     cfg = {
         "model": tiny_model_dir,
         "task": "qa",
-        "data": {"train": sentiment_records(192, 21), "eval": sentiment_records(40, 22) + sentiment_records(4, 23, **LONG)},
+        "data": {
+            "train": sentiment_records(192, 21),
+            "eval": sentiment_records(40, 22) + sentiment_records(4, 23, **LONG),
+        },
         "epochs": 3,
         "batch_size": 16,
         "lr": 3e-3,

@@ -131,7 +131,9 @@ def test_a_non_numeric_label_names_its_row_and_value_in_the_users_data(tiny_mode
     df.loc[29, "score"] = "?"
     df.to_csv(csv, index=False)  # pandas reads the column back as text: '0.5', ..., '?'
     # row 29 of the data as given, although eval_split shuffles a quarter of it away before training
-    with pytest.raises(DataError, match=r"row 29 of data.train has label '\?', which is not a number, in column 'score'"):
+    with pytest.raises(
+        DataError, match=r"row 29 of data.train has label '\?', which is not a number, in column 'score'"
+    ):
         reg_task(tiny_model_dir, str(csv), task="regression")
     df.loc[29, "score"] = None
     df.to_csv(csv, index=False)  # an empty cell: NaN in a float column
@@ -147,7 +149,9 @@ def test_a_non_numeric_label_names_its_row_and_value_in_the_users_data(tiny_mode
 def test_bad_label_in_data_eval_names_data_eval(tiny_model_dir):
     ev = reg_df(10, seed=5).astype({"score": str})  # as pandas reads a CSV column with a word in it
     ev.loc[3, "score"] = "high"
-    cfg = FinetuneConfig.from_dict({"model": tiny_model_dir, "task": "regression", "data": {"train": reg_df(20), "eval": ev}})
+    cfg = FinetuneConfig.from_dict(
+        {"model": tiny_model_dir, "task": "regression", "data": {"train": reg_df(20), "eval": ev}}
+    )
     task = resolve_task(cfg)
     with pytest.raises(DataError, match="row 3 of data.eval has label 'high'"):
         task.preflight()
@@ -155,12 +159,16 @@ def test_bad_label_in_data_eval_names_data_eval(tiny_model_dir):
 
 def test_keys_of_other_tasks_and_wrong_model_objects_are_refused(tiny_model_dir):
     with pytest.raises(ConfigError, match="`labels` is not used by task regression"):
-        resolve_task(FinetuneConfig.from_dict({"task": "regression", "labels": ["a", "b"], "data": {"train": reg_df(8)}}))
+        resolve_task(
+            FinetuneConfig.from_dict({"task": "regression", "labels": ["a", "b"], "data": {"train": reg_df(8)}})
+        )
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     two = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     cfg = {"model": two, "tokenizer": AutoTokenizer.from_pretrained(tiny_model_dir), "task": "regression"}
-    with pytest.raises(DataError, match="the model object has 2 outputs; regression needs one: build it with num_labels=1"):
+    with pytest.raises(
+        DataError, match="the model object has 2 outputs; regression needs one: build it with num_labels=1"
+    ):
         reg_task(tiny_model_dir, reg_df(20), **cfg)
 
 

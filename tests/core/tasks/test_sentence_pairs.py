@@ -41,7 +41,9 @@ def pairs_df(n: int, seed: int = 0):
 
 def pair_task(model_dir, label: str, n=80, **over):
     df = pairs_df(n).drop(columns=[c for c in ("any_positive", "score") if c != label])
-    cfg = FinetuneConfig.from_dict({"model": model_dir, "data": {"train": df, "text_pair": "sentence2", "label": label}, **over})
+    cfg = FinetuneConfig.from_dict(
+        {"model": model_dir, "data": {"train": df, "text_pair": "sentence2", "label": label}, **over}
+    )
     task = resolve_task(cfg)
     task.preflight()
     return task
@@ -73,7 +75,9 @@ def test_predict_scores_pairs_and_refuses_single_texts(tiny_model_dir):
     assert isinstance(reg_task.predict(model, "a good film", "a great story"), float)
     # the order of the two texts matters to a pair model: (a, b) and (b, a) are different inputs
     assert reg_task.predict(model, pairs[:1], texts[:1]) != scores[:1]
-    with pytest.raises(DataError, match=r"reads text pairs \('sentence1', 'sentence2'\); pass predict\(texts, pairs\)"):
+    with pytest.raises(
+        DataError, match=r"reads text pairs \('sentence1', 'sentence2'\); pass predict\(texts, pairs\)"
+    ):
         reg_task.predict(model, texts)
     with pytest.raises(DataError, match="3 texts but 2 text pairs"):
         reg_task.predict(model, texts, pairs[:2])
@@ -82,7 +86,15 @@ def test_predict_scores_pairs_and_refuses_single_texts(tiny_model_dir):
 def test_data_eval_needs_the_pair_column_too(tiny_model_dir):
     ev = pairs_df(10, seed=3).drop(columns=["sentence2", "any_positive"])
     cfg = FinetuneConfig.from_dict(
-        {"model": tiny_model_dir, "data": {"train": pairs_df(20).drop(columns=["any_positive"]), "eval": ev, "text_pair": "sentence2", "label": "score"}}
+        {
+            "model": tiny_model_dir,
+            "data": {
+                "train": pairs_df(20).drop(columns=["any_positive"]),
+                "eval": ev,
+                "text_pair": "sentence2",
+                "label": "score",
+            },
+        }
     )
     with pytest.raises(DataError, match=r"data.eval lacks column\(s\) \['sentence2'\]"):
         resolve_task(cfg).preflight()
