@@ -1,4 +1,7 @@
-/** Commands: insert a %%finetune template, stop all runs, open a run's panel in the current notebook. */
+/**
+ * Commands: insert a %%finetune template, stop the runs of this server's kernels (after a confirmation naming them),
+ * open a run's panel in the current notebook.
+ */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Clipboard, Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
@@ -6,7 +9,7 @@ import { addIcon, stopIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 import type { IRun } from './api';
 import { CATEGORY, CommandIDs, PluginIDs } from './constants';
-import { plural, stopAllPlan } from './format';
+import { leftAlone, plural, stopAllPlan } from './format';
 import { finetuneIcon } from './icons';
 import { RunsModel } from './model';
 import { IRunsModel } from './tokens';
@@ -41,18 +44,27 @@ function insertCell(panel: NotebookPanel, source: string): void {
   notebook.activeCell?.model.sharedModel.setSource(source.replace(/\n$/, ''));
 }
 
+const MAX_NAMES = 12;
+
 /** The body of the Stop-all confirmation: the runs it stops, by name, and what it leaves alone. */
 class StopAllBody extends Widget {
   constructor(runs: IRun[], left: string) {
     super();
     this.addClass('nbf-StopAllDialog');
     const intro = document.createElement('p');
-    intro.textContent = `Checkpoint, then stop ${runs.length === 1 ? 'this run' : `these ${runs.length} runs`} of this server's kernels:`;
+    const what = runs.length === 1 ? 'this run' : `these ${runs.length} runs`;
+    intro.textContent = `Checkpoint, then stop ${what} of this server's kernels:`;
     const list = document.createElement('ul');
-    for (const run of runs) {
+    const shown = runs.length > MAX_NAMES ? runs.slice(0, MAX_NAMES - 1) : runs;
+    for (const run of shown) {
       const li = document.createElement('li');
       li.textContent = run.name;
       li.title = run.run_dir;
+      list.append(li);
+    }
+    if (shown.length < runs.length) {
+      const li = document.createElement('li');
+      li.textContent = `and ${runs.length - shown.length} more`;
       list.append(li);
     }
     this.node.append(intro, list);
@@ -101,10 +113,7 @@ export const commandsPlugin: JupyterFrontEndPlugin<void> = {
       execute: async () => {
         await model.refresh(); // count what is live now, not at the last poll
         const { stop, others } = stopAllPlan(model.runs);
-        const left = others.length
-          ? ` ${plural(others.length, 'run')} of other processes (a terminal, another server or user) ` +
-            `${others.length === 1 ? 'is' : 'are'} left alone.`
-          : '';
+        const left = others.length ? ` ${leftAlone(others.length)}` : '';
         if (stop.length === 0) {
           Notification.info(`No live run of this server's kernels to stop.${left}`, { autoClose: 6000 });
           return;

@@ -183,3 +183,10 @@ export function stopAllPlan(runs: ReadonlyArray<IRun>): IStopAllPlan {
 export function plural(n: number, noun: string): string {
   return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }
+
+/** What "Stop all" says about the live runs it does not stop. */
+export function leftAlone(n: number): string {
+  return n === 1
+    ? '1 run of another process (a terminal, another server or user) is left alone.'
+    : `${n} runs of other processes (a terminal, another server or user) are left alone.`;
+}

@@ -42,7 +42,8 @@ export function parseLearningRate(text: string): LrParse {
     return { ok: false, error: 'A learning rate must be greater than 0 (to stop learning for a while, use Pause).' };
   }
   if (value > LARGE_LR) {
-    return { ok: true, value, warning: `${formatLr(value)} is unusually large for fine-tuning (typical: 1e-6 to 1e-3).` };
+    const warning = `${formatLr(value)} is unusually large for fine-tuning (typical: 1e-6 to 1e-3).`;
+    return { ok: true, value, warning };
   }
   return { ok: true, value };
 }
@@ -74,11 +75,13 @@ export function lrHint(run: Pick<IRun, 'base_lr' | 'lr'>): string {
   if (typeof run.lr === 'number') {
     parts.push(`last logged lr ${formatLr(run.lr, 3)}`);
   }
-  if (typeof run.base_lr === 'number' && run.base_lr !== run.lr) {
+  if (typeof run.base_lr === 'number' && formatLr(run.base_lr, 3) !== formatLr(run.lr, 3)) {
     parts.push(`schedule base ${formatLr(run.base_lr, 3)}`);
   }
   const now = parts.length ? `Now: ${parts.join(', ')}. ` : '';
-  return `${now}The new value becomes the base of the running schedule from the next optimizer step; warm-up and decay go on.`;
+  const rule =
+    'The new value becomes the base of the running schedule from the next optimizer step; warm-up and decay go on.';
+  return `${now}${rule}`;
 }
 
 function short(s: string): string {

@@ -19,7 +19,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PrefixCache", "PrefixRunner", "FrozenPrefixCache", "prefix_depth", "probe", "setup_cache"]
+__all__ = [
+    "PrefixCache",
+    "PrefixRunner",
+    "FrozenPrefixCache",
+    "prefix_depth",
+    "probe",
+    "setup_cache",
+    "short_padded_rows",
+]
 
 
 class PrefixCache:
@@ -402,7 +410,6 @@ def setup_cache(
     `data`: the training `Examples`; `collate`: the task's collator; `unfreeze_epochs`: epochs between scheduled
     unfreezes (gradual unfreezing), or None. The caller checks first that the task says a frozen prefix is exact.
     """
-    import numpy as np
     import torch
 
     from .tasks.base import HOST_KEYS
@@ -421,8 +428,7 @@ def setup_cache(
     if lm.num_blocks < 1 or len(data) < 2:
         return None, "off (no blocks to skip)"
     store_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    order = np.argsort(data.lengths, kind="stable")
-    pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
+    pick = short_padded_rows(data.lengths, 3) or [0, 1]
     batch = collate([data[i] for i in pick])
     for key in (*HOST_KEYS, "labels"):
         batch.pop(key, None)
@@ -448,3 +454,18 @@ def setup_cache(
     )
     ctl.install()
     return ctl, ctl.describe()
+
+
+def short_padded_rows(lengths, n: int) -> list[int] | None:
+    """`n` of the shortest examples, two of them of different lengths: a padded batch that is cheap to run
+    (start-up probes). None when every example has the same length."""
+    import numpy as np
+
+    order = np.argsort(lengths, kind="stable")
+    first = int(order[0])
+    other = next((int(i) for i in order if lengths[i] != lengths[first]), None)
+    if other is None:
+        return None
+    rows = [first, other]
+    rows += [int(i) for i in order[: n + 1] if int(i) not in rows][: max(0, n - 2)]
+    return rows

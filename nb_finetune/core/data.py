@@ -40,11 +40,12 @@ _FILE_KINDS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".bio", ".txt")
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "input", "prompt", "question", "tweet")
 LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "rating", "score", "y")
 
 
-def _apply_slice(n: int, spec: str | None, what: str) -> range:
+def apply_slice(n: int, spec: str | None, what: str) -> range:
     """`[:2000]`, `[100:]`, `[:10%]` over n rows."""
     if not spec:
         return range(n)
@@ -100,11 +101,15 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
                 raise DataError(f"{what}: directory {base!r} is not a dataset saved with save_to_disk ({e})") from None
             if isinstance(ds, datasets.DatasetDict):
                 raise DataError(f"{what}: {base!r} holds splits {list(ds)}; name one as {base}/<split>")
+        elif path.suffix.lower() in CONLL_SUFFIXES:  # whitespace columns, a blank line between sentences
+            from .tasks.token_classification import read_conll  # lazy: that task imports this module
+
+            ds = datasets.Dataset.from_dict(read_conll(path, what=what))
         else:
             ds = datasets.Dataset.from_pandas(_read_file(path, what), preserve_index=False)
-        rows = _apply_slice(len(ds), slc, what)
+        rows = apply_slice(len(ds), slc, what)
         return ds.select(rows) if len(rows) != len(ds) else ds
-    if Path(base).suffix.lower() in _FILE_KINDS or "/" in base and Path(base).parent.exists():
+    if Path(base).suffix.lower() in (*_FILE_KINDS, *CONLL_SUFFIXES) or "/" in base and Path(base).parent.exists():
         raise DataError(f"{what}: file {base!r} does not exist (working directory: {Path.cwd()})")
     return _load_hub(base, slc, what, trust_remote_code)
 

@@ -138,8 +138,14 @@ test.describe('nb_finetune lab extension', () => {
     await expect(item).toContainText('ETA');
     await page.locator('#jp-main-statusbar').screenshot({ path: test.info().outputPath('statusbar.png') });
 
-    // "Stop all runs" from the palette command; the item hides once no run is active
-    await execCommand(page, 'nb-finetune:stop-all');
+    // "Stop all" from the command: it asks first (not awaited here: the command waits for the dialog), naming the
+    // run; the item hides once no run is active
+    await page.evaluate(() => {
+      void (window as any).jupyterapp.commands.execute('nb-finetune:stop-all');
+    });
+    const confirm = page.locator('.jp-Dialog');
+    await expect(confirm.locator('.nbf-StopAllDialog li', { hasText: name })).toHaveCount(1);
+    await confirm.locator('button.jp-mod-accept').click();
     await expect(item).toBeHidden({ timeout: 60000 });
   });
 });

@@ -55,11 +55,15 @@ describe('RunsApi', () => {
     expect(calls[0].url).toBe('http://localhost:8888/lab-base/nb-finetune/api/runs/..%2Fx/control');
   });
 
-  it('posts stop-all', async () => {
-    const { fn, calls } = fakeRequest([json({ stopped: ['a', 'b'] })]);
-    expect(await new RunsApi(settings, fn).stopAll()).toEqual({ stopped: ['a', 'b'] });
+  it('posts stop-all with its scope and the confirmed ids', async () => {
+    const { fn, calls } = fakeRequest([json({ stopped: ['a'], skipped: ['c'] }), json({ stopped: [] })]);
+    const api = new RunsApi(settings, fn);
+    expect(await api.stopAll({ scope: 'server', ids: ['a', 'b'] })).toEqual({ stopped: ['a'], skipped: ['c'] });
     expect(calls[0].url).toBe('http://localhost:8888/lab-base/nb-finetune/api/stop-all');
     expect(calls[0].init.method).toBe('POST');
+    expect(JSON.parse(calls[0].init.body as string)).toEqual({ scope: 'server', ids: ['a', 'b'] });
+    await api.stopAll();
+    expect(JSON.parse(calls[1].init.body as string)).toEqual({}); // the server's default scope: its own kernels
   });
 
   it.each([

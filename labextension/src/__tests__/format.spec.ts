@@ -7,10 +7,14 @@ import {
   formatMetric,
   formatNumber,
   formatStep,
+  isOwn,
+  leftAlone,
+  plural,
   progressFraction,
   sparklinePath,
   stateBadge,
-  statusText
+  statusText,
+  stopAllPlan
 } from '../format';
 
 function run(over: Partial<IRun>): IRun {
@@ -95,10 +99,10 @@ describe('sparklinePath', () => {
 describe('status bar', () => {
   it('picks the newest training run, ignoring dead and finished ones', () => {
     const runs = [
-      run({ id: 'a', name: 'dead-one', alive: false }),
-      run({ id: 'b', name: 'done', state: 'finished', alive: false }),
-      run({ id: 'c', name: 'paused', state: 'paused' }),
-      run({ id: 'd', name: 'live', step: 120, total_steps: 1000, eta_s: 75 })
+      run({ id: 'a', name: 'dead-one', alive: false, kernel_id: 'k' }),
+      run({ id: 'b', name: 'done', state: 'finished', alive: false, kernel_id: 'k' }),
+      run({ id: 'c', name: 'paused', state: 'paused', kernel_id: 'k' }),
+      run({ id: 'd', name: 'live', step: 120, total_steps: 1000, eta_s: 75, kernel_id: 'k' })
     ];
     expect(activeRun(runs)?.id).toBe('d');
     expect(activeRun(runs.slice(0, 3))?.id).toBe('c');
@@ -106,4 +110,44 @@ describe('status bar', () => {
     expect(statusText(runs[3])).toBe('live · 120 / 1,000 · ETA 1m 15s');
     expect(statusText(run({ name: 'x', step: 3 }))).toBe('x · 3');
   });
+
+  it("shows only runs of this server's kernels and never jumps to another process's run", () => {
+    const other = run({ id: 'o', name: 'terminal-run', kernel_id: null });
+    const mine = run({ id: 'm', name: 'mine', kernel_id: 'k1' });
+    expect(activeRun([other])).toBeNull();
+    expect(activeRun([other, mine])?.id).toBe('m');
+    // mine ends: the item hides instead of switching to the other process's run
+    expect(activeRun([other, { ...mine, state: 'stopped', alive: false }], 'm')).toBeNull();
+    expect(isOwn(mine) && !isOwn(other) && !isOwn(run({ kernel_id: '' }))).toBe(true);
+  });
+
+  it('stays on the run it shows while that one is active, even when a newer one starts', () => {
+    const older = run({ id: 'a', state: 'paused', kernel_id: 'k1' });
+    const newer = run({ id: 'b', kernel_id: 'k2' });
+    expect(activeRun([newer, older], 'a')?.id).toBe('a');
+    expect(activeRun([newer, older])?.id).toBe('b');
+    expect(activeRun([newer, { ...older, state: 'finished', alive: false }], 'a')?.id).toBe('b');
+  });
 });
+
+describe('stop all', () => {
+  it("stops the live runs of this server's kernels and counts the others it leaves alone", () => {
+    const runs = [
+      run({ id: 'a', kernel_id: 'k1' }),
+      run({ id: 'b', state: 'paused', kernel_id: 'k2' }),
+      run({ id: 'c', kernel_id: null }), // a terminal's run
+      run({ id: 'd' }), // an older server that sends no kernel_id: not ours
+      run({ id: 'e', state: 'stopping', kernel_id: 'k1' }), // already stopping
+      run({ id: 'f', state: 'training', alive: false, kernel_id: 'k1' }), // dead
+      run({ id: 'g', state: 'finished', alive: false, kernel_id: 'k1' })
+    ];
+    const plan = stopAllPlan(runs);
+    expect(plan.stop.map(r => r.id)).toEqual(['a', 'b']);
+    expect(plan.others.map(r => r.id)).toEqual(['c', 'd']);
+    expect(stopAllPlan([]).stop).toEqual([]);
+    expect([plural(1, 'run'), plural(2, 'run'), plural(0, 'run')]).toEqual(['1 run', '2 runs', '0 runs']);
+    expect(leftAlone(1)).toMatch(/^1 run of another process .* is left alone\.$/);
+    expect(leftAlone(3)).toMatch(/^3 runs of other processes .* are left alone\.$/);
+  });
+});
+

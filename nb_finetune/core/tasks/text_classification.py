@@ -209,16 +209,13 @@ class TextClassification(SequenceTask):
 
 def _label_column(ds, cfg) -> str | None:
     cols = list(getattr(ds, "column_names", []) or [])
+    # a label column next to a token list is token classification, not this
+    if cfg.data.tokens is not None or any(c.lower() in ("tokens", "words") for c in cols):
+        return None
     if cfg.data.label is not None:
         return cfg.data.label if cfg.data.label in cols else None
     lower = {c.lower(): c for c in cols}
-    col = next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
-    if col is None:
-        return None
-    # a label column next to a token list is token classification, not this
-    if any(c.lower() in ("tokens", "words") for c in cols) or cfg.data.tokens is not None:
-        return None
-    return col
+    return next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
 
 
 def _label_kind(ds, col: str) -> str:

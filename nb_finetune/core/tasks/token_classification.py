@@ -14,7 +14,6 @@ entities), token `accuracy` and `<TYPE>_f1` per entity type.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ __all__ = ["TokenClassification", "EntityMetric", "read_conll", "split_words", "
 
 TOKEN_CANDIDATES = ("tokens", "words")
 TAG_CANDIDATES = ("tags", "ner_tags", "labels", "label", "pos_tags")
-CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".bio", ".txt")
+CONLL_SUFFIXES = D.CONLL_SUFFIXES
 _PREFIX_RANK = {"B": 0, "I": 1, "E": 2, "L": 2, "S": 3, "U": 3}
 
 # words as CoNLL-2003 / the Penn Treebank cut them: punctuation apart, clitics ('s, n't) apart, abbreviations,
@@ -62,17 +61,6 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
 
 
 # --------------------------------------------------------------------------------------------- CoNLL files
-def conll_source(src) -> tuple[Path, str | None] | None:
-    """(path, slice or None) when `src` names a CoNLL file by its extension (`train.conll[:500]`), else None."""
-    if not isinstance(src, (str, Path)):
-        return None
-    m = re.fullmatch(r"(?P<base>.*?)(?P<slice>\[[^\[\]]*\])?", str(src).strip())
-    base = m.group("base")
-    if Path(base).suffix.lower() not in CONLL_SUFFIXES:
-        return None
-    return Path(base).expanduser(), m.group("slice")
-
-
 def read_conll(path, *, what: str = "data.train") -> dict[str, list[list[str]]]:
     """{"tokens": [...], "tags": [...]}, one entry per sentence of a CoNLL file.
 
@@ -132,39 +120,6 @@ def read_conll(path, *, what: str = "data.train") -> dict[str, list[list[str]]]:
     return {"tokens": tokens, "tags": tags}
 
 
-def _slice_rows(n: int, spec: str | None, what: str) -> range:
-    """Rows of `[:500]`, `[100:]`, `[:10%]` over n rows."""
-    if not spec:
-        return range(n)
-    m = re.fullmatch(r"\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]", spec)
-    if not m:
-        raise DataError(f"{what}: slice {spec!r} is not understood; use [:2000], [100:500] or [:10%]")
-
-    def pos(s, default):
-        if s is None:
-            return default
-        v = int(s[:-1]) * n // 100 if s.endswith("%") else int(s)
-        return max(0, min(n, v + n if v < 0 else v))
-
-    return range(pos(m.group(1), 0), pos(m.group(2), n))
-
-
-def load_tagged(src, *, role: str, trust_remote_code: bool = False):
-    """A `datasets.Dataset` from a CoNLL file, or from anything `load_source` reads."""
-    import datasets
-
-    conll = conll_source(src)
-    if conll is None:
-        return D.load_source(src, role=role, trust_remote_code=trust_remote_code)
-    path, slc = conll
-    what = f"data.{role}"
-    if not path.is_file():
-        raise DataError(f"{what}: file {str(path)!r} does not exist (working directory: {Path.cwd()})")
-    ds = datasets.Dataset.from_dict(read_conll(path, what=what))
-    rows = _slice_rows(len(ds), slc, what)
-    return ds.select(rows) if len(rows) != len(ds) else ds
-
-
 # --------------------------------------------------------------------------------------------- columns and tags
 def _pick(cols: list[str], named: str | None, candidates: tuple[str, ...]) -> str | None:
     if named is not None:
@@ -206,22 +161,17 @@ def _order_tags(found) -> list[str]:
 
     def key(tag: str):
         if len(tag) > 2 and tag[1] in "-_" and tag[0] in _PREFIX_RANK:
-            return (1, tag[2:], _PREFIX_RANK[tag[0]], tag)
-        return (1, tag, -1, tag)
+            return (tag[2:], _PREFIX_RANK[tag[0]], tag)
+        return (tag, -1, tag)
 
     found = {str(t) for t in found}
     return (["O"] if "O" in found else []) + sorted(found - {"O"}, key=key)
 
 
-def _suggest(name: str, cols: list[str]) -> str:
-    close = difflib.get_close_matches(name, cols, n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 @register
 class TokenClassification(Task):
     name = "token-classification"
-    aliases = ("ner", "pos", "token-tagging", "tagging")
+    aliases = ("ner", "pos")
     title = "token classification"
     capabilities = Capabilities(prefix_cache=True, length_grouping=True, throughput_unit="tokens")
     default_metric = "eval_f1"
@@ -268,26 +218,29 @@ class TokenClassification(Task):
             )
         train = self._train_source
         if train is None:
-            train = load_tagged(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
+            train = D.load_source(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
         if len(train) == 0:
             raise DataError("data.train is empty")
         self.tokens_col, self.tags_col = self._columns(train, "train")
         eval_ = None
         if cfg.data.eval is not None:
-            eval_ = load_tagged(cfg.data.eval, role="eval", trust_remote_code=cfg.trust_remote_code)
+            eval_ = D.load_source(cfg.data.eval, role="eval", trust_remote_code=cfg.trust_remote_code)
             if len(eval_) == 0:
                 raise DataError("data.eval is empty")
             self._columns(eval_, "eval")
-        self.train, self.eval = C.holdout(cfg, train, eval_)
+        # tags and rows are checked on the whole of data.train, before `eval_split` is held out: errors name the
+        # user's rows, and a rare tag is known even when all its rows go to the held-out part
+        self.train, self.eval = train, eval_
         self.resolve_tags()
         self.max_length = C.resolve_max_length(cfg, self.tokenizer, self.hf_config)
         self._check_tokenizer()
-        train_ids = self.tag_ids(self.train, "train")  # every row checked now: a bad row is an error in the cell
+        train_ids = self.tag_ids(train, "train")  # every row checked now: a bad row is an error in the cell
         if not any(train_ids):
             raise DataError(f"data.train: every row of column '{self.tokens_col}' is an empty token list")
-        if self.eval is not None:
-            self.tag_ids(self.eval, "eval")
+        if eval_ is not None:
+            self.tag_ids(eval_, "eval")
         self.scheme = detect_scheme([self.label_names[i] for i in row] for row in train_ids)
+        self.train, self.eval = C.holdout(cfg, train, eval_)
 
     def _columns(self, ds, role: str) -> tuple[str, str]:
         cfg = self.cfg
@@ -296,25 +249,25 @@ class TokenClassification(Task):
         for key, named in (("tokens", cfg.data.tokens), ("label", cfg.data.label)):
             if named is not None and named not in cols:
                 raise DataError(
-                    f"data.{key}: column '{named}' is not in data.{role} (columns: {shown}).{_suggest(named, cols)}"
+                    f"data.{key}: column '{named}' is not in data.{role} (columns: {shown}).{D.suggest(named, cols)}"
                 )
         if role != "train":  # data.eval must have the columns data.train has
             for col in (self.tokens_col, self.tags_col):
                 if col not in cols:
                     raise DataError(
-                        f"data.{role} lacks column '{col}' that data.train has (columns: {shown}).{_suggest(col, cols)}"
+                        f"data.{role} lacks column '{col}' that data.train has (columns: {shown}).{D.suggest(col, cols)}"
                     )
             return self.tokens_col, self.tags_col
         tok = _pick(cols, cfg.data.tokens, TOKEN_CANDIDATES)
         if tok is None:
-            hint = _suggest("tokens", cols) or _suggest("words", cols)
+            hint = D.suggest("tokens", cols) or D.suggest("words", cols)
             raise DataError(
                 f"data.tokens: no token-list column in data.{role} (columns: {shown}); name it with "
                 f"`tokens: <column>` under data:.{hint}"
             )
         tag = _pick(cols, cfg.data.label, TAG_CANDIDATES)
         if tag is None or tag == tok:
-            hint = next((h for c in TAG_CANDIDATES if (h := _suggest(c, [x for x in cols if x != tok]))), "")
+            hint = next((h for c in TAG_CANDIDATES if (h := D.suggest(c, [x for x in cols if x != tok]))), "")
             raise DataError(
                 f"data.label: no tag-list column in data.{role} (columns: {shown}); name it with "
                 f"`label: <column>` under data:.{hint}"
@@ -401,35 +354,44 @@ class TokenClassification(Task):
                         )
                     raise DataError(
                         f"data.label: row {row} of data.{role} has tag {t!r}, which is not in labels: "
-                        f"{self.label_names[:30]}{_suggest(str(t), self.label_names)}"
+                        f"{self.label_names[:30]}{D.suggest(str(t), self.label_names)}"
                     )
                 ids.append(i)
             out.append(ids)
         return out
 
     def _check_tokenizer(self) -> None:
-        """Tokenize two rows now, so a tokenizer that cannot take word lists fails here, not in the worker."""
+        """Tokenize two rows now, so a tokenizer that cannot take word lists fails here, not in the worker.
+
+        Byte-level BPE (RoBERTa, GPT-2) reads a word list right only when it puts the space before each word itself
+        (`add_prefix_space=True`): older transformers refuse word lists otherwise, newer ones glue the words."""
         sample = [[str(w) for w in toks] for toks in self.train[self.tokens_col][:2]]
+        needs_space = _glues_words(self.tokenizer)
         try:
             self.tokenizer(sample, is_split_into_words=True, truncation=True, max_length=self.max_length)
         except Exception as e:  # noqa: BLE001 - tokenizers raise ValueError, TypeError, Rust errors...
             if "add_prefix_space" not in str(e):
                 raise DataError(f"data.tokens: the tokenizer cannot read column '{self.tokens_col}': {e}") from None
-            # byte-level BPE (RoBERTa, GPT-2) takes word lists only when it adds the space before each word itself
-            if self.cfg.tokenizer is not None and not isinstance(self.cfg.tokenizer, (str, Path)):
-                raise ModelError(
-                    "tokenizer: this tokenizer needs add_prefix_space=True for word lists; build it with "
-                    "AutoTokenizer.from_pretrained(..., add_prefix_space=True)"
-                ) from None
-            from transformers import AutoTokenizer
+            needs_space = True
+        if not needs_space:
+            return
+        if self.cfg.tokenizer is not None and not isinstance(self.cfg.tokenizer, (str, Path)):
+            raise ModelError(
+                "tokenizer: this byte-level tokenizer needs add_prefix_space=True to read word lists; build it with "
+                "AutoTokenizer.from_pretrained(..., add_prefix_space=True)"
+            )
+        from transformers import AutoTokenizer
 
-            src = str(self.cfg.tokenizer or getattr(self.model_obj, "name_or_path", "") or self.model_id)
-            pad = self.tokenizer.pad_token
+        src = str(self.cfg.tokenizer or getattr(self.model_obj, "name_or_path", "") or self.model_id)
+        pad = self.tokenizer.pad_token
+        try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 src, add_prefix_space=True, trust_remote_code=self.cfg.trust_remote_code
             )
-            if self.tokenizer.pad_token_id is None:
-                self.tokenizer.pad_token = pad
+        except Exception as e:  # noqa: BLE001
+            raise C.hub_error("tokenizer", src, e) from None
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = pad
 
     def describe(self) -> list[str]:
         lines = super().describe()
@@ -500,7 +462,7 @@ class TokenClassification(Task):
         return Examples({k: list(enc[k]) for k in keep}, labels)
 
     def load_eval(self, src):
-        ds = load_tagged(src, role="eval", trust_remote_code=self.cfg.trust_remote_code)
+        ds = D.load_source(src, role="eval", trust_remote_code=self.cfg.trust_remote_code)
         if len(ds) == 0:
             raise DataError("data.eval is empty")
         self._columns(ds, "eval")
@@ -568,6 +530,18 @@ class TokenClassification(Task):
 
         out = C.batched_inference(model, batches(), run)
         return out[0] if single else out
+
+
+def _glues_words(tokenizer) -> bool:
+    """Whether a byte-level pre-tokenizer would join the words of a word list (no space added before each)."""
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre is None:
+        return False
+    try:
+        parts = list(pre) if type(pre).__name__ == "Sequence" else [pre]
+    except TypeError:  # an older tokenizers without indexable sequences
+        parts = [pre]
+    return any(type(p).__name__ == "ByteLevel" and getattr(p, "add_prefix_space", True) is False for p in parts)
 
 
 def _first_subtokens(word_ids: list[int | None]) -> list[int]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from ..cache import short_padded_rows
 from ..tasks.base import HOST_KEYS
 
 __all__ = ["mask_inputs", "as_4d_mask", "probe_4d_mask", "first_output"]
@@ -53,11 +52,10 @@ def probe_4d_mask(model, data, collate, device) -> bool:
         return False
     if "attention_mask" not in data.features:
         return False
-    order = np.argsort(data.lengths, kind="stable")
-    short, long_ = int(order[0]), int(order[-1])
-    if data.lengths[short] == data.lengths[long_]:
+    rows = short_padded_rows(data.lengths, 2)  # two short examples of different lengths: cheap, and padded
+    if rows is None:
         return False
-    batch = collate([data[short], data[long_]])
+    batch = collate([data[i] for i in rows])
     for key in (*HOST_KEYS, "labels"):
         batch.pop(key, None)
     batch = {k: v.to(device) for k, v in batch.items()}
