@@ -179,3 +179,13 @@ def test_mask_inputs_drops_a_mask_without_padding_and_never_changes_the_batch():
     assert four.shape == (2, 1, 3, 3) and four.dtype == torch.bool and not four[1, 0, 0, 2]
     assert padded["attention_mask"].shape == (2, 3)  # what an eval metric reads stays 2D
     assert mask_inputs(padded, [3, 2], mask_4d=False)["attention_mask"].shape == (2, 3)
+
+
+def test_start_up_probes_take_short_examples_of_two_lengths():
+    import numpy as np
+
+    from nb_finetune.core.cache import short_padded_rows
+
+    lengths = np.array([50, 3, 3, 64, 4, 9])
+    assert short_padded_rows(lengths, 2) == [1, 4] and short_padded_rows(lengths, 3) == [1, 4, 2]
+    assert short_padded_rows(np.array([7, 7, 7]), 2) is None  # no padding to check
