@@ -3,10 +3,11 @@
 What it is, exactly: `literature_quotes.tsv` (next to this file) holds 216 real quotations with their attribution
 (author as written, and the work when the attribution names one), taken from the `literature` fortune file of
 Debian's `fortunes-min` package (1:1.99.1, BSD licence, notice in the file's header): every entry with a single
-attribution line of the form `-- Author[, "Work"]` naming a person, with at most 70 words. `build_quotes_file()`
-regenerates it from `/usr/share/games/fortunes/literature` (`apt-get install fortunes-min`).
+attribution line of the form `-- Author[, "Work"]` whose author is a name (at most four words, capitalised), with
+at most 70 words and no overstruck characters. `build_quotes_file()` regenerates it from
+`/usr/share/games/fortunes/literature` (`apt-get install fortunes-min`).
 
-`qa_records` writes small "anthologies" from them: a context is 2-4 quotations (seeded choice), each written as
+`qa_records` writes small "anthologies" from them: a context is 2-4 quotations by default (seeded choice), each as
 `<quotation> -- <author>[, "<work>"]`, with authors who all differ; the question quotes the first few words of one
 of them and asks who wrote it (`Who wrote "The man who ..."?`) or, when its attribution names a work, which work
 it is from. The answer is that quotation's author (or work) as a span of the context. The quotations and their
