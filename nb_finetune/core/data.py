@@ -77,13 +77,13 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
             "assigned to a variable first"
         )
     if isinstance(src, pd.DataFrame):
-        return datasets.Dataset.from_pandas(src.reset_index(drop=True), preserve_index=False)
+        return _arrow(datasets.Dataset.from_pandas, src.reset_index(drop=True), what=what, preserve_index=False)
     if isinstance(src, list):
         if not src or not isinstance(src[0], dict):
             raise DataError(f"{what}: a list must hold dicts like {{'text': ..., 'label': ...}}")
-        return datasets.Dataset.from_list(src)
+        return _arrow(datasets.Dataset.from_list, src, what=what)
     if isinstance(src, dict):
-        return datasets.Dataset.from_dict(src)
+        return _arrow(datasets.Dataset.from_dict, src, what=what)
     if not isinstance(src, (str, Path)):
         raise DataError(
             f"{what}: cannot use a {type(src).__name__}; pass a file path, a hub dataset name, "
@@ -112,6 +112,17 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
     if Path(base).suffix.lower() in (*_FILE_KINDS, *CONLL_SUFFIXES) or "/" in base and Path(base).parent.exists():
         raise DataError(f"{what}: file {base!r} does not exist (working directory: {Path.cwd()})")
     return _load_hub(base, slc, what, trust_remote_code)
+
+
+def _arrow(build, src, *, what: str, **kw):
+    """Build a Dataset; rows whose columns change type (a dict here, a list there) are a DataError, not pyarrow's."""
+    try:
+        return build(src, **kw)
+    except (TypeError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowTypeError subclass these
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(
+            f"{what}: the rows do not share one shape ({first}); make each column hold one type in every row"
+        ) from None
 
 
 def _read_file(path: Path, what: str):

@@ -194,7 +194,7 @@ class QuestionAnswering(Task):
         return unanswerable
 
     def question_lengths(self, questions: list[str]) -> np.ndarray:
-        enc = self.tokenizer(questions, add_special_tokens=False)["input_ids"]
+        enc = self.tokenizer(questions, add_special_tokens=False, verbose=False)["input_ids"]
         return np.fromiter((len(x) for x in enc), dtype=np.int64, count=len(enc))
 
     def context_room(self, question_tokens: int) -> int:
@@ -295,8 +295,9 @@ class QuestionAnswering(Task):
     def build_data(self) -> tuple[Examples, Examples | None]:
         return self.windows("train"), (self.windows("eval") if self.eval is not None else None)
 
-    def tokenize_windows(self, questions: list[str], contexts: list[str]):
-        """Question + context windows of every pair (fast tokenizer, overflow with stride, offsets)."""
+    def tokenize_windows(self, questions: list[str], contexts: list[str], which=lambda i: f"predict: question {i}"):
+        """Question + context windows of every pair (fast tokenizer, overflow with stride, offsets). `which(i)`
+        names question i in an error."""
         tok = self.tokenizer
         right = tok.padding_side == "right"  # question first, unless the model reads the context first
         lengths = self.question_lengths(questions)
@@ -306,7 +307,7 @@ class QuestionAnswering(Task):
         if len(too_long):
             i = int(too_long[0])
             raise DataError(
-                f"question {i} is {int(lengths[i])} tokens long: with max_length {self.max_length} and doc_stride "
+                f"{which(i)} is {int(lengths[i])} tokens long: with max_length {self.max_length} and doc_stride "
                 f"{self.doc_stride} no room is left for the context; shorten it or raise max_length"
             )
         enc = tok(
@@ -344,7 +345,11 @@ class QuestionAnswering(Task):
             extra.update(offsets=[], context=[], answers=[])
         chunk = 1000  # tokenizer output of a few thousand contexts at a time
         for lo in range(0, len(questions), chunk):
-            enc, ctx_seq = self.tokenize_windows(questions[lo : lo + chunk], contexts[lo : lo + chunk])
+            enc, ctx_seq = self.tokenize_windows(
+                questions[lo : lo + chunk],
+                contexts[lo : lo + chunk],
+                lambda i, lo=lo: f"data.question: row {lo + i} of data.{role}",
+            )
             for w, sample in enumerate(enc["overflow_to_sample_mapping"]):
                 ex = lo + sample
                 seq = enc.sequence_ids(w)

@@ -260,6 +260,9 @@ def test_predict_reads_a_long_context_in_windows_and_returns_char_offsets(tiny_m
     assert nothing["score"] < 0.5
     with pytest.raises(DataError, match="2 questions but 3 contexts"):
         task.predict(model, ["a", "b"], ["x", "y", "z"])
+    with pytest.raises(DataError, match="predict: question 1 is 80 tokens long"):  # not a tokenizer panic
+        task.predict(model, ["a", "good " * 80], "the film")
+    assert task.predict(model, "what", "")["answer"] == ""
 
 
 # --------------------------------------------------------------------------------------------- pre-flight
