@@ -4,6 +4,7 @@ task's own metric keys are recorded, the dry run names the task and its head."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FILL, NEG, POS
 
 ROOT = Path(__file__).resolve().parents[1]
+# the word lists of tests/conftest.py, by path: `from conftest import` may find tests/kernel/conftest.py first
+_spec = importlib.util.spec_from_file_location("_root_conftest", ROOT / "tests" / "conftest.py")
+_root = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root)
+FILL, NEG, POS = _root.FILL, _root.NEG, _root.POS
 
 
 def _text(rng, pos: int, neg: int) -> tuple[str, list[str]]:

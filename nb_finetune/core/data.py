@@ -42,7 +42,7 @@ _FILE_KINDS = {
 }
 CONLL_SUFFIXES = (".conll", ".conll03", ".conllu", ".iob", ".bio", ".txt")
 TEXT_CANDIDATES = ("text", "sentence", "review", "content", "document", "input", "prompt", "question", "tweet")
-LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "rating", "score", "y")
+LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "sentiment", "rating", "score", "tags", "y")
 
 
 def apply_slice(n: int, spec: str | None, what: str) -> range:

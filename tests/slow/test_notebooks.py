@@ -48,3 +48,11 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         before = float(re.search(r"f1 before fine-tuning: ([0-9.]+)", text).group(1))
         after = float(re.search(r"f1 after \d+ steps: ([0-9.]+)", text).group(1))
         assert after >= before + 0.4, (before, after)
+    if name == "regression.ipynb":
+        before = float(re.search(r"R2 before fine-tuning: (-?[0-9.]+)", text).group(1))
+        after = float(re.search(r"R2 after \d+ steps: (-?[0-9.]+)", text).group(1))
+        assert before < 0.1 and after >= 0.3, (before, after)
+    if name == "multi_label.ipynb":
+        before = float(re.search(r"f1_micro before fine-tuning: ([0-9.]+)", text).group(1))
+        after = float(re.search(r"f1_micro after \d+ steps: ([0-9.]+)", text).group(1))
+        assert after >= max(0.7, before + 0.2), (before, after)

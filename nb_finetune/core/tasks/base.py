@@ -304,6 +304,8 @@ def resolve_task(cfg) -> Task:
     ds = D.load_source(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
     _check_named_columns(cfg, ds)
     fits = [(cls, why) for cls in registry().values() if (why := cls.detect(ds, cfg))]
+    if len(fits) > 1:  # a key only some tasks read (label_sep, doc_stride) decides between those that fit
+        fits = [(c, w) for c, w in fits if _reads_every_set_key(cfg, c)] or fits
     if len(fits) == 1:
         cls, why = fits[0]
         check_task_keys(cfg, cls)
@@ -343,6 +345,12 @@ def check_task_keys(cfg, cls: type[Task]) -> None:
             f"Invalid finetune config: `{key}` is not used by task {cls.name}; it is for: {users}. "
             "Remove it, or set `task:` to one of those"
         )
+
+
+def _reads_every_set_key(cfg, cls: type[Task]) -> bool:
+    from ..config import task_specific_keys
+
+    return all(cls.name in tasks for key, tasks in task_specific_keys().items() if _is_set(cfg, key))
 
 
 def _is_set(cfg, dotted: str) -> bool:

@@ -15,8 +15,7 @@ import numpy as np
 
 from ...errors import DataError
 from .base import Examples, register
-from .regression import load_full_train
-from .text_classification import SequenceTask, _label_column, _label_kind
+from .text_classification import SequenceTask, label_column, label_kind
 
 __all__ = ["MultiLabelClassification", "MultiLabelMetric", "multi_label_scores"]
 
@@ -38,10 +37,10 @@ class MultiLabelClassification(SequenceTask):
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:
-        col = _label_column(ds, cfg)
+        col = label_column(ds, cfg)
         if col is None:
             return None
-        kind = _label_kind(ds, col)
+        kind = label_kind(ds, col)
         if kind == "list":
             return f"label lists in '{col}'"
         if kind == "str" and cfg.label_sep:
@@ -53,12 +52,6 @@ class MultiLabelClassification(SequenceTask):
         return float(self.cfg.threshold)
 
     # ------------------------------------------------------------ calling thread
-    def preflight(self) -> None:
-        # label names come from the whole of data.train, before `eval_split` is held out: a rare label must not
-        # become "unknown" because all its rows went to the held-out part, and errors name the user's rows
-        load_full_train(self)
-        super().preflight()
-
     def _rows(self, ds, role: str) -> list[list]:
         """The label list of every row of `ds` (strings or ints), or a DataError naming the row."""
         sep = self.cfg.label_sep

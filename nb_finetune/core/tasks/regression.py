@@ -12,12 +12,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
-from .. import data as D
-from . import common as C
 from .base import Examples, register
-from .text_classification import SequenceTask, _label_column, _label_kind
+from .text_classification import SequenceTask, label_column, label_kind
 
-__all__ = ["Regression", "RegressionMetric", "regression_scores", "average_ranks", "load_full_train"]
+__all__ = ["Regression", "RegressionMetric", "regression_scores", "average_ranks"]
 
 
 @register
@@ -39,18 +37,12 @@ class Regression(SequenceTask):
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:
-        col = _label_column(ds, cfg)
-        if col is not None and _label_kind(ds, col) == "float":
+        col = label_column(ds, cfg)
+        if col is not None and label_kind(ds, col) == "float":
             return f"float labels in '{col}'"
         return None
 
     # ------------------------------------------------------------ calling thread
-    def preflight(self) -> None:
-        # keep the whole of data.train: labels are checked there, so a row number is the user's row, not a row of
-        # what is left after holding out `eval_split`
-        load_full_train(self)
-        super().preflight()
-
     def resolve_labels(self) -> None:
         if self.model_obj is not None and getattr(self.hf_config, "num_labels", 1) != 1:
             raise DataError(
@@ -115,16 +107,6 @@ class Regression(SequenceTask):
 
     def metric(self, data: Examples):
         return RegressionMetric()
-
-
-def load_full_train(task) -> None:
-    """Load data.train once, before the `eval_split` holdout, as `task._full_train` (and as the source the
-    holdout then splits), so label checks name rows of the user's data."""
-    cfg = task.cfg
-    C.require_model_and_data(cfg)
-    if task._train_source is None:
-        task._train_source = D.load_source(cfg.data.train, role="train", trust_remote_code=cfg.trust_remote_code)
-    task._full_train = task._train_source
 
 
 def _as_number(v) -> float | None:

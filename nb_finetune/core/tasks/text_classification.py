@@ -15,7 +15,14 @@ from .. import data as D
 from . import common as C
 from .base import Capabilities, Examples, Task, register
 
-__all__ = ["SequenceTask", "TextClassification", "ClassificationMetric", "classification_scores"]
+__all__ = [
+    "SequenceTask",
+    "TextClassification",
+    "ClassificationMetric",
+    "classification_scores",
+    "label_column",
+    "label_kind",
+]
 
 
 class SequenceTask(Task):
@@ -32,6 +39,7 @@ class SequenceTask(Task):
         self.pair_col: str | None = None
         self.label_col: str = ""
         self.label_map: dict[Any, int] = {}
+        self._full_train = None  # data.train before the `eval_split` holdout
 
     # ------------------------------------------------------------ calling thread
     def preflight(self) -> None:
@@ -56,6 +64,9 @@ class SequenceTask(Task):
                     f"data.eval lacks column(s) {missing} that data.train has "
                     f"(data.eval columns: {', '.join(eval_.column_names)})"
                 )
+        # labels come from, and errors name rows of, data.train as given (before `eval_split` is held out): a rare
+        # class whose rows all went to the held-out part is still a class
+        self._full_train = train
         self.train, self.eval = C.holdout(cfg, train, eval_)
         self.resolve_labels()
         self.max_length = C.resolve_max_length(cfg, self.tokenizer, self.hf_config)
@@ -66,13 +77,14 @@ class SequenceTask(Task):
         except Exception as e:  # noqa: BLE001
             raise DataError(f"data.text: the tokenizer cannot read column '{self.text_col}': {e}") from None
         # encode every label now: a bad value is an error in the cell, naming its row
-        self.labels_of(self.train, "train")
-        if self.eval is not None:
+        self.labels_of(self._full_train, "train")
+        if cfg.data.eval is not None:
             self.labels_of(self.eval, "eval")
 
     def resolve_labels(self) -> None:
         """Label names and the raw value -> id mapping (classification)."""
-        names, mapping = D.infer_labels(self.train, self.eval, self.label_col, self.cfg.labels)
+        user_eval = self.eval if self.cfg.data.eval is not None else None
+        names, mapping = D.infer_labels(self._full_train, user_eval, self.label_col, self.cfg.labels)
         if self.model_obj is not None and getattr(self.hf_config, "num_labels", len(names)) != len(names):
             raise DataError(
                 f"model: the model object has {self.hf_config.num_labels} labels but the data has "
@@ -196,10 +208,10 @@ class TextClassification(SequenceTask):
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:
-        col = _label_column(ds, cfg)
+        col = label_column(ds, cfg)
         if col is None:
             return None
-        kind = _label_kind(ds, col)
+        kind = label_kind(ds, col)
         if kind == "str":
             return f"text labels in '{col}'"
         if kind == "int":
@@ -207,7 +219,7 @@ class TextClassification(SequenceTask):
         return None
 
 
-def _label_column(ds, cfg) -> str | None:
+def label_column(ds, cfg) -> str | None:
     cols = list(getattr(ds, "column_names", []) or [])
     # a label column next to a token list is token classification, not this
     if cfg.data.tokens is not None or any(c.lower() in ("tokens", "words") for c in cols):
@@ -218,7 +230,7 @@ def _label_column(ds, cfg) -> str | None:
     return next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
 
 
-def _label_kind(ds, col: str) -> str:
+def label_kind(ds, col: str) -> str:
     """str, int, float (non-integer numbers), list, or other: what the label column holds."""
     import datasets
 
