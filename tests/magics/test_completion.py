@@ -156,8 +156,8 @@ def test_task_values_are_auto_then_names_then_aliases_with_titles(shell):
 
 
 def test_task_values_match_a_prefix_or_a_word_names_first(shell):
-    assert texts(shell, "%%finetune\ntask: to") == ["token-classification", "token-tagging"]
-    assert texts(shell, "%%finetune\ntask: token_") == ["token-classification", "token-tagging"]  # _ reads as -
+    assert texts(shell, "%%finetune\ntask: to") == ["token-classification"]
+    assert texts(shell, "%%finetune\ntask: token_") == ["token-classification"]  # _ reads as -
     assert texts(shell, "%%finetune\ntask: q") == ["question-answering", "qa", "extractive-qa"]
     got = texts(shell, "%%finetune\ntask: answ")
     assert got == ["question-answering"]  # the start of a later word

@@ -243,6 +243,11 @@ def test_finetune_learns_the_tags(tiny_model_dir, tmp_path):
     assert last["eval_f1_macro"] > 0.75 and last["eval_subset_accuracy"] > 0.6, last
     losses = run.history["loss"].dropna().to_numpy()
     assert losses[-4:].mean() < 0.7 * losses[:4].mean()
-    got = run.predict(["a superb film and the actor", "the plot was very dull"])
-    assert {p["label"] for p in got[0]} >= {"positive", "acting"} and "negative" not in {p["label"] for p in got[0]}
-    assert [p["label"] for p in got[1]] == ["negative"]
+    # predict agrees with the held-out labels as often as the eval's subset accuracy says (specific hand-written
+    # sentences would depend on the tiny tokenizer's vocabulary, which differs from process to process)
+    held = ml_df(64, seed=2)
+    got = run.predict(list(held["text"]))
+    assert len(got) == 64 and all(p["score"] > 0.5 for ps in got for p in ps)
+    assert all([p["score"] for p in ps] == sorted((p["score"] for p in ps), reverse=True) for ps in got)
+    same = np.mean([{p["label"] for p in ps} == set(y) for ps, y in zip(got, held["labels"])])
+    assert abs(same - last["eval_subset_accuracy"]) < 1e-9, (same, last["eval_subset_accuracy"])

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import tiny_bert
 
 from nb_finetune.core.config import FinetuneConfig
 from nb_finetune.core.tasks.base import resolve_task
@@ -322,7 +323,6 @@ def test_empty_data_a_model_without_qa_head_a_slow_tokenizer_and_too_long_questi
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(vit)
     with pytest.raises(ModelError, match="has no QuestionAnswering head"):
         make_task(str(vit), sentiment_records(3, 0))
-    from conftest import tiny_bert
 
     with pytest.raises(ModelError, match="needs a \\*ForQuestionAnswering model object"):
         make_task(tiny_bert(), sentiment_records(3, 0))
