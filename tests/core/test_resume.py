@@ -10,17 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from metrics_log import losses_by_step
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def losses_by_step(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") == "log":
-            first = rec["step"] - len(rec["losses"]) + 1
-            out.update({first + i: v for i, v in enumerate(rec["losses"])})
-    return out
 
 
 def run_py(code: str, env_extra: dict) -> None:

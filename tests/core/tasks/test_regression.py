@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from metrics_log import losses_by_step
 
 from nb_finetune.core.config import FinetuneConfig
 from nb_finetune.core.tasks.base import resolve_task
@@ -300,16 +301,6 @@ def test_metric_for_best_on_mae_keeps_the_lowest(tiny_model_dir, tmp_path):
     assert run.best_checkpoint.name == f"step-{steps[int(np.argmin(maes))]:06d}", (run.best_checkpoint, maes)
 
 
-def _losses_by_step(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") == "log":
-            first = rec["step"] - len(rec["losses"]) + 1
-            out.update({first + i: v for i, v in enumerate(rec["losses"])})
-    return out
-
-
 def _run_py(code: str, env_extra: dict) -> None:
     env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
@@ -365,7 +356,7 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
         env,
     )
     runs = tmp_path / "runs"
-    assert max(_losses_by_step(runs / "b")) == 6
+    assert max(losses_by_step(runs / "b")) == 6
     _run_py(
         """
         import json, os
@@ -375,6 +366,6 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
         """,
         env,
     )
-    a, b = _losses_by_step(runs / "a"), _losses_by_step(runs / "b")
+    a, b = losses_by_step(runs / "a"), losses_by_step(runs / "b")
     assert len(a) == 15 and sorted(a) == sorted(b)
     assert [b[s] for s in sorted(b)] == [a[s] for s in sorted(a)]  # exactly equal, not approximately

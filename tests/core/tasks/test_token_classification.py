@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from metrics_log import losses_by_step
 
 from nb_finetune.core.config import FinetuneConfig
 from nb_finetune.core.tasks.base import resolve_task
@@ -553,16 +554,6 @@ def test_freezing_all_but_head_trains_only_the_head(tiny_model_dir, tmp_path):
     assert not tuned["classifier.weight"].equal(start["head"])  # control: the head did train
 
 
-def _losses_by_step(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") == "log":
-            first = rec["step"] - len(rec["losses"]) + 1
-            out.update({first + i: v for i, v in enumerate(rec["losses"])})
-    return out
-
-
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_model_dir, tmp_path):
     from nb_finetune import finetune
     from nb_finetune.core.events import RunStarted
@@ -606,7 +597,7 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     b.start().wait()
     assert (b.status, b.reason) == ("stopped", "user"), (b.status, b.error)
     runs = tmp_path / "runs"
-    assert 12 <= b.step <= 13 and max(_losses_by_step(runs / "b")) == b.step
+    assert 12 <= b.step <= 13 and max(losses_by_step(runs / "b")) == b.step
     # b resumed in a fresh process
     env = {**os.environ, "NB_FT_CFG": json.dumps(cfg), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     code = """
@@ -619,6 +610,6 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
         [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    la, lb = _losses_by_step(runs / "a"), _losses_by_step(runs / "b")
+    la, lb = losses_by_step(runs / "a"), losses_by_step(runs / "b")
     assert len(la) == 27 and sorted(la) == sorted(lb)
     assert [lb[s] for s in sorted(lb)] == [la[s] for s in sorted(la)]  # exactly equal, not approximately
