@@ -189,3 +189,17 @@ def test_start_up_probes_take_short_examples_of_two_lengths():
     lengths = np.array([50, 3, 3, 64, 4, 9])
     assert short_padded_rows(lengths, 2) == [1, 4] and short_padded_rows(lengths, 3) == [1, 4, 2]
     assert short_padded_rows(np.array([7, 7, 7]), 2) is None  # no padding to check
+
+
+def test_the_worker_thread_gets_the_users_thread_count_only_when_it_was_changed(monkeypatch):
+    from nb_finetune.core.train import device
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    device.keep_thread_count()
+    assert calls == []  # the default stays as it is (MKL keeps choosing fewer threads for small matmuls)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    device.keep_thread_count()
+    assert calls == [3]

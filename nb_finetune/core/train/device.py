@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ...errors import ConfigError
 
 __all__ = [
@@ -78,12 +80,23 @@ def precision_of(accelerator) -> str:
 
 
 def keep_thread_count() -> None:
-    """Give this (worker) thread the intra-op thread count `torch.get_num_threads()` reports.
+    """Give this (worker) thread the intra-op thread count the user set with `torch.set_num_threads(n)`.
 
-    `torch.set_num_threads(n)` in the notebook sets OpenMP's and MKL's count for the calling thread only: on a new
-    thread MKL's matmuls go back to one thread per core while torch still reports n (measured: a 1-thread setting
-    ran the worker's matmuls on 2 threads). Set again here, every kernel library uses what the user asked for.
+    That call sets OpenMP's and MKL's count for the calling thread only: on a new thread MKL's matmuls go back to
+    one thread per core while torch still reports n (measured: a 1-thread setting ran the worker's matmuls on 2
+    threads). Set again here when it differs from the default; the default is left alone, since setting it also
+    turns off MKL's own choice of fewer threads for small matmuls.
     """
     import torch
 
-    torch.set_num_threads(torch.get_num_threads())
+    n = torch.get_num_threads()
+    if n != _default_threads():
+        torch.set_num_threads(n)
+
+
+def _default_threads() -> int:
+    """The count torch starts with (OpenMP's default: OMP_NUM_THREADS, else the CPUs this process may use)."""
+    try:
+        return int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -124,7 +124,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     emit = Emitter(callbacks)
 
     # ---------------------------------------------------------------- set-up
-    pass  # keep_thread_count()  # this is the worker thread: the notebook's torch.set_num_threads holds here too
+    keep_thread_count()  # this is the worker thread: the notebook's torch.set_num_threads holds here too
     accelerator = make_accelerator(resolve_precision(cfg.precision.value, device_type()))
     device, precision = accelerator.device, precision_of(accelerator)
     live = Live.from_config(cfg, lm)
