@@ -495,6 +495,8 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     import textwrap
     from pathlib import Path
 
+    import torch
+
     from nb_finetune import finetune
     from nb_finetune.core.events import RunStarted
 
@@ -541,7 +543,12 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     # that half-step's gradient is discarded: epoch 1's steps (the last one flushes an odd batch) plus one
     assert b.step == math.ceil(per_epoch / 2) + 1 and max(losses_by_step(runs / "b")) == b.step
     root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "NB_FT_CFG": json.dumps(cfg), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "NB_FT_CFG": json.dumps(cfg),
+        "PYTHONPATH": str(root),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }  # as run a had it: the same reduction order
     code = """
         import json, os
         from nb_finetune import finetune

@@ -555,6 +555,8 @@ def test_freezing_all_but_head_trains_only_the_head(tiny_model_dir, tmp_path):
 
 
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    import torch
+
     from nb_finetune import finetune
     from nb_finetune.core.events import RunStarted
 
@@ -599,7 +601,12 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     runs = tmp_path / "runs"
     assert 12 <= b.step <= 13 and max(losses_by_step(runs / "b")) == b.step
     # b resumed in a fresh process
-    env = {**os.environ, "NB_FT_CFG": json.dumps(cfg), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "NB_FT_CFG": json.dumps(cfg),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }  # as run a had it: the same reduction order
     code = """
         import json, os
         from nb_finetune import finetune
