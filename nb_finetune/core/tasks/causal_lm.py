@@ -85,7 +85,10 @@ class CausalLM(Task):
 
             if not peft_available():
                 raise ConfigError("lora: needs the `peft` package: pip install peft (or pip install nb-finetune[llm])")
-        self.tokenizer = C.resolve_tokenizer(cfg, self.model_obj, self.model_id)
+        if cfg.gguf_file and cfg.tokenizer is None and self.model_obj is None:
+            self.tokenizer = _gguf_tokenizer(cfg, self.model_id)  # the tokenizer is inside the GGUF file too
+        else:
+            self.tokenizer = C.resolve_tokenizer(cfg, self.model_obj, self.model_id)
         if cfg.chat_template:
             self.tokenizer.chat_template = cfg.chat_template
         train, eval_ = C.load_splits(cfg, self._train_source)
@@ -497,6 +500,18 @@ class CausalLM(Task):
             model.save_pretrained(path, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
+
+
+def _gguf_tokenizer(cfg, model_id: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_id, gguf_file=cfg.gguf_file)
+    except Exception as e:  # noqa: BLE001
+        raise C.hub_error("model (the tokenizer in its gguf_file)", model_id, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def _load_causal_lm(cfg, model_id: str, **kw):
