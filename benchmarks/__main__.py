@@ -166,6 +166,11 @@ def summarize(doc: dict) -> tuple[str, str]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["llm"]:  # the LLM arm set (benchmarks/llm.py)
+        from .llm import main as llm_main
+
+        return llm_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
