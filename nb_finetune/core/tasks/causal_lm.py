@@ -64,8 +64,11 @@ class CausalLM(Task):
             return "prompt / completion columns"
         if cfg.data.prompt is not None and cfg.data.completion is not None:
             return "prompt / completion columns"
-        if len(cols) == 1 and (cfg.data.text in (None, cols[0])) and lower.get("text", cols[0]) == cols[0]:
-            return f"a lone text column '{cols[0]}'"
+        # plain text for continued pre-training: one column, named `text` (or the one data.text names), of strings
+        if len(cols) == 1 and cols[0] in ({cfg.data.text} if cfg.data.text else {lower.get("text")}):
+            values = [v for v in ds[cols[0]][:100] if v is not None]
+            if values and all(isinstance(v, str) for v in values):
+                return f"a lone text column '{cols[0]}'"
         return None
 
     # ------------------------------------------------------------ calling thread
@@ -204,6 +207,7 @@ class CausalLM(Task):
             else ("assistant turns" if self.kind == "chat" else "completions")
         )
         lines.append(f"data: {what} ({', '.join(self.columns)}), loss on {on}, max_length {self.max_length}")
+        lines.append("head: the model's own language-modelling head (next-token cross-entropy)")
         tr = self.encoded.get("train")
         if tr is not None:
             lines.append(
