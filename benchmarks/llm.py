@@ -88,9 +88,9 @@ def summarize(doc: dict) -> tuple[str, str]:
         f"no gradient checkpointing, 1 epoch; padded batch {spec['batch_size']}, packed {spec['rows_per_step']} rows "
         f"per step; {doc['reps']} repetition(s), medians; {doc['machine'].get('cpu_count')} CPU cores",
         "",
-        "| arm | wall s | real tokens/s | padding share | steps | peak RSS MB | syncs/100 steps | train loss (last 20%) |"
+        "| arm | wall s | CPU s | real tokens/s | padding share | steps | peak RSS MB | syncs/100 steps | train loss (last 20%) |"
         " N vs arm |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     n_tps = med("N", "tokens_per_s")
     ratios = {}
@@ -103,8 +103,9 @@ def summarize(doc: dict) -> tuple[str, str]:
             ratios[arm] = n_tps / tps
             ratio = f"N/{arm} {ratios[arm]:.2f}x"
         loss = med(arm, "train_loss")
+        cpu = "" if med(arm, "cpu_s") is None else f"{med(arm, 'cpu_s'):.1f}"
         lines.append(
-            f"| {arm} {NAMES[arm]} | {med(arm, 'wall_s'):.1f} | {tps:,.0f} | {100 * med(arm, 'padding_share'):.0f}% | "
+            f"| {arm} {NAMES[arm]} | {med(arm, 'wall_s'):.1f} | {cpu} | {tps:,.0f} | {100 * med(arm, 'padding_share'):.0f}% | "
             f"{med(arm, 'steps'):.0f} | {med(arm, 'peak_rss_mb'):,.0f} | {med(arm, 'syncs_per_100_steps'):.0f} | "
             f"{'' if loss is None else f'{loss:.3f}'} | {ratio} |"
         )
