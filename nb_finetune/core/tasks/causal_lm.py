@@ -8,6 +8,7 @@ Metrics: eval `loss` (per example, the loop's) and `perplexity` = exp(mean NLL p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -518,13 +519,33 @@ def _gguf_tokenizer(cfg, model_id: str):
     return tok
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar():
+    """transformers' GGUF loader draws a bare tqdm bar, which the library's own switch does not reach; the worker
+    thread never prints into the user's cell."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as g
+    except ImportError:
+        yield
+        return
+    saved = getattr(g, "tqdm", None)
+    g.tqdm = lambda it, *a, **k: it
+    try:
+        yield
+    finally:
+        g.tqdm = saved
+
+
 def _load_causal_lm(cfg, model_id: str, **kw):
     from transformers import AutoModelForCausalLM
 
+    quiet = contextlib.nullcontext()
     if cfg.gguf_file:
         kw["gguf_file"] = cfg.gguf_file
+        quiet = _no_gguf_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=cfg.trust_remote_code, **kw)
+        with quiet:
+            return AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=cfg.trust_remote_code, **kw)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             raise ModelError(
