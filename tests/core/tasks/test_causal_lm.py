@@ -330,3 +330,14 @@ def test_generate_live_and_eval_prompts(llama_dir, chats, tmp_path):
     table = evals[-1]["extras"]["generations"]
     assert table["kind"] == "table" and table["rows"][0][0] == prompts[0] and isinstance(table["rows"][0][2], str)
     assert isinstance(b.generate(prompts[0], max_new_tokens=4), str)  # after the run
+
+
+def test_packing_is_refused_where_it_cannot_be_exact():
+    """An attention kernel that takes no block-diagonal mask is refused with the fix. Control: sdpa passes."""
+    task = CausalLM.__new__(CausalLM)
+    model = _tiny_lm("llama", "sdpa")
+    task.attn = "sdpa"
+    task._check_packing(model)
+    task.attn = "flex_attention"
+    with pytest.raises(ConfigError, match="packing: .*sdpa or eager.*packing: false"):
+        task._check_packing(model)
