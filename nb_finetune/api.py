@@ -392,6 +392,9 @@ class Run:
             if self._submitted:
                 return self
             self._submitted = True
+        from .core.train import release_openmp_threads
+
+        release_openmp_threads()  # this thread's idle OpenMP pool would slow every CPU step of the worker's
         _scheduler().submit(self)
         return self
 
