@@ -488,17 +488,35 @@ class Run:
         metrics, _ = evaluate(model, encoded, self._task, self.config, device)
         return metrics
 
-    def save(self, path: str | Path) -> Path:
-        """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
+    def save(self, path: str | Path, **kwargs) -> Path:
+        """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`.
+        Task options pass through (causal-lm with LoRA: `merged=True` saves plain merged weights, not adapters)."""
         from .core.train import library_logging_to
 
         model = self._need_model("save")
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         with library_logging_to(self.dir / "run.log"):  # no library progress bars in the user's cell
-            self._task.save(model, path)
+            self._task.save(model, path, **kwargs)
         (path / "finetune_config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return path
+
+    def generate(self, prompt, max_new_tokens: int = 64, **generation_kwargs):
+        """Text generated after `prompt` (a string, a list of `{role, content}` messages, or a list of those) by the
+        task's model (causal-lm). While the run trains, the request is served between two optimizer steps under a
+        forked RNG, so training goes on exactly as without it; after the run, with the final model."""
+        if not hasattr(self._task, "generate"):
+            raise FinetuneError(f"generate: task {self._task.name} does not generate text; use predict()")
+        if self._model is not None and not self.done and hasattr(self._task, "generate_live"):
+            return self._task.generate_live(
+                prompt,
+                max_new_tokens,
+                is_done=lambda: self.done,
+                is_paused=lambda: self.status == "paused",
+                **generation_kwargs,
+            )
+        model = self._need_model("generate")
+        return self._task.generate(model, prompt, max_new_tokens, **generation_kwargs)
 
     # ------------------------------------------------------------ events
     def subscribe(self, callback) -> None:
@@ -561,6 +579,8 @@ class Run:
 
         task, rd = self._task, self._run_dir
         subscribers = [self, RegistryCallback(rd), *self._callbacks, _Subscribers(self._subscribers)]
+        if hasattr(task, "on_event"):  # a task that serves requests at step boundaries (causal-lm: generate)
+            subscribers.append(task)
 
         def emit(ev):
             for cb in subscribers:
@@ -685,7 +705,7 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     frozen = resolve_freeze(cfg.freeze, lm)
     owner = lm.group_of_param()
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for n, p in model.named_parameters() if owner.get(n) not in frozen)
+    trainable = sum(p.numel() for n, p in model.named_parameters() if n not in lm.fixed and owner.get(n) not in frozen)
     n_train, n_eval = task.num_train, task.num_eval
     spe = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)

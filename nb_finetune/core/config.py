@@ -23,6 +23,7 @@ __all__ = [
     "FinetuneConfig",
     "DataConfig",
     "EarlyStopping",
+    "LoraSettings",
     "Precision",
     "Scheduler",
     "parse_cell",
@@ -52,6 +53,17 @@ class FrozenMode(str, Enum):
     train = "train"
 
 
+class TrainOn(str, Enum):
+    completion = "completion"
+    all = "all"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    q4 = "4bit"
+    q8 = "8bit"
+
+
 class CacheFrozen(str, Enum):
     auto = "auto"
     on = "on"
@@ -65,12 +77,13 @@ class Mode(str, Enum):
 
 
 # task names as the task modules register them (core/tasks/); a field's `tasks=` says which tasks read it
-TC, REG, ML, NER, QA = (
+TC, REG, ML, NER, QA, CLM = (
     "text-classification",
     "regression",
     "multi-label-classification",
     "token-classification",
     "question-answering",
+    "causal-lm",
 )
 SEQUENCE_TASKS = (TC, REG, ML)
 
@@ -169,8 +182,9 @@ class DataConfig(_Strict):
     )
     text: str | None = _field(
         None,
-        "Column holding the input text. Auto-detected when there is one obvious text column.",
-        tasks=SEQUENCE_TASKS,
+        "Column holding the input text (causal-lm: plain text for continued pre-training). Auto-detected when there "
+        "is one obvious text column.",
+        tasks=(*SEQUENCE_TASKS, CLM),
     )
     text_pair: str | None = _field(
         None,
@@ -196,6 +210,17 @@ class DataConfig(_Strict):
         tasks=(QA,),
     )
 
+    messages: str | None = _field(
+        None,
+        "Column holding chat records (a list of `{role, content}`), rendered with the tokenizer's chat template. "
+        "Default: `messages` or `conversations`.",
+        tasks=(CLM,),
+    )
+    prompt: str | None = _field(None, "Column holding the prompt of prompt / completion pairs.", tasks=(CLM,))
+    completion: str | None = _field(
+        None, "Column holding the completion (the tokens trained with `train_on: completion`).", tasks=(CLM,)
+    )
+
     @field_validator("train", "eval")
     @classmethod
     def _source(cls, v):
@@ -213,6 +238,34 @@ class EarlyStopping(_Strict):
     min_delta: float = _field(0.0, "Smallest change that counts as an improvement.", ge=0.0)
 
 
+class LoraSettings(_Strict):
+    """LoRA adapters through PEFT: only the adapters train; the base weights stay as loaded."""
+
+    r: int = _field(16, "Rank of the adapter matrices.", aliases=("rank",), ge=1)
+    alpha: float = _field(
+        32,
+        "Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora).",
+        aliases=("lora_alpha",),
+        gt=0,
+    )
+    dropout: float = _field(0.05, "Dropout on the adapter input.", aliases=("lora_dropout",), ge=0.0, lt=1.0)
+    target_modules: Any = _field(
+        "all-linear",
+        "Modules that get adapters: `all-linear` (every linear layer of the blocks) or a list of names "
+        "(`[q_proj, v_proj]`).",
+        aliases=("targets",),
+    )
+    use_dora: bool = _field(False, "Weight-decomposed LoRA (DoRA).", aliases=("dora",))
+    rslora: bool = _field(False, "Rank-stabilised scaling alpha / sqrt(r).", aliases=("use_rslora",))
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v):
+        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            return v
+        raise ValueError("use `all-linear` or a list of module names such as [q_proj, v_proj]")
+
+
 class FinetuneConfig(_Strict):
     """Everything that defines one fine-tuning run. Build it from a cell, a YAML file, a dict or kwargs.
 
@@ -228,9 +281,10 @@ class FinetuneConfig(_Strict):
     task: str = _field(
         "auto",
         "What to train: text-classification, token-classification (`ner`), question-answering (`qa`), regression, "
-        "multi-label-classification (`multi-label`). `auto` picks from the data: string / int labels -> "
-        "text-classification, float labels -> regression, label lists -> multi-label, a token list with a tag "
-        "list -> token-classification, SQuAD-style `answers` -> question-answering.",
+        "multi-label-classification (`multi-label`), causal-lm (`sft`, `instruction`). `auto` picks from the data: "
+        "string / int labels -> text-classification, float labels -> regression, label lists -> multi-label, a token "
+        "list with a tag list -> token-classification, SQuAD-style `answers` -> question-answering, `messages`, "
+        "`prompt` + `completion` or a lone `text` column -> causal-lm.",
     )
     model: Any = _field(
         None,
@@ -278,6 +332,52 @@ class FinetuneConfig(_Strict):
         None,
         "Delimiter when the label column holds strings such as `sports,politics` instead of lists.",
         tasks=(ML,),
+    )
+    # ---------------------------------------------------------------- causal-lm (instruction tuning)
+    train_on: TrainOn = _field(
+        TrainOn.completion,
+        "Which tokens the loss counts: `completion` (assistant turns of chat records, the completion of prompt / "
+        "completion pairs; plain text trains on everything) or `all`.",
+        tasks=(CLM,),
+    )
+    chat_template: str | None = _field(
+        None,
+        "Jinja chat template for chat records when the tokenizer has none (or to replace its own).",
+        tasks=(CLM,),
+    )
+    lora: LoraSettings | None = _field(
+        None,
+        "Train LoRA adapters instead of the whole model: `{r: 16, alpha: 32, dropout: 0.05, target_modules: "
+        "all-linear}` (also `use_dora`, `rslora`); `lora: {}` takes these defaults.",
+        tasks=(CLM,),
+    )
+    quantization: Quantization = _field(
+        Quantization.none,
+        "Load the base weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes; needs CUDA and `lora:`.",
+        aliases=("quantize", "load_in"),
+        tasks=(CLM,),
+    )
+    packing: bool = _field(
+        False,
+        "Concatenate examples into rows of `max_length`; position ids restart and attention stays within each "
+        "example (exact: no cross-example attention).",
+        tasks=(CLM,),
+    )
+    gradient_checkpointing: bool = _field(
+        False, "Recompute block activations in the backward pass: less memory, ~30% more compute.", tasks=(CLM,)
+    )
+    eval_prompts: list[Any] | None = _field(
+        None,
+        "Prompts (strings or message lists) generated greedily at every evaluation; shown in the panel and "
+        "recorded in metrics.jsonl.",
+        tasks=(CLM,),
+    )
+    max_new_tokens: int = _field(
+        48,
+        "Most tokens generated for each `eval_prompts` entry.",
+        aliases=("gen_max_new_tokens",),
+        ge=1,
+        tasks=(CLM,),
     )
     max_length: int | None = _field(
         None,
@@ -621,7 +721,7 @@ def _unknown_key_message(key: str, table: Mapping[str, str], where: str = "") ->
     return f"{where}unknown key '{key}'.{hint}"
 
 
-_NESTED = {"data": DataConfig, "early_stopping": EarlyStopping}
+_NESTED = {"data": DataConfig, "early_stopping": EarlyStopping, "lora": LoraSettings}
 
 
 def _normalize(model, data, path, lines):
@@ -985,6 +1085,7 @@ def _type_text(f) -> str:
         return " \\| ".join(m.value for m in ann)
     s = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
     s = s.replace("nb_finetune.core.config.", "").replace("DataConfig", "mapping").replace("EarlyStopping", "mapping")
+    s = s.replace("LoraSettings", "mapping")
     return s.replace("None", "null").replace("Any", "any").replace("|", "\\|")
 
 

@@ -34,12 +34,14 @@ class LayerGroup:
     param_names: list[str] = field(default_factory=list)
     module_names: list[str] = field(default_factory=list)
     num_params: int = 0
+    base_params: int = 0  # with adapters (LoRA): the group's base weights, which never train
 
 
 @dataclass
 class LayerMap:
     groups: list[LayerGroup]
     blocks_path: str | None  # e.g. "bert.encoder.layer"
+    fixed: frozenset[str] = frozenset()  # parameters no freeze spec makes trainable (a LoRA model's base weights)
 
     @property
     def num_blocks(self) -> int:
@@ -60,10 +62,14 @@ class LayerMap:
 
     def table(self, frozen: set[str] | None = None) -> list[dict[str, Any]]:
         frozen = frozen or set()
-        return [
+        rows = [
             {"group": g.name, "kind": g.kind, "params": g.num_params, "trainable": g.name not in frozen}
             for g in self.groups
         ]
+        if self.fixed:  # `params` counts what can train (the adapters); `base_params` the fixed weights beside them
+            for row, g in zip(rows, self.groups):
+                row["base_params"] = g.base_params
+        return rows
 
     def describe(self, frozen: set[str] | None = None) -> str:
         """Text table of groups, parameter counts and frozen/trainable, compressing runs of equal blocks."""
@@ -293,7 +299,7 @@ def apply_freeze(model, layer_map: LayerMap, frozen: set[str]) -> tuple[int, int
     owner = layer_map.group_of_param()
     trainable = total = 0
     for pname, p in model.named_parameters():
-        is_frozen = owner.get(pname) in frozen
+        is_frozen = pname in layer_map.fixed or owner.get(pname) in frozen
         p.requires_grad_(not is_frozen)
         if is_frozen:
             p.grad = None  # free grads early

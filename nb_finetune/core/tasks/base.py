@@ -236,6 +236,7 @@ _BUILTIN = (
     "multi_label",
     "token_classification",
     "question_answering",
+    "causal_lm",
 )
 
 
