@@ -236,6 +236,8 @@ _BUILTIN = (
     "multi_label",
     "token_classification",
     "question_answering",
+    "image_classification",
+    "audio_classification",
 )
 
 
@@ -325,7 +327,7 @@ def _check_named_columns(cfg, ds) -> None:
     from ..data import suggest
 
     cols = list(getattr(ds, "column_names", []) or [])
-    for key in ("text", "text_pair", "label", "tokens", "question", "context", "answers"):
+    for key in ("text", "text_pair", "label", "tokens", "question", "context", "answers", "image", "audio"):
         col = getattr(cfg.data, key, None)
         if col is not None and col not in cols:
             raise DataError(
