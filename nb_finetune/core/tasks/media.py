@@ -136,6 +136,9 @@ def column_kind(ds, col: str) -> str | None:
     feat = ds.features.get(col)
     if getattr(feat, "dtype", None) in ("string", "large_string"):
         return _suffix_kind(ds[col][:50])
+    inner = getattr(feat, "feature", None)  # a list of floats named like sound: a clip as an array
+    if col.lower() in AUDIO_NAMES[:4] and str(getattr(inner, "dtype", "")).startswith("float"):
+        return "audio"
     return None
 
 

@@ -91,3 +91,65 @@ def small_cnn(num_classes: int = 1000, in_ch: int = 3):
 
     torch.manual_seed(0)
     return SmallNet()
+
+
+WORDS = ("yes", "no", "stop")
+VOICES = ("en", "en-us", "en+f3", "en-gb-scotland")
+
+
+def spoken_words(root: Path, words=WORDS, voices=VOICES, speeds=(130, 185)) -> Path:
+    """Synthetic speech made here with espeak-ng: one sub-folder per word, one wav per voice and speed (22,050 Hz,
+    espeak's own rate). Not a recording of people: fine for tests and demos."""
+    import subprocess
+
+    for w in words:
+        (root / w).mkdir(parents=True, exist_ok=True)
+        for v in voices:
+            for s in speeds:
+                out = root / w / f"{v}-{s}.wav"
+                if not out.exists():
+                    subprocess.run(["espeak-ng", "-v", v, "-s", str(s), "-w", str(out), w], check=True)
+    return root
+
+
+def tiny_wav2vec2_dir(d: Path) -> str:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    if not (d / "config.json").exists():
+        conf = Wav2Vec2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(16, 16, 16),
+            conv_kernel=(10, 4, 4),
+            conv_stride=(5, 4, 4),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+            classifier_proj_size=16,
+            num_labels=2,
+        )
+        Wav2Vec2ForSequenceClassification(conf).save_pretrained(d)
+        Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(d)
+    return str(d)
+
+
+def tiny_ast_dir(d: Path) -> str:
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    if not (d / "config.json").exists():
+        conf = ASTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_mel_bins=32,
+            max_length=64,
+            patch_size=16,
+            frequency_stride=16,
+            time_stride=16,
+            num_labels=2,
+        )
+        ASTForAudioClassification(conf).save_pretrained(d)
+        ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(d)
+    return str(d)
