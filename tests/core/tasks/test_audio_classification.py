@@ -137,3 +137,33 @@ def test_a_tiny_ast_trains_on_its_spectrogram_features(words, tmp_path):
     assert run.status == "finished", run.error
     assert run.task.extractor.__class__.__name__ == "ASTFeatureExtractor"
     assert "eval_accuracy" in run.metrics
+
+
+def test_cli_runs_audio_classification(w2v, words, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = {
+        "model": w2v,
+        "data": {"train": str(words), "eval_split": 0.25},
+        "max_steps": 2,
+        "eval_every": 2,
+        "batch_size": 6,
+        "save_every": None,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "run", str(tmp_path / "cfg.yaml"), "--name", "cli"],
+        env={**os.environ, "PYTHONPATH": str(root), "NB_FINETUNE_INDEX_DIR": str(tmp_path / "index")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "task: audio-classification (auto: audio in 'audio')" in out.stdout, out.stdout
+    assert " accuracy " in out.stdout and "seconds of audio/s" in out.stdout, out.stdout

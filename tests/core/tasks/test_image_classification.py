@@ -349,3 +349,52 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(vit_dir
     a, b = losses_by_step(runs / "a"), losses_by_step(runs / "b")
     assert len(a) == 6 and sorted(a) == sorted(b)
     assert [b[s] for s in sorted(b)] == [a[s] for s in sorted(a)]  # exactly equal, not approximately
+
+
+# --------------------------------------------------------------------------------------------- the other doors
+@pytest.fixture()
+def ip():
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "nb_finetune")
+    shell.run_line_magic("config", "FinetuneMagic.renderer = 'text'")
+    yield shell
+    from nb_finetune import api
+
+    for r in api.active_runs():
+        r.abort()
+        r.wait(timeout=60)
+
+
+def test_magic_trains_an_nn_module_from_the_notebook_with_its_head_replaced(folder, ip, tmp_path):
+    net = small_cnn(num_classes=1000)
+    ip.user_ns["net"] = net
+    cell = (
+        "%%finetune magic_net --wait\nmodel: {{net}}\nhead: _fc\nimage_size: 16\n"
+        f"data:\n  train: {folder}\n  eval_split: 0.25\nmax_steps: 3\nbatch_size: 8\nsave_every: null\n"
+        f"output_dir: {tmp_path / 'runs'}\n"
+    )
+    res = ip.run_cell(cell)
+    assert res.success, res.error_in_exec
+    run = ip.user_ns["magic_net"]
+    assert run.status == "finished", run.error
+    assert run.task.name == "image-classification" and run.model.net is net and net._fc.out_features == 3
+    assert "eval_accuracy" in run.metrics
+
+
+def test_cli_runs_image_classification(vit_dir, folder, tmp_path):
+    import yaml
+
+    cfg = base_cfg(vit_dir, str(folder), tmp_path, max_steps=2, eval_every=2, save_every=None)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "run", str(tmp_path / "cfg.yaml"), "--name", "cli"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NB_FINETUNE_INDEX_DIR": str(tmp_path / "index")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "task: image-classification (auto: images in 'image')" in out.stdout, out.stdout
+    assert " accuracy " in out.stdout and "images/s" in out.stdout, out.stdout
