@@ -81,7 +81,7 @@ class ImageClassification(Task):
         self.augment = parse_augment(cfg.augment)
         # the frozen-prefix cache is exact only when every pass feeds the same pixels
         self.capabilities = Capabilities(
-            prefix_cache=False, length_grouping=False, throughput_unit="images", mask_4d=False
+            prefix_cache=not self.augment, length_grouping=False, throughput_unit="images", mask_4d=False
         )
         self._resolve_model()
         train, eval_ = C.load_splits(cfg, self._train_source)

@@ -20,6 +20,7 @@ from metrics_log import losses_by_step
 
 from nb_finetune import finetune
 from nb_finetune.core.config import FinetuneConfig
+from nb_finetune.core.events import RunStarted
 from nb_finetune.core.tasks.augment import parse_augment
 from nb_finetune.core.tasks.base import resolve_task
 from nb_finetune.core.tasks.image_classification import ImageClassificationMetric, topk_accuracy
@@ -398,3 +399,24 @@ def test_cli_runs_image_classification(vit_dir, folder, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "task: image-classification (auto: images in 'image')" in out.stdout, out.stdout
     assert " accuracy " in out.stdout and "images/s" in out.stdout, out.stdout
+
+
+def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, folder, tmp_path):
+    notes = {}
+
+    def run_with(name, **over):
+        class Keep:
+            def on_event(self, e):
+                if isinstance(e, RunStarted):
+                    notes[name] = e.cache
+
+        cfg = base_cfg(vit_dir, str(folder), tmp_path, freeze=["embeddings", "blocks.0"], save_every=None, **over)
+        run = finetune(cfg, name=name, wait=True, callbacks=[Keep()])
+        assert run.status == "finished", run.error
+        return losses_by_step(run.run_dir.path)
+
+    cached, plain = run_with("cached"), run_with("plain", cache_frozen="off")
+    assert notes["cached"].startswith("on (depth 1") and notes["plain"].startswith("off")
+    np.testing.assert_allclose([cached[s] for s in sorted(cached)], [plain[s] for s in sorted(plain)], rtol=1e-5)
+    run_with("augmented", augment=["hflip"])
+    assert notes["augmented"].startswith("off (task image-classification")  # augmented pixels change every pass
