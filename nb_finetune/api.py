@@ -68,6 +68,10 @@ def finetune(
 
     task = resolve_task(cfg)  # `task: auto` reads the training data to decide
     task.preflight()
+    if cfg.track:
+        from .core.track import check_trackers_available
+
+        check_trackers_available(cfg.track)  # the missing extra is named in the cell
     if dry_run:
         return _dry_run(cfg, task)
 
@@ -584,6 +588,10 @@ class Run:
                 self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
                 self._model = model
                 job = T.Job(self.config, task, model, train_data, eval_data, self._layer_map, rd, self._resume)
+                if self.config.track:
+                    from .core.track import make_trackers
+
+                    subscribers.extend(make_trackers(self.config, rd))  # they see this run's resolved config
                 result = T.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
             self._result = result
