@@ -617,6 +617,66 @@ class FinetuneConfig(_Strict):
     )
     num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
 
+    # ---------------------------------------------------------------- experiments (core/track, lr_find, batch_size, sweep)
+    track: list[str] | None = _field(
+        None,
+        "Experiment trackers that receive the run: `mlflow`, `wandb`, `comet`, `tensorboard`, or a list of them. Each "
+        "is an optional extra (`pip install nb_finetune[mlflow]`); a failing tracker never stops training.",
+        aliases=("report_to", "trackers"),
+    )
+    lr_find: bool = _field(
+        False,
+        "Run an LR range test on the model before training and train with its suggestion (`lr: find` is shorthand); "
+        "the chosen lr is written into the run's config.yaml.",
+    )
+    batch_size_auto: bool = _field(
+        False,
+        "Pick the largest micro-batch that fits (`batch_size: auto` is shorthand): on CUDA by trying, on CPU from the "
+        "memory estimate against `max_memory_gb`; `grad_accum` keeps batch_size x grad_accum = `effective_batch`.",
+    )
+    effective_batch: int | None = _field(
+        None,
+        "Target examples per optimizer step for `batch_size: auto` (default: batch_size x grad_accum as given).",
+        ge=1,
+    )
+    max_memory_gb: float | None = _field(
+        None, "Memory `batch_size: auto` may plan for on CPU. Default: 80% of the free RAM.", gt=0
+    )
+    sweep: dict[str, Any] | None = _field(
+        None,
+        "Hyperparameter search with Optuna: search spaces such as `lr: loguniform(1e-5, 1e-3)`, "
+        "`freeze: choice(0, 2, 4)`, `batch_size: choice(16, 32)`, `warmup: uniform(0, 0.2)`, `epochs: int(1, 4)`, "
+        "plus `n_trials`, `metric`, `direction` (minimize / maximize), `sampler` (tpe / random / grid), "
+        "`pruner` (median / hyperband / none). Run with `%%finetune NAME --sweep`.",
+    )
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track(cls, v):
+        from .track import check_tracker_names
+
+        return check_tracker_names(v)
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v):
+        if v is not None:
+            from .sweep_space import parse_sweep
+
+            parse_sweep(v)  # ValueError names the key and the accepted forms
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_values(cls, data):
+        # `lr: find` and `batch_size: auto` keep lr / batch_size numbers: the flags say they get resolved at start
+        if isinstance(data, dict):
+            if isinstance(data.get("lr"), str) and data["lr"].strip().lower() == "find":
+                data = {k: v for k, v in data.items() if k != "lr"} | {"lr_find": True}
+            if isinstance(data.get("batch_size"), str) and data["batch_size"].strip().lower() == "auto":
+                data = {k: v for k, v in data.items() if k != "batch_size"} | {"batch_size_auto": True}
+        return data
+
     # ---------------------------------------------------------------- validators
     @field_validator("task", mode="before")
     @classmethod
