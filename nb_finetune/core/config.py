@@ -1235,12 +1235,12 @@ def config_reference_markdown() -> str:
     """The README's config reference table, generated from the schema."""
     rows = ["| key | type | default | aliases | live | tasks | description |", "|---|---|---|---|---|---|---|"]
 
-    def add(prefix, model):
+    def add(prefix, model, parent_tasks=()):
         for n, f in model.model_fields.items():
             extra = f.json_schema_extra or {}
             aliases = ", ".join(f"`{a}`" for a in extra.get("aliases", []))
             live = "yes" if extra.get("live") else ""
-            tasks = ", ".join(extra.get("tasks", [])) or "all"
+            tasks = ", ".join(extra.get("tasks", []) or parent_tasks) or "all"  # a block's keys: the block's tasks
             desc = (f.description or "").replace("|", "\\|")
             if extra.get("live"):
                 desc += f" *Live:* {extra['live']}"
@@ -1248,7 +1248,7 @@ def config_reference_markdown() -> str:
                 f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |"
             )
             if prefix == "" and n in _NESTED:
-                add(f"{n}.", _NESTED[n])
+                add(f"{n}.", _NESTED[n], extra.get("tasks", ()))
 
     add("", FinetuneConfig)
     return "\n".join(rows) + "\n"

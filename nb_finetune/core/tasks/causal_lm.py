@@ -64,8 +64,12 @@ class CausalLM(Task):
             return "prompt / completion columns"
         if cfg.data.prompt is not None and cfg.data.completion is not None:
             return "prompt / completion columns"
-        if len(cols) == 1 and (cfg.data.text in (None, cols[0])) and lower.get("text", cols[0]) == cols[0]:
-            return f"a lone text column '{cols[0]}'"
+        # a lone column of strings named `text` (or named by `data.text`): continued pre-training. Any other lone
+        # column is no sign of it (a text column whose label column is missing must not turn into a causal LM run)
+        if len(cols) == 1:
+            named = cols[0] == cfg.data.text if cfg.data.text is not None else cols[0].lower() == "text"
+            if named and _holds_strings(ds, cols[0]):
+                return f"a lone text column '{cols[0]}'"
         return None
 
     # ------------------------------------------------------------ calling thread
@@ -572,3 +576,15 @@ class LMMetric:
                 "rows": [[p, a, b] for p, a, b in zip(prompts, t.first_generations, texts)],
             }
         }
+
+
+def _holds_strings(ds, col: str) -> bool:
+    """Whether `col` of a datasets.Dataset (or a mapping of lists) holds strings."""
+    feature = getattr(ds, "features", {}).get(col) if hasattr(ds, "features") else None
+    if feature is not None:
+        return getattr(feature, "dtype", None) in ("string", "large_string")
+    try:
+        first = ds[col][0]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return isinstance(first, str)
