@@ -10,12 +10,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily (PEP 562): the server extension and the CLI must not pull in torch
-    from .api import DryRunReport, Run, finetune, get_run
+    from .api import DryRunReport, Run, finetune, get_run, lr_find
     from .core.config import FinetuneConfig
     from .errors import ConfigError, DataError, FinetuneError, ModelError, RunStateError
 
 _LAZY = {
     "finetune": ".api",
+    "lr_find": ".api",
     "Run": ".api",
     "DryRunReport": ".api",
     "get_run": ".api",
@@ -30,6 +31,7 @@ _LAZY = {
 __version__ = "0.1.0.dev0"
 __all__ = [
     "finetune",
+    "lr_find",
     "Run",
     "DryRunReport",
     "FinetuneConfig",

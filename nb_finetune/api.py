@@ -22,7 +22,7 @@ from .core.freezing import resolve_freeze
 from .core.runs import RegistryCallback, RunDir
 from .errors import ConfigError, FinetuneError, RunStateError
 
-__all__ = ["finetune", "Run", "DryRunReport", "active_runs", "get_run"]
+__all__ = ["finetune", "lr_find", "Run", "DryRunReport", "active_runs", "get_run"]
 
 _RUNS: dict[str, Run] = {}
 _RUNS_LOCK = threading.Lock()
@@ -68,6 +68,10 @@ def finetune(
 
     task = resolve_task(cfg)  # `task: auto` reads the training data to decide
     task.preflight()
+    if cfg.track:
+        from .core.track import check_trackers_available
+
+        check_trackers_available(cfg.track)  # the missing extra is named in the cell
     if dry_run:
         return _dry_run(cfg, task)
 
@@ -100,6 +104,47 @@ def finetune(
     if wait:
         run.wait()
     return run
+
+
+def lr_find(
+    config: FinetuneConfig | dict | str | Path | None = None,
+    /,
+    *,
+    namespace: dict | None = None,
+    num_steps: int | None = None,
+    **overrides,
+):
+    """LR range test on the model and data of `config`, on the calling thread; trains nothing that stays.
+
+    Returns an `LRFindResult` (lrs, raw and smoothed losses, `steepest`, `valley`, `min_div10`, `suggestion`);
+    `nb_finetune.ui.experiments.show_lr_find(result)` draws it. `lr: find` in a run's config does the same before
+    training and trains with `suggestion`.
+
+    Example:
+        >>> res = lr_find({"model": "path/to/model", "data": {"train": "reviews.csv"}})  # doctest: +SKIP
+        >>> res.suggestion  # doctest: +SKIP
+        0.00031
+    """
+    import tempfile
+
+    from .core.lr_find import find_lr_for_run
+    from .core.tasks.base import resolve_task
+    from .core.train import library_logging_to
+
+    if isinstance(config, str) and "\n" in config and namespace is not None:
+        cfg = FinetuneConfig.from_yaml(config, namespace)
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    else:
+        cfg = load_config(config, **overrides)
+    task = resolve_task(cfg)
+    task.preflight()
+    import torch
+
+    with library_logging_to(Path(tempfile.gettempdir()) / "nb_finetune-lr_find.log"):
+        torch.manual_seed(cfg.seed)
+        model = task.build_model()
+        train_data, _ = task.build_data()
+        return find_lr_for_run(cfg, task, model, train_data, task.layer_map(model), num_steps=num_steps)
 
 
 def _pid() -> int:
@@ -392,6 +437,9 @@ class Run:
             if self._submitted:
                 return self
             self._submitted = True
+        from .core.train import release_openmp_threads
+
+        release_openmp_threads()  # this thread's idle OpenMP pool would slow every CPU step of the worker's
         _scheduler().submit(self)
         return self
 
@@ -603,6 +651,12 @@ class Run:
                 self._layer_map = task.layer_map(model)
                 self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
                 self._model = model
+                if self.config.track:
+                    from .core.track import make_trackers
+
+                    subscribers.extend(make_trackers(self.config, rd))  # they read the resolved config at RunStarted
+                if self.config.lr_find and self._resume is None:
+                    subscribers.append(self._find_lr(model, train_data, subscribers))
                 job = T.Job(self.config, task, model, train_data, eval_data, self._layer_map, rd, self._resume)
                 result = T.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
@@ -629,6 +683,51 @@ class Run:
             )
         finally:
             self._done.set()
+
+    def _find_lr(self, model, train_data, subscribers):
+        """`lr: find`: the range test on this run's model before it trains; the choice goes into config.yaml.
+        Returns a subscriber that announces the choice (a ControlApplied from `lr_find`) right after RunStarted."""
+        from .core.lr_find import find_lr_for_run
+
+        rd = self._run_dir
+        rd.write_status(state="starting", phase="lr_find")
+        res = find_lr_for_run(self.config, self._task, model, train_data, self._layer_map)
+        self._lr_find = res
+        res.save(rd.path / "lr_find.json")
+        if res.suggestion is None:
+            raise FinetuneError(
+                f"lr: find: the range test found no lr where the loss falls ({res.stopped} after {len(res.lrs)} "
+                "steps); set lr yourself, or give the run more training data"
+            )
+        self.config = self.config.replace(lr=res.suggestion, lr_find=False)
+        self._task.cfg = self.config
+        rd.write_config(self.config.to_yaml())
+        rd.write_status(lr_find={"lr": res.suggestion, "valley": res.valley, "steepest": res.steepest}, phase=None)
+        note = ControlApplied(
+            step=0, command="set", args={"lr": res.suggestion}, seq=0, source="lr_find", message=str(res)
+        )
+        return _AfterStart(note, list(subscribers))
+
+    @property
+    def lr_find_result(self):
+        """The `lr: find` range test of this run (`LRFindResult`: curve and suggestions), or None."""
+        return getattr(self, "_lr_find", None)
+
+
+class _AfterStart:
+    """Hands one event to the other subscribers right after they got RunStarted (the panel shows it first)."""
+
+    def __init__(self, event, subscribers):
+        self.event, self.subscribers, self.sent = event, subscribers, False
+
+    def on_event(self, e: Event) -> None:
+        if isinstance(e, RunStarted) and not self.sent:
+            self.sent = True
+            for cb in self.subscribers:
+                try:
+                    cb.on_event(self.event)
+                except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                    pass
 
 
 class _Subscribers:

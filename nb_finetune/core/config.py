@@ -70,6 +70,16 @@ class CacheFrozen(str, Enum):
     off = "off"
 
 
+class BadExample(str, Enum):
+    skip = "skip"
+    error = "error"
+
+
+class LongAudio(str, Enum):
+    crop = "crop"
+    drop = "drop"
+
+
 class Mode(str, Enum):
     auto = "auto"
     min = "min"
@@ -86,6 +96,8 @@ TC, REG, ML, NER, QA, CLM = (
     "causal-lm",
 )
 SEQUENCE_TASKS = (TC, REG, ML)
+IMG, AUD = "image-classification", "audio-classification"
+MEDIA_TASKS = (IMG, AUD)
 
 
 def _field(
@@ -196,7 +208,7 @@ class DataConfig(_Strict):
         "Column holding the label (the tag list for token classification). Auto-detected from `label`, `labels`, "
         "`target`, `tags`, `ner_tags`, ... when absent.",
         aliases=("tags",),
-        tasks=(*SEQUENCE_TASKS, NER),
+        tasks=(*SEQUENCE_TASKS, NER, *MEDIA_TASKS),
     )
     tokens: str | None = _field(
         None, "Column holding the token (word) lists. Auto-detected from `tokens`, `words`.", tasks=(NER,)
@@ -208,6 +220,25 @@ class DataConfig(_Strict):
         "Column holding SQuAD-style answers `{text: [...], answer_start: [...]}` (empty lists: unanswerable). "
         "Default: `answers`.",
         tasks=(QA,),
+    )
+    # images and sound
+    image: str | None = _field(
+        None,
+        "Column holding the images (an `Image` feature, file paths, PIL images or arrays). Auto-detected from an "
+        "`Image` feature or `image`, `img`, `path`, `file`, ... when absent.",
+        tasks=(IMG,),
+    )
+    audio: str | None = _field(
+        None,
+        "Column holding the audio (an `Audio` feature, file paths, or arrays with `sampling_rate`). Auto-detected "
+        "from an `Audio` feature or `audio`, `path`, `file`, ... when absent.",
+        tasks=(AUD,),
+    )
+    sampling_rate: int | None = _field(
+        None,
+        "Sampling rate in Hz of audio given as plain arrays (files and `Audio` features carry their own).",
+        ge=1,
+        tasks=(AUD,),
     )
 
     messages: str | None = _field(
@@ -281,15 +312,16 @@ class FinetuneConfig(_Strict):
     task: str = _field(
         "auto",
         "What to train: text-classification, token-classification (`ner`), question-answering (`qa`), regression, "
-        "multi-label-classification (`multi-label`), causal-lm (`sft`, `instruction`). `auto` picks from the data: "
-        "string / int labels -> text-classification, float labels -> regression, label lists -> multi-label, a token "
-        "list with a tag list -> token-classification, SQuAD-style `answers` -> question-answering, `messages`, "
-        "`prompt` + `completion` or a lone `text` column -> causal-lm.",
+        "multi-label-classification (`multi-label`), causal-lm (`sft`, `instruction`), image-classification "
+        "(`image`), audio-classification (`audio`). `auto` picks from the data: string / int labels -> "
+        "text-classification, float labels -> regression, label lists -> multi-label, a token list with a tag list "
+        "-> token-classification, SQuAD-style `answers` -> question-answering, `messages`, `prompt` + `completion` "
+        "or a lone `text` column -> causal-lm, an image (audio) column or folder -> image (audio) classification.",
     )
     model: Any = _field(
         None,
         "Pretrained model: a hub id (`bert-base-uncased`), a local directory, or `{{my_model}}` "
-        "(a transformers model object in the notebook).",
+        "(a transformers model object in the notebook; for image classification any `torch.nn.Module`).",
     )
     tokenizer: Any = _field(
         None, "Tokenizer: hub id, directory or `{{tok}}`. Defaults to the model's own.", aliases=("processor",)
@@ -303,7 +335,7 @@ class FinetuneConfig(_Strict):
         None,
         "Label (or tag) names in class-index order. Inferred from the data when absent.",
         aliases=("label_names",),
-        tasks=(TC, ML, NER),
+        tasks=(TC, ML, NER, *MEDIA_TASKS),
     )
     label_all_tokens: bool = _field(
         False,
@@ -378,6 +410,56 @@ class FinetuneConfig(_Strict):
         aliases=("gen_max_new_tokens",),
         ge=1,
         tasks=(CLM,),
+    )
+    # images and sound (image-classification, audio-classification)
+    image_size: int | None = _field(
+        None,
+        "Side in pixels images are resized to. Default: the model's (its config / image processor), 224 for a "
+        "plain `nn.Module`.",
+        aliases=("img_size", "resolution"),
+        ge=8,
+        tasks=(IMG,),
+    )
+    normalize: Any = _field(
+        None,
+        "Pixel normalisation: `imagenet`, `none` or `[mean, std]` (one value or one per channel). Default: the "
+        "model's image processor, `imagenet` for a plain `nn.Module`.",
+        tasks=(IMG,),
+    )
+    channels: int | None = _field(
+        None,
+        "Image channels the model reads: 1 (grayscale), 3 (RGB) or N (multi-band). A pretrained first convolution "
+        "/ patch embedding of another width is adapted (weights averaged or repeated). Default: the model's.",
+        ge=1,
+        tasks=(IMG,),
+    )
+    augment: Any = _field(
+        None,
+        "Training-time augmentation, in order: `[random_resized_crop, hflip, vflip, rotate, color_jitter, "
+        "random_erasing]`, each optionally with parameters (`{rotate: 15}`, `{random_resized_crop: {scale: [0.6, "
+        "1]}}`). Evaluation never augments.",
+        aliases=("augmentation", "augmentations"),
+        tasks=(IMG,),
+    )
+    head: str | None = _field(
+        None,
+        "Attribute path of a plain `nn.Module`'s classifier to replace for the labels (`_fc`, `fc`, "
+        "`classifier.1`). Default: its last `nn.Linear`.",
+        aliases=("classifier",),
+        tasks=(IMG,),
+    )
+    on_bad_example: BadExample = _field(
+        BadExample.skip,
+        "Unreadable or truncated image / audio files: skip them (counted in the progress line and run.log) or stop "
+        "with an error naming the file.",
+        aliases=("on_bad_file",),
+        tasks=MEDIA_TASKS,
+    )
+    max_duration: float | None = _field(
+        None, "Longest audio clip in seconds; longer clips are cropped or dropped (`long_audio`).", gt=0, tasks=(AUD,)
+    )
+    long_audio: LongAudio = _field(
+        LongAudio.crop, "What `max_duration` does to a longer clip: crop it or drop it (counted).", tasks=(AUD,)
     )
     max_length: int | None = _field(
         None,
@@ -534,6 +616,66 @@ class FinetuneConfig(_Strict):
         None, "Continue from a checkpoint: `last`, `best`, or a checkpoint directory.", aliases=("resume",)
     )
     num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
+
+    # ---------------------------------------------------------------- experiments (core/track, lr_find, batch_size, sweep)
+    track: list[str] | None = _field(
+        None,
+        "Experiment trackers that receive the run: `mlflow`, `wandb`, `comet`, `tensorboard`, or a list of them. Each "
+        "is an optional extra (`pip install nb_finetune[mlflow]`); a failing tracker never stops training.",
+        aliases=("report_to", "trackers"),
+    )
+    lr_find: bool = _field(
+        False,
+        "Run an LR range test on the model before training and train with its suggestion (`lr: find` is shorthand); "
+        "the chosen lr is written into the run's config.yaml.",
+    )
+    batch_size_auto: bool = _field(
+        False,
+        "Pick the largest micro-batch that fits (`batch_size: auto` is shorthand): on CUDA by trying, on CPU from the "
+        "memory estimate against `max_memory_gb`; `grad_accum` keeps batch_size x grad_accum = `effective_batch`.",
+    )
+    effective_batch: int | None = _field(
+        None,
+        "Target examples per optimizer step for `batch_size: auto` (default: batch_size x grad_accum as given).",
+        ge=1,
+    )
+    max_memory_gb: float | None = _field(
+        None, "Memory `batch_size: auto` may plan for on CPU. Default: 80% of the free RAM.", gt=0
+    )
+    sweep: dict[str, Any] | None = _field(
+        None,
+        "Hyperparameter search with Optuna: search spaces such as `lr: loguniform(1e-5, 1e-3)`, "
+        "`freeze: choice(0, 2, 4)`, `batch_size: choice(16, 32)`, `warmup: uniform(0, 0.2)`, `epochs: int(1, 4)`, "
+        "plus `n_trials`, `metric`, `direction` (minimize / maximize), `sampler` (tpe / random / grid), "
+        "`pruner` (median / hyperband / none). Run with `%%finetune NAME --sweep`.",
+    )
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track(cls, v):
+        from .track import check_tracker_names
+
+        return check_tracker_names(v)
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v):
+        if v is not None:
+            from .sweep_space import parse_sweep
+
+            parse_sweep(v)  # ValueError names the key and the accepted forms
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_values(cls, data):
+        # `lr: find` and `batch_size: auto` keep lr / batch_size numbers: the flags say they get resolved at start
+        if isinstance(data, dict):
+            if isinstance(data.get("lr"), str) and data["lr"].strip().lower() == "find":
+                data = {k: v for k, v in data.items() if k != "lr"} | {"lr_find": True}
+            if isinstance(data.get("batch_size"), str) and data["batch_size"].strip().lower() == "auto":
+                data = {k: v for k, v in data.items() if k != "batch_size"} | {"batch_size_auto": True}
+        return data
 
     # ---------------------------------------------------------------- validators
     @field_validator("task", mode="before")
@@ -1093,12 +1235,12 @@ def config_reference_markdown() -> str:
     """The README's config reference table, generated from the schema."""
     rows = ["| key | type | default | aliases | live | tasks | description |", "|---|---|---|---|---|---|---|"]
 
-    def add(prefix, model):
+    def add(prefix, model, parent_tasks=()):
         for n, f in model.model_fields.items():
             extra = f.json_schema_extra or {}
             aliases = ", ".join(f"`{a}`" for a in extra.get("aliases", []))
             live = "yes" if extra.get("live") else ""
-            tasks = ", ".join(extra.get("tasks", [])) or "all"
+            tasks = ", ".join(extra.get("tasks", []) or parent_tasks) or "all"  # a block's keys: the block's tasks
             desc = (f.description or "").replace("|", "\\|")
             if extra.get("live"):
                 desc += f" *Live:* {extra['live']}"
@@ -1106,7 +1248,7 @@ def config_reference_markdown() -> str:
                 f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |"
             )
             if prefix == "" and n in _NESTED:
-                add(f"{n}.", _NESTED[n])
+                add(f"{n}.", _NESTED[n], extra.get("tasks", ()))
 
     add("", FinetuneConfig)
     return "\n".join(rows) + "\n"

@@ -118,8 +118,11 @@ def _find_blocks(model) -> tuple[str, Any] | None:
     return (best[1], best[2]) if best else None
 
 
-def build_layer_map(model) -> LayerMap:
+def build_layer_map(model, blocks_path: str | None = None) -> LayerMap:
     """Group `model`'s parameters into embeddings, blocks.0..N-1 and head.
+
+    `blocks_path`: the `nn.ModuleList` to use as the blocks (a task that knows better, e.g. a CNN's stages);
+    default: the longest list of identical modules.
 
     Example:
         >>> import torch.nn as nn
@@ -128,7 +131,7 @@ def build_layer_map(model) -> LayerMap:
         ['blocks.0', 'blocks.1', 'blocks.2']
     """
     params = list(model.named_parameters())  # dedups tied weights: they stay with their first owner
-    found = _find_blocks(model)
+    found = (blocks_path, model.get_submodule(blocks_path)) if blocks_path else _find_blocks(model)
     if found is None or len(found[1]) < 2:
         return _fallback_map(model, params)
     path, blocks = found

@@ -64,6 +64,10 @@ class FinetuneMagic(Magics, Configurable):
         if args.dry_run:
             print(api.finetune(cfg, dry_run=True))
             return None
+        if args.lr_find or args.sweep:
+            from .experiments import cell_lr_find, cell_sweep
+
+            return cell_lr_find(self.shell, cfg) if args.lr_find else cell_sweep(self, cfg, args)
         if args.wait and args.paused:
             raise FinetuneError("%%finetune: --paused waits for the Start button, which --wait cannot deliver")
         self._renderer_choice()  # a bad renderer is an error before the run exists
@@ -135,6 +139,10 @@ class FinetuneMagic(Magics, Configurable):
             return _runs_table()
         if cmd.command == "show":
             return self._show(cmd.name)
+        if cmd.command in ("compare", "lr_find"):
+            from .experiments import line_compare, line_lr_find
+
+            return line_compare(cmd.args) if cmd.command == "compare" else line_lr_find(self.shell, cmd.name)
         target = _resolve(cmd.name)
         if isinstance(target, Path):  # a run of another process: through its control file
             if cmd.command not in COMMANDS:

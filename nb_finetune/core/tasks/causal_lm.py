@@ -65,10 +65,11 @@ class CausalLM(Task):
             return "prompt / completion columns"
         if cfg.data.prompt is not None and cfg.data.completion is not None:
             return "prompt / completion columns"
-        # plain text for continued pre-training: one column, named `text` (or the one data.text names), of strings
-        if len(cols) == 1 and cols[0] in ({cfg.data.text} if cfg.data.text else {lower.get("text")}):
-            values = [v for v in ds[cols[0]][:100] if v is not None]
-            if values and all(isinstance(v, str) for v in values):
+        # a lone column of strings named `text` (or named by `data.text`): continued pre-training. Any other lone
+        # column is no sign of it (a text column whose label column is missing must not turn into a causal LM run)
+        if len(cols) == 1:
+            named = cols[0] == cfg.data.text if cfg.data.text is not None else cols[0].lower() == "text"
+            if named and _holds_strings(ds, cols[0]):
                 return f"a lone text column '{cols[0]}'"
         return None
 
@@ -597,3 +598,15 @@ class LMMetric:
                 "rows": [[p, a, b] for p, a, b in zip(prompts, t.first_generations, texts)],
             }
         }
+
+
+def _holds_strings(ds, col: str) -> bool:
+    """Whether `col` of a datasets.Dataset (or a mapping of lists) holds strings."""
+    feature = getattr(ds, "features", {}).get(col) if hasattr(ds, "features") else None
+    if feature is not None:
+        return getattr(feature, "dtype", None) in ("string", "large_string")
+    try:
+        first = ds[col][0]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return isinstance(first, str)

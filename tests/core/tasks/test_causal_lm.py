@@ -17,7 +17,7 @@ from nb_finetune.core.events import ControlApplied, StepEnded
 from nb_finetune.core.tasks import lm_data as L
 from nb_finetune.core.tasks.base import HOST_KEYS
 from nb_finetune.core.tasks.causal_lm import CausalLM
-from nb_finetune.errors import ConfigError
+from nb_finetune.errors import ConfigError, DataError
 
 pytest.importorskip("peft")
 
@@ -122,6 +122,11 @@ def test_auto_detection_and_dry_run(llama_dir, chats, tmp_path):
         pd.DataFrame({"text": ["the sky is blue"] * 8}),
     ):
         assert resolve_task(FinetuneConfig.from_dict({"model": llama_dir, "data": {"train": df}})).name == "causal-lm"
+    # controls: a lone column of strings not named `text` is no sign of continued pre-training
+    with pytest.raises(DataError, match="name it with `task:`"):
+        resolve_task(
+            FinetuneConfig.from_dict({"model": llama_dir, "data": {"train": pd.DataFrame({"a": ["x y"] * 8})}})
+        )
     labelled = pd.DataFrame({"text": ["a", "b"] * 4, "label": ["x", "y"] * 4})
     assert (
         resolve_task(FinetuneConfig.from_dict({"model": llama_dir, "data": {"train": labelled}})).name != "causal-lm"
