@@ -166,6 +166,11 @@ def summarize(doc: dict) -> tuple[str, str]:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "vision":  # python -m benchmarks vision [--quick]: image classification (vision.py)
+        from .vision import main as vision_main
+
+        return vision_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -197,7 +197,10 @@ def digits():
     return (d.images * 16).clip(0, 255).astype(np.uint8), [str(v) for v in d.target]
 
 
-def spoken_words(root: str | Path, words=("yes", "no", "up", "down"), voices=("en", "en-us", "en+f3", "en-gb-scotland"),
+SPEECH_VOICES = ("en", "en-us", "en+f3", "en-gb-scotland", "en+m3", "en-us+f2")
+
+
+def spoken_words(root: str | Path, words=("yes", "no", "up", "down"), voices=SPEECH_VOICES,
                  speeds=(120, 150, 180)) -> Path:  # fmt: skip
     """Synthesise a spoken-word set with Debian's espeak-ng: one sub-folder per word, one wav per voice and speed.
 

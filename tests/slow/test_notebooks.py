@@ -52,6 +52,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         before = float(re.search(r"R2 before fine-tuning: (-?[0-9.]+)", text).group(1))
         after = float(re.search(r"R2 after \d+ steps: (-?[0-9.]+)", text).group(1))
         assert before < 0.1 and after >= 0.3, (before, after)
+    if name in ("image_classification.ipynb", "audio_classification.ipynb"):
+        before = float(re.search(r"accuracy before fine-tuning: ([0-9.]+)", text).group(1))
+        after = float(re.search(r"accuracy after \d+ steps: ([0-9.]+)", text).group(1))
+        assert after >= before + 0.3, (name, before, after)
     if name == "multi_label.ipynb":
         before = float(re.search(r"f1_micro before fine-tuning: ([0-9.]+)", text).group(1))
         after = float(re.search(r"f1_micro after \d+ steps: ([0-9.]+)", text).group(1))
