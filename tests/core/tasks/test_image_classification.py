@@ -410,7 +410,8 @@ def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, f
                 if isinstance(e, RunStarted):
                     notes[name] = e.cache
 
-        cfg = base_cfg(vit_dir, str(folder), tmp_path, freeze=["embeddings", "blocks.0"], save_every=None, **over)
+        over = {"model": vit_dir, "freeze": ["embeddings", "blocks.0"], **over}
+        cfg = base_cfg(over.pop("model"), str(folder), tmp_path, save_every=None, **over)
         run = finetune(cfg, name=name, wait=True, callbacks=[Keep()])
         assert run.status == "finished", run.error
         return losses_by_step(run.run_dir.path)
@@ -420,3 +421,11 @@ def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, f
     np.testing.assert_allclose([cached[s] for s in sorted(cached)], [plain[s] for s in sorted(plain)], rtol=1e-5)
     run_with("augmented", augment=["hflip"])
     assert notes["augmented"].startswith("off (task image-classification")  # augmented pixels change every pass
+    # a plain CNN: its stem (conv + BatchNorm, an activation between them and the blocks) runs; block 0 replays
+    net_cfg = dict(freeze=["embeddings", "blocks.0", "blocks.1"], image_size=16)
+    cnn_cached = run_with("cnn-cached", **net_cfg, model=small_cnn())
+    cnn_plain = run_with("cnn-plain", **net_cfg, model=small_cnn(), cache_frozen="off")
+    assert notes["cnn-cached"].startswith("on (depth 2")
+    np.testing.assert_allclose(
+        [cnn_cached[s] for s in sorted(cnn_cached)], [cnn_plain[s] for s in sorted(cnn_plain)], rtol=1e-5
+    )
