@@ -429,3 +429,16 @@ def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, f
     np.testing.assert_allclose(
         [cnn_cached[s] for s in sorted(cnn_cached)], [cnn_plain[s] for s in sorted(cnn_plain)], rtol=1e-5
     )
+
+
+def test_evaluate_on_other_images_and_save(vit_dir, folder, tmp_path):
+    run = finetune(base_cfg(vit_dir, str(folder), tmp_path, max_steps=2, save_every=None), wait=True)
+    assert run.status == "finished", run.error
+    x, y = colour_images(3, seed=7)
+    metrics = run.evaluate(data=(x, y))
+    assert {"eval_accuracy", "eval_f1", "eval_loss"} <= set(metrics)
+    run.save(tmp_path / "saved")
+    from transformers import AutoModelForImageClassification
+
+    again = AutoModelForImageClassification.from_pretrained(tmp_path / "saved")
+    assert again.config.id2label == {0: "blue", 1: "green", 2: "red"}
