@@ -442,3 +442,30 @@ def test_evaluate_on_other_images_and_save(vit_dir, folder, tmp_path):
 
     again = AutoModelForImageClassification.from_pretrained(tmp_path / "saved")
     assert again.config.id2label == {0: "blue", 1: "green", 2: "red"}
+
+
+def test_a_network_without_a_block_list_maps_its_children_to_stem_stages_and_head(folder):
+    import torch.nn as nn
+
+    class ResNetLike(nn.Module):  # torchvision's layout: conv1, bn1, layer1..N (Sequentials), fc
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.fc = nn.Linear(16, 1000)
+
+        def forward(self, x):
+            x = self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x)))))
+            return self.fc(x.mean((2, 3)))
+
+    task = img_task(ResNetLike(), str(folder), image_size=16)
+    model = task.build_model()
+    lm = task.layer_map(model)
+    assert [(g.name, g.module_names) for g in lm.groups] == [
+        ("embeddings", ["net.conv1", "net.bn1"]),
+        ("blocks.0", ["net.layer1"]),
+        ("blocks.1", ["net.layer2"]),
+        ("head", ["net.fc"]),
+    ]
+    assert sum(g.num_params for g in lm.groups) == sum(p.numel() for p in model.parameters())
