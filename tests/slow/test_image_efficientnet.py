@@ -1,8 +1,11 @@
 """Real weights: EfficientNet-Lite0 (ImageNet) fine-tuned on scikit-learn's digits upsampled to 96 px beats its fresh
-head by at least 0.3 accuracy on held-out images, for two seeds (the fresh head, scored by `eval_at_start`, is the
-control: it guesses among 10 classes)."""
+head by at least 0.3 accuracy on held-out images (the fresh head, scored by `eval_at_start`, is the control: it
+guesses among 10 classes). Two seeds: seed 0 is notebooks/image_classification.ipynb, the same split and settings,
+checked by tests/slow/test_notebooks.py; this file runs seed 1 (and seed 0 with NB_FT_ALL_SEEDS=1)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1] if os.environ.get("NB_FT_ALL_SEEDS") else [1])
 def test_efficientnet_lite0_on_digits_beats_its_fresh_head(seed, tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch")
     from nb_finetune import examples, finetune
