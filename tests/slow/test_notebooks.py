@@ -57,6 +57,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     if name == "llm.ipynb":
         assert re.search(r"format followed before fine-tuning: \d/3; after 30 steps: \d/3", text), text[-2000:]
         assert "adapter_config.json" in text and "model.safetensors" in text
+    if name in ("image_classification.ipynb", "audio_classification.ipynb"):
+        before = float(re.search(r"accuracy before fine-tuning: ([0-9.]+)", text).group(1))
+        after = float(re.search(r"accuracy after \d+ steps: ([0-9.]+)", text).group(1))
+        assert after >= before + 0.3, (name, before, after)
     if name == "multi_label.ipynb":
         before = float(re.search(r"f1_micro before fine-tuning: ([0-9.]+)", text).group(1))
         after = float(re.search(r"f1_micro after \d+ steps: ([0-9.]+)", text).group(1))

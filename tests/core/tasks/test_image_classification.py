@@ -410,7 +410,8 @@ def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, f
                 if isinstance(e, RunStarted):
                     notes[name] = e.cache
 
-        cfg = base_cfg(vit_dir, str(folder), tmp_path, freeze=["embeddings", "blocks.0"], save_every=None, **over)
+        over = {"model": vit_dir, "freeze": ["embeddings", "blocks.0"], **over}
+        cfg = base_cfg(over.pop("model"), str(folder), tmp_path, save_every=None, **over)
         run = finetune(cfg, name=name, wait=True, callbacks=[Keep()])
         assert run.status == "finished", run.error
         return losses_by_step(run.run_dir.path)
@@ -420,3 +421,51 @@ def test_the_frozen_prefix_cache_is_on_without_augmentation_and_exact(vit_dir, f
     np.testing.assert_allclose([cached[s] for s in sorted(cached)], [plain[s] for s in sorted(plain)], rtol=1e-5)
     run_with("augmented", augment=["hflip"])
     assert notes["augmented"].startswith("off (task image-classification")  # augmented pixels change every pass
+    # a plain CNN: its stem (conv + BatchNorm, an activation between them and the blocks) runs; block 0 replays
+    net_cfg = dict(freeze=["embeddings", "blocks.0", "blocks.1"], image_size=16)
+    cnn_cached = run_with("cnn-cached", **net_cfg, model=small_cnn())
+    cnn_plain = run_with("cnn-plain", **net_cfg, model=small_cnn(), cache_frozen="off")
+    assert notes["cnn-cached"].startswith("on (depth 2")
+    np.testing.assert_allclose(
+        [cnn_cached[s] for s in sorted(cnn_cached)], [cnn_plain[s] for s in sorted(cnn_plain)], rtol=1e-5
+    )
+
+
+def test_evaluate_on_other_images_and_save(vit_dir, folder, tmp_path):
+    run = finetune(base_cfg(vit_dir, str(folder), tmp_path, max_steps=2, save_every=None), wait=True)
+    assert run.status == "finished", run.error
+    x, y = colour_images(3, seed=7)
+    metrics = run.evaluate(data=(x, y))
+    assert {"eval_accuracy", "eval_f1", "eval_loss"} <= set(metrics)
+    run.save(tmp_path / "saved")
+    from transformers import AutoModelForImageClassification
+
+    again = AutoModelForImageClassification.from_pretrained(tmp_path / "saved")
+    assert again.config.id2label == {0: "blue", 1: "green", 2: "red"}
+
+
+def test_a_network_without_a_block_list_maps_its_children_to_stem_stages_and_head(folder):
+    import torch.nn as nn
+
+    class ResNetLike(nn.Module):  # torchvision's layout: conv1, bn1, layer1..N (Sequentials), fc
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.fc = nn.Linear(16, 1000)
+
+        def forward(self, x):
+            x = self.layer2(self.layer1(torch.relu(self.bn1(self.conv1(x)))))
+            return self.fc(x.mean((2, 3)))
+
+    task = img_task(ResNetLike(), str(folder), image_size=16)
+    model = task.build_model()
+    lm = task.layer_map(model)
+    assert [(g.name, g.module_names) for g in lm.groups] == [
+        ("embeddings", ["net.conv1", "net.bn1"]),
+        ("blocks.0", ["net.layer1"]),
+        ("blocks.1", ["net.layer2"]),
+        ("head", ["net.fc"]),
+    ]
+    assert sum(g.num_params for g in lm.groups) == sum(p.numel() for p in model.parameters())
