@@ -6,7 +6,6 @@ kept). `Sweep.promote()` prints the `%%finetune` cell of the best trial."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from .api import finetune
 from .core.config import FinetuneConfig, load_config
 from .core.events import EvalEnded
-from .core.sweep import open_study, recover_interrupted, suggest, trial_rows
+from .core.sweep import open_study, queue_grid, recover_interrupted, suggest, trial_rows
 from .core.sweep_space import parse_sweep
 from .errors import ConfigError, FinetuneError
 
@@ -94,6 +93,7 @@ class Sweep:
         self.retried = recover_interrupted(self.study) if resume else []
         for params in enqueue or ():
             self.study.enqueue_trial(params)
+        self.grid_size = queue_grid(self.study, self.spec.space) if self.spec.sampler == "grid" else None
         self.run = None
         self.status = "queued"
         self.error: str | None = None
@@ -188,8 +188,7 @@ class Sweep:
             self._tell("sweep_ended", None)
 
     def _grid_exhausted(self) -> bool:
-        total = math.prod(len(d.args) for d in self.spec.space.values())
-        return len([t for t in self.trials if t["state"] in ("done", "pruned")]) >= total
+        return self._counted() >= self.grid_size
 
     def _one_trial(self, optuna) -> None:
         trial = self.study.ask()
@@ -283,10 +282,10 @@ def promoted_cell(cfg: FinetuneConfig, name: str, namespace: dict, best: dict | 
         if k in ("name", "sweep"):
             continue
         if k == "data":
-            sub = {kk: vv for kk, vv in v.items() if vv != defaults["data"].get(kk)}
+            sub = {kk: vv for kk, vv in v.items() if _differs(vv, defaults["data"].get(kk))}
             if sub:
                 keep[k] = plain(sub)
-        elif v != defaults.get(k):
+        elif _differs(v, defaults.get(k)):
             keep[k] = plain(v)
     body = yaml.safe_dump(keep, sort_keys=False, allow_unicode=True, width=1000)
     body = body.replace("'{{", "{{").replace("}}'", "}}")
@@ -294,3 +293,10 @@ def promoted_cell(cfg: FinetuneConfig, name: str, namespace: dict, best: dict | 
     if best is not None:
         head += f"# the best trial ({best['trial']}) of the sweep, value {best['value']:.6g}\n"
     return head + body
+
+
+def _differs(a, b) -> bool:
+    plain = (str, int, float, bool, type(None), list, dict, tuple)
+    if not isinstance(a, plain) or not isinstance(b, plain):
+        return a is not b  # objects from {{vars}} (DataFrames, models) compare by identity
+    return a != b

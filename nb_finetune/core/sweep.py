@@ -9,7 +9,16 @@ from typing import Any
 from ..errors import ConfigError
 from .sweep_space import Dist, SweepSpec, parse_sweep
 
-__all__ = ["open_study", "suggest", "trial_rows", "recover_interrupted", "study_name", "parse_sweep", "SweepSpec"]
+__all__ = [
+    "open_study",
+    "queue_grid",
+    "suggest",
+    "trial_rows",
+    "recover_interrupted",
+    "study_name",
+    "parse_sweep",
+    "SweepSpec",
+]
 
 
 def _optuna():
@@ -43,8 +52,8 @@ def open_study(spec: SweepSpec, sweep_dir: Path, name: str, metric: str, *, resu
     seed = spec.seed
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif spec.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({k: list(d.args) for k, d in spec.space.items()}, seed=seed)
+    elif spec.sampler == "grid":  # the grid's points are queued (queue_grid); Optuna's GridSampler stops the study
+        sampler = optuna.samplers.RandomSampler(seed=seed)  # itself, which ask-and-tell does not allow
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     if spec.pruner == "median":  # prunes from the third trial on: two finished trials give a median to compare with
@@ -73,6 +82,22 @@ def recover_interrupted(study) -> list[dict[str, Any]]:
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
     return [t.params for t in stale]
+
+
+def queue_grid(study, space: dict[str, Dist]) -> int:
+    """Queue every point of a grid of choice(...) keys not tried or queued yet; returns the grid's size."""
+    import itertools
+
+    keys = list(space)
+    seen = {tuple(t.params.get(k) for k in keys) for t in study.get_trials(deepcopy=False)}
+    seen |= {
+        tuple(t.system_attrs.get("fixed_params", {}).get(k) for k in keys) for t in study.get_trials(deepcopy=False)
+    }
+    points = list(itertools.product(*(space[k].args for k in keys)))
+    for p in points:
+        if p not in seen:
+            study.enqueue_trial(dict(zip(keys, p)))
+    return len(points)
 
 
 def suggest(trial, space: dict[str, Dist]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def cell_sweep(magic, cfg, args):
     """`%%finetune NAME --sweep [--wait] [--resume]`: the cell's sweep: block through Optuna."""
     from ..sweeps import sweep
 
-    s = sweep(cfg, wait=False, resume=args.resume)
+    s = sweep(cfg, wait=False, resume=args.resume, namespace=magic.shell.user_ns)
     magic.shell.user_ns[cfg.name] = s
     try:
         from ..ui.sweep_view import SweepView
@@ -61,6 +61,8 @@ def cell_sweep(magic, cfg, args):
         s.wait(pump=view.pump if view else None)
         if view:
             view.pump(final=True)
+        if s.status == "failed":
+            raise FinetuneError(f"sweep '{s.name}' failed: {s.error}")
     elif view:
         view.follow()
     return None
