@@ -797,6 +797,13 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     model = task.build_model(meta=True)
     lm = task.layer_map(model)
     frozen = resolve_freeze(cfg.freeze, lm)
+    auto_note = None
+    if cfg.batch_size_auto:  # what the run would pick from the memory estimate (on CUDA the run tries sizes)
+        from .core.batch_size import resolve_batch_size
+
+        choice = resolve_batch_size(cfg, task, model, _Sized(task.num_train), lm, frozen, method="estimate")
+        cfg = cfg.replace(batch_size=choice.batch_size, grad_accum=choice.grad_accum)
+        auto_note = str(choice)
     owner = lm.group_of_param()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for n, p in model.named_parameters() if owner.get(n) not in frozen)
@@ -837,5 +844,15 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
         device,
         mem,
         task=task.name,
-        task_detail=task.describe(),
+        task_detail=[*task.describe(), *([auto_note] if auto_note else [])],
     )
+
+
+class _Sized:
+    """Stands in for the training examples where only their number is needed."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
