@@ -174,10 +174,19 @@ class Sweep:
 
         self.status = "running"
         try:
+            failures = 0
             while not self._stop.is_set() and self._counted() < self.spec.n_trials:
                 if self.spec.sampler == "grid" and self._grid_exhausted():
                     break
-                self._one_trial(optuna)
+                if self._one_trial(optuna) == "failed":
+                    failures += 1
+                    if failures >= self.spec.n_trials:  # every try failed: the config, not the values, is wrong
+                        raise FinetuneError(
+                            f"sweep '{self.name}': {failures} trials failed in a row; see "
+                            f"{self.dir}/trial-*/run.log (last: {self.run.error if self.run else '?'})"
+                        )
+                else:
+                    failures = 0
             self.status = "stopped" if self._stop.is_set() else "finished"
         except BaseException as e:  # noqa: BLE001 - recorded on the handle; a waiting caller re-raises
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
@@ -245,6 +254,7 @@ class Sweep:
         self._tell("trial_ended", row)
         if self.on_trial_end is not None:
             self.on_trial_end(self, row)
+        return row["state"]
 
     # ------------------------------------------------------------ promote
     def promote(self, name: str | None = None) -> str:

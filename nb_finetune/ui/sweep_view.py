@@ -138,9 +138,20 @@ class SweepView:
         except Exception:  # noqa: BLE001 - fewer than two finished trials, or a single distinct value
             return None
 
-    def display(self) -> None:
+    def display(self, buttons: bool = True) -> None:
         from IPython.display import display
 
+        if buttons:
+            try:
+                import ipywidgets as w
+
+                stop = w.Button(description="Stop sweep", button_style="danger", icon="stop")
+                trial = w.Button(description="Stop trial", icon="forward", tooltip="stop the trial training now")
+                stop.on_click(lambda _: self.sweep.stop())
+                trial.on_click(lambda _: self.sweep.stop_trial())
+                display(w.HBox([stop, trial]))
+            except ImportError:
+                pass
         self._handle = display(self.bundle(), raw=True, display_id=True)
         self._last = time.monotonic()
 
