@@ -108,6 +108,10 @@ def test_cpu_small_max_memory_gives_accumulation(tiny_config):
     assert steps == [32, 64]
     note = [e for e in run.run_dir.read_events() if isinstance(e, ControlApplied) and e.source == "batch_size"]
     assert note[0].args == {"batch_size": 4, "grad_accum": 8} and "max_memory_gb" in note[0].message
+    report = finetune(
+        {**tiny_config, "batch_size": "auto", "effective_batch": 32, "max_memory_gb": budget_gb}, dry_run=True
+    )
+    assert "batch_size: auto -> batch_size 4 x grad_accum 8 = 32 per step" in str(report)
     # control: a generous budget takes the effective batch in one micro-batch
     cfg2 = cfg.replace(batch_size_auto=True, effective_batch=32, max_memory_gb=64)
     choice = resolve_batch_size(cfg2, task, model, train, lm, frozen, method="estimate")
