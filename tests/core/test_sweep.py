@@ -1,6 +1,6 @@
 """Sweeps on the tiny BERT: four trials through Optuna, the third made deliberately bad (lr 1.0, queued) and pruned
 by the median rule at its first evaluation; the process running the sweep is killed after trial 2 and a fresh
-process resumes it, running trials 3-4 only; the promoted cell parses and dry-runs. Control cases: the two good
+process (the CLI, `nb-finetune run cfg.yaml --sweep --resume`) resumes it, running trials 3-4 only; the promoted cell parses and dry-runs. Control cases: the two good
 trials finish as `done` (not pruned), and trials 1-2 keep their run directories untouched by the second process.
 Also: the search-space strings are parsed without evaluation."""
 
@@ -31,13 +31,8 @@ SCRIPT = textwrap.dedent(
         if mode == "first" and len(ran) == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # killed between trials, as a dead kernel would be
 
-    if mode == "first":
-        enqueue = [{"lr": 3e-3}, {"lr": 3e-3}, {"lr": 1.0}]
-        s = sweep(cfg, enqueue=enqueue, on_trial_end=ended)
-    else:
-        s = sweep(cfg, resume=True, on_trial_end=ended)
-        print("STATUS", s.status, flush=True)
-        print("PROMOTED", json.dumps(s.promote()), flush=True)
+    enqueue = [{"lr": 3e-3}, {"lr": 3e-3}, {"lr": 1.0}]
+    s = sweep(cfg, enqueue=enqueue, on_trial_end=ended)
     """
 )
 
@@ -74,14 +69,23 @@ def test_sweep_prunes_survives_a_kill_and_promotes(tiny_model_dir, tiny_df, tmp_
     stamps = {p: p.stat().st_mtime_ns for p in (out / "sw").glob("trial-00[01]/metrics.jsonl")}
     assert len(stamps) == 2
 
-    second = _run([json.dumps(cfg), "second"], env)
+    # the second process is the CLI: `nb-finetune run cfg.yaml --sweep --resume`
+    import yaml
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    second = subprocess.run(
+        [sys.executable, "-m", "nb_finetune.cli", "run", str(tmp_path / "sweep.yaml"), "--sweep", "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    rows2 = [json.loads(line[6:]) for line in second.stdout.splitlines() if line.startswith("TRIAL ")]
-    assert [r["run"] for r in rows2] == ["trial-002", "trial-003"]  # 1-2 not repeated
-    assert rows2[0]["params"] == {"lr": 1.0} and rows2[0]["state"] == "pruned"
-    assert len(rows2[0]["curve"]) == 1  # stopped at its first evaluation
-    assert rows2[1]["state"] in ("done", "pruned")
-    assert "STATUS finished" in second.stdout
+    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("trial-")]
+    assert [ln.split(":")[0] for ln in lines] == ["trial-002", "trial-003"]  # 1-2 not repeated
+    assert lines[0].startswith("trial-002: pruned (lr=1.0)")
+    assert "<Sweep 'sw' finished 4/4 trials" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(p.name for p in (out / "sw").iterdir() if p.is_dir()) == [f"trial-00{i}" for i in range(4)]
 
@@ -91,7 +95,8 @@ def test_sweep_prunes_survives_a_kill_and_promotes(tiny_model_dir, tiny_df, tmp_
     assert (out / "sw" / "trial-002" / "checkpoints").is_dir()  # the pruned trial stopped with a checkpoint
     assert any((out / "sw" / "trial-002" / "checkpoints").glob("step-*"))
 
-    cell = json.loads(next(line[9:] for line in second.stdout.splitlines() if line.startswith("PROMOTED ")))
+    assert len(study.trials[2].intermediate_values) == 1  # the bad trial stopped at its first evaluation
+    cell = second.stdout.split("best trial as a %%finetune cell:\n", 1)[1]
     head, body = cell.split("\n", 1)
     assert head == "%%finetune sw_best" and "\nsweep:" not in "\n" + body
     from nb_finetune import finetune
