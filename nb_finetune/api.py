@@ -631,7 +631,17 @@ class Run:
                 if self.config.track:
                     from .core.track import make_trackers
 
-                    subscribers.extend(make_trackers(self.config, rd))  # they read the resolved config at RunStarted
+                    others = list(subscribers)
+
+                    def notify(ev, others=others):  # a tracker's failure, to the panel and metrics.jsonl
+                        for cb in others:
+                            try:
+                                cb.on_event(ev)
+                            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                                pass
+
+                    # they read the resolved config at RunStarted
+                    subscribers.extend(make_trackers(self.config, rd, notify))
                 notes = []  # what start-up resolved, shown right after RunStarted (panel, trackers, metrics.jsonl)
                 if self.config.batch_size_auto and self._resume is None:
                     notes.append(self._auto_batch(model, train_data))
