@@ -654,9 +654,24 @@ class Run:
                 if self.config.track:
                     from .core.track import make_trackers
 
-                    subscribers.extend(make_trackers(self.config, rd))  # they read the resolved config at RunStarted
+                    others = list(subscribers)
+
+                    def notify(ev, others=others):  # a tracker's failure, to the panel and metrics.jsonl
+                        for cb in others:
+                            try:
+                                cb.on_event(ev)
+                            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                                pass
+
+                    # they read the resolved config at RunStarted
+                    subscribers.extend(make_trackers(self.config, rd, notify))
+                notes = []  # what start-up resolved, shown right after RunStarted (panel, trackers, metrics.jsonl)
+                if self.config.batch_size_auto and self._resume is None:
+                    notes.append(self._auto_batch(model, train_data))
                 if self.config.lr_find and self._resume is None:
-                    subscribers.append(self._find_lr(model, train_data, subscribers))
+                    notes.append(self._find_lr(model, train_data))
+                if notes:
+                    subscribers.append(_AfterStart(notes, list(subscribers)))
                 job = T.Job(self.config, task, model, train_data, eval_data, self._layer_map, rd, self._resume)
                 result = T.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
@@ -684,9 +699,25 @@ class Run:
         finally:
             self._done.set()
 
-    def _find_lr(self, model, train_data, subscribers):
+    def _auto_batch(self, model, train_data):
+        """`batch_size: auto`: the micro-batch that fits and the accumulation that keeps the effective batch; both
+        go into config.yaml. Returns the ControlApplied (source `batch_size`) that announces them."""
+        from .core.batch_size import resolve_batch_size
+
+        rd = self._run_dir
+        rd.write_status(state="starting", phase="batch_size")
+        choice = resolve_batch_size(self.config, self._task, model, train_data, self._layer_map, self._frozen)
+        self.config = self.config.replace(batch_size=choice.batch_size, grad_accum=choice.grad_accum)
+        self._task.cfg = self.config
+        rd.write_config(self.config.to_yaml())
+        rd.write_status(batch_size=choice.batch_size, grad_accum=choice.grad_accum, phase=None)
+        self._batch_choice = choice
+        args = {"batch_size": choice.batch_size, "grad_accum": choice.grad_accum}
+        return ControlApplied(step=0, command="set", args=args, seq=0, source="batch_size", message=str(choice))
+
+    def _find_lr(self, model, train_data):
         """`lr: find`: the range test on this run's model before it trains; the choice goes into config.yaml.
-        Returns a subscriber that announces the choice (a ControlApplied from `lr_find`) right after RunStarted."""
+        Returns the ControlApplied (source `lr_find`) that announces it."""
         from .core.lr_find import find_lr_for_run
 
         rd = self._run_dir
@@ -703,10 +734,9 @@ class Run:
         self._task.cfg = self.config
         rd.write_config(self.config.to_yaml())
         rd.write_status(lr_find={"lr": res.suggestion, "valley": res.valley, "steepest": res.steepest}, phase=None)
-        note = ControlApplied(
+        return ControlApplied(
             step=0, command="set", args={"lr": res.suggestion}, seq=0, source="lr_find", message=str(res)
         )
-        return _AfterStart(note, list(subscribers))
 
     @property
     def lr_find_result(self):
@@ -715,19 +745,20 @@ class Run:
 
 
 class _AfterStart:
-    """Hands one event to the other subscribers right after they got RunStarted (the panel shows it first)."""
+    """Hands events to the other subscribers right after they got RunStarted (the panel shows them first)."""
 
-    def __init__(self, event, subscribers):
-        self.event, self.subscribers, self.sent = event, subscribers, False
+    def __init__(self, events, subscribers):
+        self.events, self.subscribers, self.sent = events, subscribers, False
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, RunStarted) and not self.sent:
             self.sent = True
-            for cb in self.subscribers:
-                try:
-                    cb.on_event(self.event)
-                except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
-                    pass
+            for ev in self.events:
+                for cb in self.subscribers:
+                    try:
+                        cb.on_event(ev)
+                    except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                        pass
 
 
 class _Subscribers:
@@ -799,6 +830,13 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     model = task.build_model(meta=True)
     lm = task.layer_map(model)
     frozen = resolve_freeze(cfg.freeze, lm)
+    auto_note = None
+    if cfg.batch_size_auto:  # what the run would pick from the memory estimate (on CUDA the run tries sizes)
+        from .core.batch_size import resolve_batch_size
+
+        choice = resolve_batch_size(cfg, task, model, _Sized(task.num_train), lm, frozen, method="estimate")
+        cfg = cfg.replace(batch_size=choice.batch_size, grad_accum=choice.grad_accum)
+        auto_note = str(choice)
     owner = lm.group_of_param()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for n, p in model.named_parameters() if n not in lm.fixed and owner.get(n) not in frozen)
@@ -839,5 +877,15 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
         device,
         mem,
         task=task.name,
-        task_detail=task.describe(),
+        task_detail=[*task.describe(), *([auto_note] if auto_note else [])],
     )
+
+
+class _Sized:
+    """Stands in for the training examples where only their number is needed."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n

@@ -48,19 +48,23 @@ def cell_sweep(magic, cfg, args):
     """`%%finetune NAME --sweep [--wait] [--resume]`: the cell's sweep: block through Optuna."""
     from ..sweeps import sweep
 
-    s = sweep(cfg, wait=False, resume=args.resume)
+    if args.resume:  # --resume continues the study; each trial starts fresh
+        cfg = cfg.replace(resume_from=None)
+    s = sweep(cfg, wait=False, resume=args.resume, namespace=magic.shell.user_ns)
     magic.shell.user_ns[cfg.name] = s
     try:
         from ..ui.sweep_view import SweepView
 
         view = SweepView(s)
-        view.display()
+        view.display(buttons=not args.wait)  # a waiting cell does not receive widget clicks
     except ImportError:
         view = None
     if args.wait:
         s.wait(pump=view.pump if view else None)
         if view:
             view.pump(final=True)
+        if s.status == "failed":
+            raise FinetuneError(f"sweep '{s.name}' failed: {s.error}")
     elif view:
         view.follow()
     return None

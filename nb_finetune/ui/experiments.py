@@ -191,3 +191,66 @@ def lines_svg(
 
 def _finite(x: Any, y: Any) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y))
+
+
+# --------------------------------------------------------------------------------------------- comparison
+def compare_figure(runs, metric: str, *, width: int = 480, height: int = 300):
+    """Loss (left) and `metric` (right) of every run, one colour per run, live changes as markers on the loss."""
+    from bokeh.layouts import row
+
+    loss = figure(
+        title="Training loss",
+        width=width,
+        height=height,
+        x_axis_label="step",
+        y_axis_label="loss",
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+    )
+    ev = figure(
+        title=metric,
+        width=width,
+        height=height,
+        x_axis_label="step",
+        y_axis_label=metric,
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        x_range=loss.x_range,
+    )
+    for f in (loss, ev):
+        _style(f)
+    for i, r in enumerate(runs):
+        colour = COLOURS[i % len(COLOURS)]
+        src = ColumnDataSource({"step": list(r.loss[0]), "value": list(r.loss[1])}, name=f"loss:{r.name}")
+        loss.line("step", "value", source=src, color=colour, line_width=1.6, legend_label=r.name)
+        xs, ys = r.evals.get(metric, ([], []))
+        esrc = ColumnDataSource({"step": list(xs), "value": list(ys)}, name=f"eval:{r.name}")
+        ev.line("step", "value", source=esrc, color=colour, line_width=2, legend_label=r.name)
+        ev.scatter("step", "value", source=esrc, color=colour, size=5)
+        if r.changes:
+            at = dict(zip(*r.loss))
+            marks = ColumnDataSource(
+                {
+                    "step": [c["step"] for c in r.changes],
+                    "value": [at.get(c["step"], r.loss[1][-1] if r.loss[1] else 0.0) for c in r.changes],
+                    "label": [c["label"] for c in r.changes],
+                },
+                name=f"changes:{r.name}",
+            )
+            loss.scatter("step", "value", source=marks, color=colour, size=10, marker="triangle")
+    loss.add_tools(HoverTool(tooltips=[("step", "@step"), ("value", "@value{0.0000}"), ("change", "@label")]))
+    ev.add_tools(HoverTool(tooltips=[("step", "@step"), (metric, "@value{0.0000}")]))
+    for f in (loss, ev):
+        f.legend.location = "top_right"
+        f.legend.click_policy = "hide"
+    return row(loss, ev)
+
+
+def compare_svg(runs, metric: str) -> str:
+    loss = [(r.name, r.loss[0], r.loss[1], COLOURS[i % len(COLOURS)]) for i, r in enumerate(runs)]
+    ev = [(r.name, *r.evals.get(metric, ([], [])), COLOURS[i % len(COLOURS)]) for i, r in enumerate(runs)]
+    marks = [(c["step"], c["label"]) for r in runs for c in r.changes]
+    left = lines_svg("Training loss", loss, vlines=marks, width=480)
+    right = lines_svg(metric, ev, width=480)
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="960" height="300">'
+        f'<g>{left}</g><g transform="translate(480,0)">{right}</g></svg>'
+    )

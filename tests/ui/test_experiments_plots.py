@@ -32,3 +32,26 @@ def test_lr_find_figure_has_curve_and_markers():
     assert set(b) == {"text/html", "image/svg+xml", "text/plain"}
     # control: no suggestions, no markers
     assert not list(lr_find_figure(_result(None, None)).select(type=Span))
+
+
+def test_sweep_view_one_curve_per_trial():
+    from nb_finetune.ui.sweep_view import sweep_figure, trials_html
+
+    rows = [
+        {
+            "trial": 0,
+            "run": "trial-000",
+            "state": "done",
+            "value": 0.5,
+            "params": {"lr": 1e-3},
+            "curve": [(2, 0.6), (4, 0.5)],
+        },
+        {"trial": 1, "run": "trial-001", "state": "pruned", "value": None, "params": {"lr": 1.0}, "curve": [(2, 9.0)]},
+    ]
+    f = sweep_figure(rows, "eval_loss")
+    srcs = {s.name: s.data for s in f.select(type=ColumnDataSource)}
+    assert srcs["trial:0"]["value"] == [0.6, 0.5] and srcs["trial:1"]["step"] == [2]
+    table = trials_html(rows, "eval_loss", rows[0])
+    assert table.count("<tr") == 3 and "pruned" in table and "font-weight:bold" in table
+    with_bars = sweep_figure(rows, "eval_loss", {"lr": 1.0})
+    assert {s.name for s in with_bars.select({"type": ColumnDataSource})} >= {"trial:0", "trial:1", "importance"}

@@ -59,8 +59,8 @@ def check_trackers_available(names) -> None:
             raise ConfigError(f"track: {name} needs the {extra} extra: pip install 'nb_finetune[{extra}]'")
 
 
-def make_trackers(cfg, run_dir) -> list[SafeTracker]:
-    """One `SafeTracker` per name in `cfg.track` (empty when none)."""
+def make_trackers(cfg, run_dir, notify=None) -> list[SafeTracker]:
+    """One `SafeTracker` per name in `cfg.track` (empty when none); `notify(event)` hears of a tracker's failure."""
     out = []
     for name in cfg.track or ():
         mod_name, cls_name, _, _ = TRACKERS[name]
@@ -69,7 +69,7 @@ def make_trackers(cfg, run_dir) -> list[SafeTracker]:
             tracker = cls(cfg, run_dir)
         except Exception as e:  # noqa: BLE001 - a tracker that cannot start is reported, training goes on
             tracker = _Broken(name, e)
-        out.append(SafeTracker(tracker, run_dir))
+        out.append(SafeTracker(tracker, run_dir, notify))
     return out
 
 

@@ -117,17 +117,20 @@ class SafeTracker:
     """Calls a tracker; its first failure goes to run.log (one line) and status.json's `tracker_errors`, and
     training never sees an exception. Later calls are still tried (a server may come back)."""
 
-    def __init__(self, tracker: Tracker, run_dir):
+    def __init__(self, tracker: Tracker, run_dir, notify=None):
         self.tracker = tracker
         self.run_dir = run_dir
+        self.notify = notify  # `notify(event)`: the run's other subscribers (the panel shows the failure)
         self.errors = 0
         self.first_error: str | None = None
+        self._step = 0
 
     @property
     def name(self) -> str:
         return self.tracker.name
 
     def on_event(self, e: Event) -> None:
+        self._step = getattr(e, "step", self._step)
         try:
             with _to_run_log(self.tracker.loggers):
                 self.tracker.on_event(e)
@@ -149,6 +152,20 @@ class SafeTracker:
                 self.run_dir.write_status(tracker_errors=errors)
         except OSError:
             pass
+        if self.notify is not None:  # a refused "track" change: the panel lists it with its reason
+            from ..events import ControlApplied
+
+            self.notify(
+                ControlApplied(
+                    step=self._step,
+                    command="track",
+                    args={"tracker": self.name},
+                    seq=0,
+                    source="tracker",
+                    ok=False,
+                    message=msg,
+                )
+            )
 
 
 @contextlib.contextmanager

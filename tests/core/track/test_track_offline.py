@@ -102,6 +102,10 @@ def test_tracker_raising_on_every_call_never_stops_training(tiny_config, monkeyp
     assert len(lines) == 1, lines
     assert "mlflow" in lines[0] and "tracking server down" in lines[0]
     assert run.run_dir.status()["tracker_errors"] == {"mlflow": "ConnectionError: tracking server down"}
+    from nb_finetune.core.events import ControlApplied
+
+    shown = [e for e in run.run_dir.read_events() if isinstance(e, ControlApplied) and e.source == "tracker"]
+    assert len(shown) == 1 and not shown[0].ok and "tracking server down" in shown[0].message
 
 
 def test_missing_extra_named_in_one_line(tiny_config, monkeypatch):
