@@ -60,7 +60,10 @@ def apply_slice(n: int, spec: str | None, what: str) -> range:
         v = int(s[:-1]) * n // 100 if s.endswith("%") else int(s)
         return max(0, min(n, v + n if v < 0 else v))
 
-    return range(pos(m.group(1), 0), pos(m.group(2), n))
+    rows = range(pos(m.group(1), 0), pos(m.group(2), n))
+    if not rows:  # an empty slice would surface later as "cannot tell the task" or an IndexError
+        raise DataError(f"{what}: slice {spec} leaves no rows: the source has {n} rows (use e.g. [:{min(n, 2000)}])")
+    return rows
 
 
 def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = False):
