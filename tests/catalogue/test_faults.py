@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
-import json
 import os
 import weakref
 from pathlib import Path
