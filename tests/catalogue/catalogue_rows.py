@@ -351,6 +351,22 @@ ROWS: list[Row] = [
         ("run name", "not valid"),
     ),
     Row(
+        "run-name-dotdot",
+        "security",
+        "the run name `..`",
+        run(name=".."),
+        "FinetuneError",
+        ("run name", "'..'", "not valid"),
+    ),
+    Row(
+        "run-name-absolute",
+        "security",
+        "an absolute path as the run name (`/etc/cron.d`)",
+        run(name="/etc/cron.d"),
+        "FinetuneError",
+        ("run name", "not valid"),
+    ),
+    Row(
         "run-name-slash",
         "security",
         "a run name with a slash",
@@ -758,7 +774,33 @@ def _only_prior(c) -> None:
     assert sorted(p.name for p in (Path(c.tmp) / "runs").iterdir()) == ["prior"]
 
 
+def _busy_name(c):
+    """A run named `busy` is waiting to start (start=False: active, never trains); a second `busy` is refused."""
+    from nb_finetune import finetune
+
+    finetune(c.config(name="busy"), start=False)
+    return finetune(c.config(name="busy"))
+
+
+def _only_busy(c) -> None:
+    from nb_finetune import api
+
+    assert sorted(p.name for p in (Path(c.tmp) / "runs").iterdir()) == ["busy"]
+    with api._RUNS_LOCK:  # the test's queued run must not outlive it
+        api._RUNS.pop("busy", None)
+
+
 ROWS += [
+    Row(
+        "active-run-name",
+        "runtime",
+        "a second run named like one still active (queued, training or paused)",
+        _busy_name,
+        "RunStateError",
+        ("busy", "still queued", "stop it first"),
+        "only the active run's directory; nothing of the second",
+        check=_only_busy,
+    ),
     Row(
         "nan-loss",
         "fault",

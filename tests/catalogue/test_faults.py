@@ -236,3 +236,31 @@ def test_metrics_jsonl_with_a_corrupted_line_still_reads(tiny_config):
     text = path.read_text()
     path.write_text(text[:40] + "\x00garbage{" + "\n" + text + '{"event": "log", "step": ')
     assert len(run.run_dir.read_metrics()) == len(good)
+
+
+def test_time_based_checkpoints_bound_what_a_disconnect_loses(tiny_config, monkeypatch):
+    """`save_every: 10min` checkpoints whenever ten minutes of (faked) wall clock have passed since the last one.
+    Control: with `save_every: 600min` the same clock gives only the final checkpoint."""
+    import time as real_time
+    import types
+
+    from nb_finetune.core.train import loop
+
+    clock = {"t": 0.0}
+
+    def monotonic():
+        clock["t"] += 4 * 60.0  # every call of the loop's clock: four minutes later
+        return clock["t"]
+
+    fake = types.SimpleNamespace(
+        monotonic=monotonic, perf_counter=real_time.perf_counter, process_time=real_time.process_time
+    )
+    monkeypatch.setattr(loop, "time", fake)
+    cfg = {**tiny_config, "max_steps": 6, "save_total_limit": None}
+    cfg["data"] = {**cfg["data"], "eval_split": 0.0}
+    timed = finetune({**cfg, "name": "timed", "save_every": "10min"}, wait=True)
+    saved = [e for e in timed.run_dir.read_events() if e.kind == "CheckpointSaved"]
+    assert timed.status == "finished"
+    assert [e.reason for e in saved].count("interval") >= 2, [(e.step, e.reason) for e in saved]
+    rare = finetune({**cfg, "name": "rare", "save_every": "600min"}, wait=True)
+    assert [e.reason for e in rare.run_dir.read_events() if e.kind == "CheckpointSaved"] == ["final"]
