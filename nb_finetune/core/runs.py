@@ -132,6 +132,11 @@ def index_dir() -> Path:
     return Path(jupyter_data_dir()) / "nb_finetune" / "runs"
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process of that id exists on this machine."""
+    return _pid_alive(pid)
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -264,3 +264,18 @@ def test_time_based_checkpoints_bound_what_a_disconnect_loses(tiny_config, monke
     assert [e.reason for e in saved].count("interval") >= 2, [(e.step, e.reason) for e in saved]
     rare = finetune({**cfg, "name": "rare", "save_every": "600min"}, wait=True)
     assert [e.reason for e in rare.run_dir.read_events() if e.kind == "CheckpointSaved"] == ["final"]
+
+
+def test_partial_checkpoints_of_dead_writers_are_removed(tiny_config):
+    """A `.step-N.tmp-PID` left by a process killed mid-write goes when the run (resumed) writes its next checkpoint;
+    the partial of a live process (here: our parent) stays. Neither is ever listed as a checkpoint."""
+    cfg = {**tiny_config, "name": "stale", "max_steps": 2, "save_every": 1}
+    run = finetune(cfg, wait=True)
+    ck = run.dir / "checkpoints"
+    dead, live = ck / ".step-000003.tmp-999999999", ck / f".step-000003.tmp-{os.getppid()}"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    assert [c.name for c in run.run_dir.checkpoints()] == ["step-000001", "step-000002"]
+    resumed = finetune({**cfg, "resume_from": "last", "max_steps": 3}, wait=True)
+    assert resumed.status == "finished" and not dead.exists() and live.is_dir()

@@ -56,6 +56,7 @@ def save_checkpoint(
     """Write checkpoints/step-N atomically: into a temporary directory, then one rename."""
     final = run_dir.checkpoints_dir / f"step-{state['step']:06d}"
     tmp = run_dir.checkpoints_dir / f".{final.name}.tmp-{os.getpid()}"
+    remove_stale_partials(run_dir)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -68,6 +69,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_stale_partials(run_dir: RunDir) -> list[str]:
+    """Delete the half-written checkpoint directories of processes that are gone (killed mid-write, kill -9, a
+    lost runtime); a live writer's are left alone. Returns the names removed."""
+    from ..runs import pid_alive
+
+    removed = []
+    if not run_dir.checkpoints_dir.is_dir():
+        return removed
+    for p in run_dir.checkpoints_dir.glob(".step-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def _write_failed(run_dir: RunDir, final: Path, e: OSError) -> str:
