@@ -279,3 +279,26 @@ def test_partial_checkpoints_of_dead_writers_are_removed(tiny_config):
     assert [c.name for c in run.run_dir.checkpoints()] == ["step-000001", "step-000002"]
     resumed = finetune({**cfg, "resume_from": "last", "max_steps": 3}, wait=True)
     assert resumed.status == "finished" and not dead.exists() and live.is_dir()
+
+
+def test_skipped_steps_show_in_the_panel_and_the_cli_progress(tiny_config, monkeypatch):
+    """`on_nonfinite: skip` with NaN at steps 2 and 3: the panel's status line (rebuilt from metrics.jsonl) and the
+    CLI's progress line both say 2 steps were skipped. Control: step 1's line says nothing of it."""
+    import io
+    import types
+
+    pytest.importorskip("ipywidgets")
+    from nb_finetune.cli import TextProgress
+    from nb_finetune.ui.panel import Panel
+    from nb_finetune.ui.state import PanelState
+
+    _nan_at(monkeypatch, {2, 3})
+    out = io.StringIO()
+    cfg = {**tiny_config, "name": "skips", "max_steps": 4, "on_nonfinite": "skip", "log_every": 1}
+    run = finetune(cfg, wait=True, callbacks=[TextProgress(out)])
+    assert run.status == "finished"
+    st = PanelState.from_events(run.run_dir.read_events(), "skips", read_json(run.dir / "status.json"))
+    line = Panel._status_html(types.SimpleNamespace(state=st), st.snapshot())
+    assert "2 NaN/Inf steps skipped" in line
+    steps = [ln for ln in out.getvalue().splitlines() if ln.startswith("step ")]
+    assert "skipped" not in steps[0] and steps[-1].endswith("2 NaN/Inf steps skipped"), steps
