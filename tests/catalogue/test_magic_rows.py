@@ -48,3 +48,18 @@ def test_a_valid_cell_through_the_same_shell(ip, tmp_path, tiny_model_dir, tiny_
     ip.user_ns.update(model_dir=tiny_model_dir, df=tiny_df)
     res = ip.run_cell(f"%%finetune --dry-run\noutput_dir: {tmp_path}\nmodel: {{{{model_dir}}}}\ndata: {{{{df}}}}\n")
     assert res.success, res.error_in_exec
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", ".."])
+@pytest.mark.parametrize("where", ["line", "body"])
+def test_a_run_name_that_leaves_output_dir_is_refused_in_the_cell(name, where, ip, tmp_path, tiny_model_dir, tiny_df):
+    """`%%finetune ../../escape` or `name: ../../escape` in the body: a UsageError naming the run name; nothing is
+    written anywhere under tmp_path. Control: the same cell with a plain name would train (test_magic.py)."""
+    from IPython.core.error import UsageError
+
+    ip.user_ns.update(model_dir=tiny_model_dir, df=tiny_df)
+    out = tmp_path / "a" / "b" / "runs"
+    head = f"%%finetune {name}\n" if where == "line" else f"%%finetune --dry-run\nname: '{name}'\n"
+    res = ip.run_cell(f"{head}output_dir: {out}\nmodel: {{{{model_dir}}}}\ndata: {{{{df}}}}\n")
+    assert isinstance(res.error_in_exec, UsageError) and "run name" in str(res.error_in_exec), res.error_in_exec
+    assert not (tmp_path / "a").exists() and not (tmp_path / "escape").exists()
