@@ -112,6 +112,10 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
             ds = datasets.Dataset.from_pandas(_read_file(path, what), preserve_index=False)
         rows = apply_slice(len(ds), slc, what)
         return ds.select(rows) if len(rows) != len(ds) else ds
+    parent = path.parent
+    if (parent / "dataset_dict.json").is_file():  # `saved_dir/<split>` naming a split the saved dataset lacks
+        splits = sorted(p.name for p in parent.iterdir() if (p / "dataset_info.json").is_file())
+        raise DataError(f"{what}: {str(parent)!r} has no split {path.name!r}; its splits are {', '.join(splits)}")
     if Path(base).suffix.lower() in (*_FILE_KINDS, *CONLL_SUFFIXES) or "/" in base and Path(base).parent.exists():
         raise DataError(f"{what}: file {base!r} does not exist (working directory: {Path.cwd()})")
     return _load_hub(base, slc, what, trust_remote_code)

@@ -466,6 +466,14 @@ ROWS: list[Row] = [
         ("[:0]", "no rows"),
     ),
     Row(
+        "unknown-split",
+        "data",
+        "`data: saved/validation` for a saved dataset with only train and test",
+        lambda c: run(data=lambda c: {"train": c.saved_splits() + "/validation"})(c),
+        "DataError",
+        ("no split 'validation'", "test, train"),
+    ),
+    Row(
         "hub-dataset-offline",
         "data",
         "a hub dataset, offline",

@@ -50,6 +50,15 @@ class Ctx:
 
         return datasets.DatasetDict({"train": datasets.Dataset.from_pandas(self.df, preserve_index=False)})
 
+    def saved_splits(self) -> str:
+        import datasets
+
+        d = self.tmp / "saved"
+
+        ds = datasets.Dataset.from_pandas(self.df, preserve_index=False)
+        datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(d))
+        return str(d)
+
     def with_empty_label(self):
         df = self.df.copy()
         df.loc[3, "label"] = None
