@@ -619,6 +619,14 @@ ROWS: list[Row] = [
         ("row 0", "'x'", "not a number"),
     ),
     Row(
+        "regression-with-labels",
+        "task: regression",
+        "`labels: [low, high]` on a regression run (a number has no label names)",
+        run(task="regression", labels=["low", "high"], data=lambda c: _df(c, label=[0.5, 1.5] * 96)),
+        "ConfigError",
+        ("`labels` is not used by task regression", "text-classification"),
+    ),
+    Row(
         "multi-label-outside-labels",
         "task: multi-label-classification",
         "a label 'c' outside `labels: [a, b]`",
