@@ -21,7 +21,7 @@ class RunStateError(FinetuneError):
     """The operation does not fit the run's state (e.g. re-running an active run)."""
 
 
-class CheckpointError(FinetuneError):
+class CheckpointError(FinetuneError, OSError):
     """A checkpoint cannot be written (disk full, permissions) or read back whole (damaged, truncated)."""
 
 
