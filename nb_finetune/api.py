@@ -19,7 +19,8 @@ from .core.config import FinetuneConfig, live_fields, load_config
 from .core.controls import ACTIVE_STATES, Controls, next_state
 from .core.events import ControlApplied, EvalEnded, Event, Logged, RunFinished, RunStarted, StepEnded
 from .core.freezing import resolve_freeze
-from .core.runs import RegistryCallback, RunDir
+from .core.preflight import check_resume, check_run, out_of_memory_message
+from .core.runs import RegistryCallback, RunDir, validate_name
 from .errors import ConfigError, FinetuneError, RunStateError
 
 __all__ = ["finetune", "lr_find", "Run", "DryRunReport", "active_runs", "get_run"]
@@ -64,6 +65,7 @@ def finetune(
         cfg = load_config(config, **overrides)
     if cfg.name is None:
         cfg = cfg.replace(name=time.strftime("run-%Y%m%d-%H%M%S"))
+    validate_name(cfg.name)  # before anything reads data: a name that leaves output_dir is refused first
     from .core.tasks.base import resolve_task
 
     task = resolve_task(cfg)  # `task: auto` reads the training data to decide
@@ -72,6 +74,7 @@ def finetune(
         from .core.track import check_trackers_available
 
         check_trackers_available(cfg.track)  # the missing extra is named in the cell
+    check_run(cfg, task)  # output directory, device, metric names, warmup, something to train
     if dry_run:
         return _dry_run(cfg, task)
 
@@ -86,6 +89,8 @@ def finetune(
         resume_ckpt, reuse = existing.resolve_checkpoint(cfg.resume_from), True
     elif cfg.resume_from:
         resume_ckpt = RunDir(Path(".")).resolve_checkpoint(cfg.resume_from)
+    if resume_ckpt is not None:
+        check_resume(resume_ckpt, cfg, task)  # another task's or another model's checkpoint: refused here
     with _RUNS_LOCK:
         current = _RUNS.get(cfg.name)
         if current is not None and current.status in ACTIVE_STATES:
@@ -191,6 +196,7 @@ class _Scheduler:
                 run._execute()
             except BaseException:  # noqa: BLE001 - _execute records its own failures; never kill the worker
                 pass
+            del run  # waiting for the next run must not keep this one (its model, its GPU memory) alive
 
 
 _SCHED: _Scheduler | None = None
@@ -680,23 +686,19 @@ class Run:
                 RunFinished(state=result.state, reason=result.reason, step=result.step, best_metric=result.best_metric)
             )
         except FinetuneError as e:
-            self._exc = e
+            self._exc = _without_frames(e)
             emit(RunFinished(state="failed", reason="error", step=self.step, error=str(e)))
         except BaseException as e:  # noqa: BLE001 - a failed run must be recorded, whatever failed
             import traceback
 
-            self._exc = e
             with open(rd.path / "run.log", "a", encoding="utf-8") as f:
                 f.write(traceback.format_exc())
-            emit(
-                RunFinished(
-                    state="failed",
-                    reason="error",
-                    step=self.step,
-                    error=f"{type(e).__name__}: {e} (traceback in {rd.path / 'run.log'})",
-                )
-            )
+            oom = out_of_memory_message(self.config, e)
+            error = oom or f"{type(e).__name__}: {e} (traceback in {rd.path / 'run.log'})"
+            self._exc = _without_frames(FinetuneError(oom) if oom else e)
+            emit(RunFinished(state="failed", reason="error", step=self.step, error=error))
         finally:
+            _release_device_memory()
             self._done.set()
 
     def _auto_batch(self, model, train_data):
@@ -759,6 +761,27 @@ class _AfterStart:
                         cb.on_event(ev)
                     except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
                         pass
+
+
+def _without_frames(e: BaseException) -> BaseException:
+    """The exception without its traceback: the frames would keep the loop's optimizer, batches and activations
+    (GPU memory) alive for as long as the Run object lives."""
+    e.__traceback__ = None
+    for linked in (e.__cause__, e.__context__):
+        if linked is not None:
+            linked.__traceback__ = None
+    return e
+
+
+def _release_device_memory() -> None:
+    """After a run ends, fails or stops: free what nothing references any more (optimizer state, activations)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class _Subscribers:
@@ -843,7 +866,7 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     n_train, n_eval = task.num_train, task.num_eval
     spe = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)
-    dev_type = device_type()
+    dev_type = device_type(cfg.device)
     precision = resolve_precision(cfg.precision.value, dev_type)
     hc = task.hf_config
     hidden = getattr(hc, "hidden_size", 0) or 0
@@ -860,7 +883,10 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
         "activations": int(per_block * trained_blocks),
     }
     mem["total"] = sum(mem.values())
-    device = device_name(torch.device(dev_type)) if dev_type != "cuda" else device_name(torch.device("cuda", 0))
+    cuda_index = int(cfg.device.split(":")[1]) if cfg.device.startswith("cuda:") else 0
+    device = (
+        device_name(torch.device(dev_type)) if dev_type != "cuda" else device_name(torch.device("cuda", cuda_index))
+    )
     return DryRunReport(
         cfg.name,
         task.model_id,

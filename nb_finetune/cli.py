@@ -23,6 +23,7 @@ class TextProgress:
     def __init__(self, out=sys.stdout):
         self.out = out
         self.unit = "tokens"  # what tokens_per_s counts (RunStarted.throughput_unit)
+        self.nonfinite = 0  # steps with a NaN / Inf loss so far
 
     def on_event(self, e) -> None:
         k = e.kind
@@ -41,8 +42,10 @@ class TextProgress:
             speed = f"{e.samples_per_s:7.1f} samples/s"
             if self.unit != "samples" and e.tokens_per_s:
                 speed += f"  {e.tokens_per_s:9,.0f} {self.unit}/s"
+            self.nonfinite += e.nonfinite_steps
+            skipped = f"  {self.nonfinite} NaN/Inf steps skipped" if self.nonfinite else ""
             print(
-                f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  {speed}",
+                f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  {speed}{skipped}",
                 file=self.out,
                 flush=True,
             )
@@ -105,6 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _stop_on_sigterm(run) -> None:
+    """SIGTERM (a container or a Colab runtime going away) asks the run to stop with a checkpoint, like a first
+    Ctrl-C; the process then exits cleanly once the checkpoint is written. The CLI owns the main thread, so the
+    handler lives here: the core only exposes the stop request."""
+    import signal
+
+    def handler(signum, frame):
+        print(f"SIGTERM: stopping run '{run.name}' after a checkpoint", file=sys.stderr, flush=True)
+        run.stop(save=True)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _dispatch(args) -> int:
     from .core import runs
 
@@ -128,6 +144,7 @@ def _dispatch(args) -> int:
             return _sweep(cfg, args.resume)
         run = finetune(cfg, callbacks=[TextProgress()], overwrite=args.overwrite)
         print(f"run directory: {run.dir}", flush=True)
+        _stop_on_sigterm(run)
         run.wait()  # Ctrl-C: graceful stop with a checkpoint; twice: abort
         return 0 if run.status in ("finished", "stopped") else 1
     if args.cmd in (*SIMPLE_COMMANDS, "set"):

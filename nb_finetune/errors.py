@@ -19,3 +19,15 @@ class ModelError(FinetuneError):
 
 class RunStateError(FinetuneError):
     """The operation does not fit the run's state (e.g. re-running an active run)."""
+
+
+class CheckpointError(FinetuneError, OSError):
+    """A checkpoint cannot be written (disk full, permissions) or read back whole (damaged, truncated)."""
+
+
+class FinetuneWarning(UserWarning):
+    """Something the user should know that does not stop the run (a damaged checkpoint skipped on resume)."""
+
+
+class NonFiniteLossError(FinetuneError):
+    """The loss became NaN or Inf and `on_nonfinite: stop` stopped the run (the step and batch are named)."""

@@ -5,6 +5,8 @@ python scripts/run_demo.py notebooks/01_quickstart.ipynb     # writes notebooks/
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,5 +52,15 @@ def main(path: str) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Leave without the interpreter's shutdown pass: with the kernel gone, pyzmq's garbage-collector thread may be
+    asked for a socket while modules are torn down and prints `RuntimeError: zmq gc socket requested during
+    shutdown` after a notebook that succeeded. Everything is written and flushed by now."""
+    gc.collect()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "notebooks/01_quickstart.ipynb"))
+    _exit(main(sys.argv[1] if len(sys.argv) > 1 else "notebooks/01_quickstart.ipynb"))

@@ -80,6 +80,11 @@ class LongAudio(str, Enum):
     drop = "drop"
 
 
+class OnNonFinite(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
 class Mode(str, Enum):
     auto = "auto"
     min = "min"
@@ -169,7 +174,10 @@ def _check_interval(v):
 
 # --------------------------------------------------------------------------------------------- models
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    # allow_inf_nan=False: `epochs: .inf` / `lr: .nan` are errors naming the key, not an OverflowError deep inside
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Strict):
@@ -531,11 +539,23 @@ class FinetuneConfig(_Strict):
         aliases=("grad_clip", "clip_grad_norm"),
         live="Applies from the next optimizer step.",
     )
+    on_nonfinite: OnNonFinite = _field(
+        OnNonFinite.stop,
+        "When a step's loss is NaN or Inf: stop (no update is applied from that step on; the run stops at the next "
+        "log point naming the step and batch, and the last good checkpoint stays the one to resume from) or skip "
+        "(that optimizer step is skipped and counted: `skipped_steps` in status.json and the progress line).",
+        aliases=("on_nan",),
+    )
     seed: int = _field(42, "Seed for initialisation, data order, dropout and the held-out split.")
     precision: Precision = _field(
         Precision.auto,
         "auto = bf16 on Ampere+ GPUs, fp16 on older GPUs (T4), fp32 on CPU.",
         aliases=("mixed_precision", "dtype"),
+    )
+    device: str = _field(
+        "auto",
+        "Where to train: auto (the GPU when there is one, else the CPU), cpu, cuda, cuda:1 (a given GPU), mps "
+        "(Apple silicon). A device the machine does not have is an error before the run starts.",
     )
     freeze: Any = _field(
         None,
@@ -735,8 +755,17 @@ class FinetuneConfig(_Strict):
     @classmethod
     def _model_ref(cls, v):
         if isinstance(v, (int, float, bool)):
-            raise ValueError("expected a hub id, a local directory, or {{variable}}")
+            raise ValueError(
+                f"expected a hub id, a local directory, or {{{{variable}}}}, got {type(v).__name__} {v!r}"
+            )
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        from .train.device import parse_device  # no torch import: only the spelling is checked here
+
+        return parse_device(v)
 
     @field_validator("resume_from", mode="before")
     @classmethod
@@ -759,6 +788,7 @@ class FinetuneConfig(_Strict):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, lines: Mapping[tuple, int] | None = None) -> FinetuneConfig:
         """Validate a dict (canonical names or aliases). `lines` maps key paths to cell lines for errors."""
+        placeholders = getattr(lines, "placeholders", {})
         lines = dict(lines or {})
         normalized, problems = _normalize(cls, data, (), lines)
         if problems:
@@ -766,7 +796,7 @@ class FinetuneConfig(_Strict):
         try:
             return cls.model_validate(normalized)
         except ValidationError as e:
-            raise ConfigError(_format_validation(e, lines)) from None
+            raise ConfigError(_format_validation(e, lines, placeholders)) from None
 
     @classmethod
     def from_yaml(cls, source: str | Path, namespace: Mapping[str, Any] | None = None) -> FinetuneConfig:
@@ -932,10 +962,11 @@ _TYPE_WORDS = {
     "dict_type": "a mapping",
     "model_type": "a mapping",
     "model_attributes_type": "a mapping",
+    "finite_number": "a finite number (not .inf or .nan)",
 }
 
 
-def _format_validation(err: ValidationError, lines: Mapping[tuple, int]) -> str:
+def _format_validation(err: ValidationError, lines: Mapping[tuple, int], placeholders=None) -> str:
     problems = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int))
@@ -959,6 +990,8 @@ def _format_validation(err: ValidationError, lines: Mapping[tuple, int]) -> str:
             msg = "is required"
         else:
             msg = str(e["msg"]).removeprefix("Value error, ")
+        if line in (placeholders or {}):  # name the variable the value came from, and what it is
+            msg += "".join(f" ('{{{{{x}}}}}' is of type {t})" for x, t in placeholders[line])
         problems.append((line, f"{_where(line, loc)}{msg}" if loc else msg))
     # one line per location is enough (unions report each member)
     seen, unique = set(), []
@@ -1045,6 +1078,7 @@ def parse_cell(
         {'lr': 2e-05, 'cache_frozen': 'off', 'model': 'my-model'}
     """
     namespace = namespace or {}
+    lines = _Lines()
     objects: list[Any] = []
     errors: list[tuple[int, str]] = []
     out_lines = []
@@ -1063,6 +1097,16 @@ def parse_cell(
                 )
                 return "null"
             head, *attrs = expr.split(".")
+            dunder = next((a for a in (head, *attrs) if a.startswith("__")), None)
+            if dunder is not None:
+                errors.append(
+                    (
+                        lineno,
+                        f"line {lineno}: '{{{{{expr}}}}}': '{dunder}' is refused; placeholders look up a notebook "
+                        "variable and its plain attributes only, never dunder (__...__) names",
+                    )
+                )
+                return "null"
             if head not in namespace:
                 close = difflib.get_close_matches(head, [k for k in namespace if not k.startswith("_")], n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -1072,12 +1116,13 @@ def parse_cell(
                 return "null"
             obj = namespace[head]
             for a in attrs:
-                try:
-                    obj = getattr(obj, a)
-                except AttributeError:
-                    errors.append((lineno, f"line {lineno}: '{{{{{expr}}}}}': '{head}' has no attribute '{a}'"))
+                why = _plain_attribute(obj, a)
+                if why:
+                    errors.append((lineno, f"line {lineno}: '{{{{{expr}}}}}': {why}"))
                     return "null"
+                obj = getattr(obj, a)
             objects.append(obj)
+            lines.placeholders.setdefault(lineno, []).append((expr, type(obj).__name__))
             return _TOKEN.format(len(objects) - 1)
 
         out_lines.append(_PLACEHOLDER.sub(sub, line))
@@ -1099,16 +1144,31 @@ def parse_cell(
     except yaml.YAMLError as e:
         raise ConfigError(f"Invalid finetune config: {e}") from None
     if node is None:
-        return {}, {}
-    lines: dict[tuple, int] = {}
+        return {}, lines
     problems: list[tuple[int, str]] = []
 
+    at = [first_line]  # the line being built, for errors of a scalar's own constructor
+
     def build(n, path):
+        at[0] = n.start_mark.line + first_line
+        if not n.tag.startswith("tag:yaml.org,2002:") or n.tag.split(":")[-1] not in _PLAIN_TAGS:
+            ln = n.start_mark.line + first_line
+            problems.append(
+                (
+                    ln,
+                    f"line {ln}: the YAML tag '{n.tag.replace('tag:yaml.org,2002:', '!!')}' is not allowed: the cell "
+                    "is plain YAML read by a safe loader (no tags, nothing is constructed or run)",
+                )
+            )
+            return None
         if isinstance(n, yaml.MappingNode):
             d = {}
             for k_node, v_node in n.value:
-                k = loader.construct_object(k_node, deep=True)
                 ln = k_node.start_mark.line + first_line
+                if not isinstance(k_node, yaml.ScalarNode):
+                    problems.append((ln, f"line {ln}: a key must be a plain name, not a {k_node.id}"))
+                    continue
+                k = build(k_node, path)
                 if k in d:
                     problems.append(
                         (
@@ -1125,7 +1185,11 @@ def parse_cell(
             return [build(x, path) for x in n.value]
         return _restore(loader.construct_object(n, deep=True), objects)
 
-    data = build(node, ())
+    try:
+        data = build(node, ())
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # `!!float abc`: its tag cannot build it
+        why = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"Invalid finetune config: line {at[0]}: {why}") from None
     if problems:
         raise ConfigError(_format_problems(problems))
     if not isinstance(data, dict):
@@ -1133,6 +1197,32 @@ def parse_cell(
             f"Invalid finetune config: line {first_line}: expected `key: value` lines, got {type(data).__name__} {data!r}"
         )
     return data, lines
+
+
+class _Lines(dict):
+    """key path -> cell line; `placeholders`: cell line -> [(placeholder text, type name of what it resolved to)]."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.placeholders: dict[int, list[tuple[str, str]]] = {}
+
+
+def _plain_attribute(obj, name: str) -> str | None:
+    """Why `{{obj.name}}` is refused, or None: only attributes that exist as data, never a property that runs code."""
+    import inspect
+
+    try:
+        static = inspect.getattr_static(obj, name)
+    except AttributeError:
+        static = None
+    if isinstance(static, property):
+        return f"'{name}' is a property (computed by code); assign it to a variable and name that"
+    if static is None and not hasattr(obj, name):
+        return f"'{type(obj).__name__}' object has no attribute '{name}'"
+    return None
+
+
+_PLAIN_TAGS = {"str", "int", "float", "bool", "null", "map", "seq"}
 
 
 def _restore(value, objects):

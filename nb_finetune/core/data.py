@@ -60,7 +60,10 @@ def apply_slice(n: int, spec: str | None, what: str) -> range:
         v = int(s[:-1]) * n // 100 if s.endswith("%") else int(s)
         return max(0, min(n, v + n if v < 0 else v))
 
-    return range(pos(m.group(1), 0), pos(m.group(2), n))
+    rows = range(pos(m.group(1), 0), pos(m.group(2), n))
+    if not rows:  # an empty slice would surface later as "cannot tell the task" or an IndexError
+        raise DataError(f"{what}: slice {spec} leaves no rows: the source has {n} rows (use e.g. [:{min(n, 2000)}])")
+    return rows
 
 
 def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = False):
@@ -113,6 +116,10 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
             ds = datasets.Dataset.from_pandas(_read_file(path, what), preserve_index=False)
         rows = apply_slice(len(ds), slc, what)
         return ds.select(rows) if len(rows) != len(ds) else ds
+    parent = path.parent
+    if (parent / "dataset_dict.json").is_file():  # `saved_dir/<split>` naming a split the saved dataset lacks
+        splits = sorted(p.name for p in parent.iterdir() if (p / "dataset_info.json").is_file())
+        raise DataError(f"{what}: {str(parent)!r} has no split {path.name!r}; its splits are {', '.join(splits)}")
     if Path(base).suffix.lower() in (*_FILE_KINDS, *CONLL_SUFFIXES) or "/" in base and Path(base).parent.exists():
         raise DataError(f"{what}: file {base!r} does not exist (working directory: {Path.cwd()})")
     return _load_hub(base, slc, what, trust_remote_code)

@@ -15,6 +15,7 @@ id so other processes (the CLI, the server extension) find live runs and can tel
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ __all__ = [
     "list_runs",
     "index_dir",
     "write_json_atomic",
+    "check_output_dir",
     "ACTIVE_STATES",
 ]
 
@@ -53,13 +55,64 @@ def validate_name(name: str) -> str:
     return name
 
 
+# rename errors of file systems that cannot rename in place (a mounted Google Drive, some FUSE and SMB mounts)
+_NO_RENAME = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EACCES, errno.EBUSY}
+
+
+def replace_or_copy(src: Path, dst: Path, *, last: str | None = None) -> None:
+    """`os.replace(src, dst)`; where the file system refuses the rename, copy then delete `src`.
+
+    For a directory the copy writes `last` (its manifest) after every other file, so a reader that trusts only
+    directories with a manifest never takes a half copy for whole."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as e:
+        if e.errno not in _NO_RENAME:
+            raise
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        shutil.copyfile(src, dst)
+        os.unlink(src)
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in src.iterdir())
+    for name in [n for n in names if n != last] + ([last] if last in names else []):
+        shutil.copyfile(src / name, dst / name)
+        with open(dst / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(src, ignore_errors=True)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, default=str)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_or_copy(tmp, path)
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """FinetuneError unless run directories can be created under `output_dir` (tried, not guessed: `os.access`
+    says yes as root on a read-only mount). Creates nothing that stays."""
+    import tempfile
+
+    base = Path(output_dir).expanduser()
+    probe = base
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the nearest existing ancestor is where the first mkdir will happen
+    if not probe.is_dir():
+        raise FinetuneError(f"output_dir {str(base)!r} cannot be created: {str(probe)!r} is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".nbft-probe-").cleanup()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise FinetuneError(
+            f"output_dir {str(base)!r} cannot be written ({str(probe)!r}: {why}); "
+            "set output_dir to a directory you can write"
+        ) from None
+    return base
 
 
 def read_json(path: Path, default=None):
@@ -77,6 +130,11 @@ def index_dir() -> Path:
     from jupyter_core.paths import jupyter_data_dir  # light: no traitlets
 
     return Path(jupyter_data_dir()) / "nb_finetune" / "runs"
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process of that id exists on this machine."""
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -119,14 +177,19 @@ class RunDir:
                 )
             if overwrite:
                 shutil.rmtree(path)
-            elif not reuse:
-                n = 2
-                while (base / f"{name}-{n}").exists():
-                    n += 1
-                path = base / f"{name}-{n}"
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "checkpoints").mkdir(exist_ok=True)
-        return cls(path)
+            elif reuse:
+                (path / "checkpoints").mkdir(exist_ok=True)
+                return cls(path)
+        # mkdir without exist_ok is the claim: two processes starting NAME at once get NAME and NAME-2, never one
+        for n in range(1, 10_000):
+            candidate = path if n == 1 else base / f"{name}-{n}"
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            (candidate / "checkpoints").mkdir(exist_ok=True)
+            return cls(candidate)
+        raise FinetuneError(f"output_dir {str(base)!r} already holds 10,000 runs named {name!r}-N: pick another name")
 
     @property
     def name(self) -> str:
@@ -174,7 +237,7 @@ class RunDir:
     def write_config(self, yaml_text: str) -> None:
         tmp = self.path / ".config.yaml.tmp"
         tmp.write_text(yaml_text, encoding="utf-8")
-        os.replace(tmp, self.path / "config.yaml")
+        replace_or_copy(tmp, self.path / "config.yaml")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -215,21 +278,44 @@ class RunDir:
         return None
 
     def resolve_checkpoint(self, which: str) -> Path:
+        """The checkpoint `resume_from` names, verified against its manifest. `last` falls back to the newest whole
+        one, warning about each damaged one it skips (also in `self.damaged`); `best` or a path must be whole."""
+        import warnings
+
+        from ..errors import CheckpointError, FinetuneWarning
+        from .train.checkpoints import verify_checkpoint
+
+        self.damaged: list[str] = []
         if which == "last":
             cks = self.checkpoints()
             if not cks:
                 raise FinetuneError(
                     f"resume_from: last: run '{self.name}' has no checkpoint in {self.checkpoints_dir}"
                 )
-            return cks[-1]
+            for ck in reversed(cks):
+                why = verify_checkpoint(ck)
+                if why is None:
+                    for note in self.damaged:
+                        warnings.warn(f"resume_from: last: {note}; resuming from {ck.name}", FinetuneWarning, 2)
+                    return ck
+                self.damaged.append(f"checkpoint {ck.name} is damaged ({why})")
+            raise CheckpointError(
+                f"resume_from: last: no checkpoint of run '{self.name}' is whole: {'; '.join(self.damaged)}"
+            )
         if which == "best":
             best = self.best_checkpoint()
             if best is None:
                 raise FinetuneError(f"resume_from: best: run '{self.name}' has no best checkpoint (needs evaluation)")
-            return best
-        p = Path(which).expanduser()
-        if not (p / "state.json").is_file():
-            raise FinetuneError(f"resume_from: {which!r} is not a checkpoint directory (no state.json inside)")
+            p = best
+        else:
+            p = Path(which).expanduser()
+            if not (p / "state.json").is_file():
+                raise FinetuneError(f"resume_from: {which!r} is not a checkpoint directory (no state.json inside)")
+        why = verify_checkpoint(p)
+        if why is not None:
+            raise CheckpointError(
+                f"resume_from: {which}: checkpoint {p.name} is damaged ({why}); try resume_from: last"
+            )
         return p
 
 
@@ -246,7 +332,7 @@ def append_command(run_dir: str | Path, kind: str, source: str = "cli", **args) 
     except OSError as e:
         raise FinetuneError(f"{path} cannot be opened for commands: {e.strerror}") from None
     with os.fdopen(fd, "a+", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        locked = _lock(f, fcntl)
         try:
             f.seek(0)
             last = 0
@@ -258,8 +344,21 @@ def append_command(run_dir: str | Path, kind: str, source: str = "cli", **args) 
             f.write(json.dumps({"seq": seq, "cmd": kind, "args": args, "source": source, "time": time.time()}) + "\n")
             f.flush()
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
     return seq
+
+
+def _lock(f, fcntl) -> bool:
+    """An exclusive lock where the file system has one; a mounted Drive may raise ENOSYS / ENOTSUP / ENOLCK. Without
+    it the command is still one O_APPEND write of one line (numbers may then repeat, commands are never torn)."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.ENOTSUP, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
 
 
 class ControlFileReader:
@@ -349,6 +448,8 @@ class RegistryCallback:
             )
         elif isinstance(e, Logged):
             fields = dict(step=e.step, epoch=round(e.epoch, 4), loss=e.loss)
+            if e.nonfinite_steps:  # steps whose loss was NaN / Inf (skipped under on_nonfinite: skip)
+                fields["nonfinite_steps"] = (rd.status().get("nonfinite_steps") or 0) + e.nonfinite_steps
         elif isinstance(e, EvalEnded):
             fields = dict(metrics=e.metrics)
         elif isinstance(e, ControlApplied) and e.source == "file":

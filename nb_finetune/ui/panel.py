@@ -497,6 +497,8 @@ class Panel:
             parts.append(f"{_fmt_num(s['tokens_per_s'])} {unit}/s")
         if s.get("memory_mb"):
             parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
+        if s.get("nonfinite_steps"):
+            parts.append(f"{s['nonfinite_steps']:,} NaN/Inf steps skipped")
         metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
         if metrics:
             parts.append(", ".join(f"{k.removeprefix('eval_')} {_fmt_metric(v)}" for k, v in metrics.items()))

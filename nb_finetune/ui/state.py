@@ -127,6 +127,7 @@ class PanelState:
         self.samples_per_s: float | None = None
         self.tokens_per_s: float | None = None
         self.memory_mb: float | None = None
+        self.nonfinite_steps = 0  # steps whose loss was NaN / Inf (skipped under on_nonfinite: skip)
         self.metrics: dict[str, float] = {}
         self.extras: dict[str, dict[str, Any]] = {}  # the latest evaluation's task figures
         self.best: dict[str, Any] | None = None
@@ -170,6 +171,7 @@ class PanelState:
             self.loss, self.lr = e.loss, e.lr
             self.samples_per_s, self.tokens_per_s = e.samples_per_s, e.tokens_per_s
             self.memory_mb = e.memory_mb
+            self.nonfinite_steps += getattr(e, "nonfinite_steps", 0) or 0
             p.lr.append({"step": e.step, "lr": e.lr, "group_lrs": dict(getattr(e, "group_lrs", None) or {})})
             p.speed.append(
                 {

@@ -117,6 +117,7 @@ class Task:
         capabilities: see `Capabilities`.
         lower_is_better: metric names (without `eval_`) where smaller is better, besides losses.
         default_metric: what `metric_for_best` / early stopping mean by "the" task metric in examples and docs.
+        metric_keys: the names `metric(...).compute()` returns (without `eval_`); empty when the task cannot say.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +126,7 @@ class Task:
     capabilities: ClassVar[Capabilities] = Capabilities()
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     default_metric: ClassVar[str] = "eval_loss"
+    metric_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg, *, train_source=None, picked: str | None = None):
         self.cfg = cfg
@@ -212,6 +214,14 @@ class Task:
     def metric(self, data: Examples) -> StreamingMetric:
         """A fresh streaming metric over `data` (the eval examples)."""
         raise NotImplementedError
+
+    def metric_names(self) -> list[str]:
+        """Every metric an evaluation of this task reports (`eval_` names); [] when the task does not declare them.
+
+        `metric_for_best` and `early_stopping.metric` are checked against this list in pre-flight."""
+        if not self.metric_keys:
+            return []
+        return ["eval_loss", *(f"eval_{k}" for k in self.metric_keys)]
 
     def higher_is_better(self, metric: str) -> bool:
         short = metric.removeprefix("eval_")

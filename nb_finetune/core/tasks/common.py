@@ -72,7 +72,7 @@ def resolve_model(cfg, *, head_suffix: str, task_title: str) -> tuple[Any, Any, 
             if "trust_remote_code" in str(e):
                 raise ModelError(
                     f"model: {model_id!r} needs code shipped with the checkpoint; set "
-                    "`trust_remote_code: true` only if you trust its author"
+                    "`trust_remote_code: true` only if you trust its author (that code would run on this machine)"
                 ) from None
             raise hub_error("model", model_id, e) from None
         except Exception as e:  # noqa: BLE001
@@ -81,7 +81,8 @@ def resolve_model(cfg, *, head_suffix: str, task_title: str) -> tuple[Any, Any, 
     if isinstance(cfg.model, torch.nn.Module):
         obj = cfg.model
         model_id = getattr(obj, "name_or_path", "") or type(obj).__name__
-        if not hasattr(obj, "config") or head_suffix not in type(obj).__name__:
+        # what it is, not what it is called: a user's subclass of BertForSequenceClassification has the head too
+        if not hasattr(obj, "config") or not any(head_suffix in c.__name__ for c in type(obj).__mro__):
             raise ModelError(
                 f"model: {{{{...}}}} is a {type(obj).__name__}; {task_title} needs a *{head_suffix} model object, "
                 "or a hub id / directory (the head is then added for you)"

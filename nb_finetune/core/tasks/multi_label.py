@@ -29,6 +29,7 @@ class MultiLabelClassification(SequenceTask):
     title = "multi-label classification"
     label_kind = "multi_hot"
     default_metric = "eval_f1_micro"
+    metric_keys = ("f1_micro", "f1_macro", "subset_accuracy")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)

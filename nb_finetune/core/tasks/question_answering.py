@@ -105,6 +105,7 @@ class QuestionAnswering(Task):
     title = "question answering"
     capabilities = Capabilities(prefix_cache=True, length_grouping=True, throughput_unit="tokens")
     default_metric = "eval_f1"
+    metric_keys = ("exact_match", "f1")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)

@@ -30,6 +30,7 @@ class Regression(SequenceTask):
     # the training objective in the label's own units, defined for any eval set (r2 is not when the eval labels are
     # all equal); on a fixed eval set r2 = 1 - mse / var(labels), so both pick the same best checkpoint
     default_metric = "eval_mse"
+    metric_keys = ("mse", "mae", "r2", "pearson", "spearman")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)

@@ -57,6 +57,11 @@ class SequenceTask(Task):
         self.text_col, self.label_col, self.pair_col = D.detect_columns(
             train, cfg.data.text, cfg.data.label, cfg.data.text_pair
         )
+        if not any(t is not None and str(t).strip() for t in train[self.text_col]):
+            raise DataError(
+                f"data.text: every row of column '{self.text_col}' in data.train is empty; there is nothing to learn "
+                f"from. Check the column (columns: {', '.join(train.column_names)})"
+            )
         if eval_ is not None:
             missing = [c for c in (self.text_col, self.label_col, self.pair_col) if c and c not in eval_.column_names]
             if missing:
@@ -205,6 +210,7 @@ class TextClassification(SequenceTask):
     aliases = ("classification", "sequence-classification", "sentence-pair", "nli")
     title = "text classification"
     default_metric = "eval_accuracy"
+    metric_keys = ("accuracy", "f1")
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:

@@ -175,6 +175,7 @@ class TokenClassification(Task):
     title = "token classification"
     capabilities = Capabilities(prefix_cache=True, length_grouping=True, throughput_unit="tokens")
     default_metric = "eval_f1"
+    metric_keys = ("precision", "recall", "f1", "accuracy")
     head_suffix = "ForTokenClassification"
 
     def __init__(self, cfg, **kw):
@@ -392,6 +393,11 @@ class TokenClassification(Task):
             raise C.hub_error("tokenizer", src, e) from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = pad
+
+    def metric_names(self) -> list[str]:
+        """The entity scores plus one F1 per entity type of the tag set (`eval_PER_f1`)."""
+        types = TagSet(self.label_names).types if self.label_names else []
+        return [*super().metric_names(), *(f"eval_{t}_f1" for t in types)]
 
     def describe(self) -> list[str]:
         lines = super().describe()

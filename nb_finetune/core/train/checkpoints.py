@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ...errors import FinetuneError
+from ...errors import CheckpointError, FinetuneError
 from ..config import FinetuneConfig
-from ..runs import RunDir, write_json_atomic
+from ..runs import RunDir, replace_or_copy, write_json_atomic
 
 __all__ = [
     "rng_state",
@@ -22,7 +22,14 @@ __all__ = [
     "restore_optimizer",
     "prune",
     "write_best",
+    "verify_checkpoint",
+    "MANIFEST",
 ]
+
+# written last, after every other file is on disk: a checkpoint without it (or whose files do not match the sizes
+# and checksums it lists) is incomplete and never resumed from
+MANIFEST = "state.json"
+DATA_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,21 +56,102 @@ def save_checkpoint(
     """Write checkpoints/step-N atomically: into a temporary directory, then one rename."""
     final = run_dir.checkpoints_dir / f"step-{state['step']:06d}"
     tmp = run_dir.checkpoints_dir / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    remove_stale_partials(run_dir)
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         _write_files(tmp, model, optimizer, state, rng, config)
-    except BaseException:
+        _publish(tmp, final)
+    except OSError as e:  # disk full, quota, permissions: say so; what was there before stays as it was
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint behind
+        raise CheckpointError(_write_failed(run_dir, final, e)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return final
+
+
+def remove_stale_partials(run_dir: RunDir) -> list[str]:
+    """Delete the half-written checkpoint directories of processes that are gone (killed mid-write, kill -9, a
+    lost runtime); a live writer's are left alone. Returns the names removed."""
+    from ..runs import pid_alive
+
+    removed = []
+    if not run_dir.checkpoints_dir.is_dir():
+        return removed
+    for p in run_dir.checkpoints_dir.glob(".step-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _write_failed(run_dir: RunDir, final: Path, e: OSError) -> str:
+    import errno
+
+    code = errno.errorcode.get(e.errno, "") if e.errno else ""
+    why = f"{e.strerror or e}" + (f" ({code})" if code else "")
+    good = [c.name for c in run_dir.checkpoints() if c != final]
+    kept = f"the last good checkpoint {good[-1]} is intact" if good else "there is no earlier checkpoint"
+    return (
+        f"checkpoint {final.name} could not be written in {run_dir.checkpoints_dir}: {why}. Nothing partial was "
+        f"left and {kept}. Free space (or set output_dir elsewhere), then rerun with resume_from: last"
+    )
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Make the finished `tmp` directory the checkpoint `final`: one rename where the file system allows it; where it
+    does not (a mounted Google Drive: EXDEV / EPERM), a copy with the manifest copied last."""
     if final.exists():
         trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
+        replace_or_copy(final, trash)
+        replace_or_copy(tmp, final, last=MANIFEST)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        os.replace(tmp, final)
-    return final
+        replace_or_copy(tmp, final, last=MANIFEST)
+
+
+def file_digests(folder: Path, names=DATA_FILES) -> dict[str, dict[str, Any]]:
+    """{file: {bytes, sha256}} of the checkpoint's data files, recorded in the manifest."""
+    import hashlib
+
+    out = {}
+    for name in names:
+        h = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        out[name] = {"bytes": (folder / name).stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at `path` is not whole (no manifest, a missing, truncated or altered file), or None.
+
+    Checkpoints written before checksums existed (no `files` in the manifest) count as whole when their files exist."""
+    try:
+        state = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {MANIFEST} (an interrupted write)"
+    except (OSError, ValueError) as e:
+        return f"{MANIFEST} cannot be read ({type(e).__name__})"
+    files = state.get("files") if isinstance(state, dict) else None
+    if not isinstance(files, dict):
+        missing = [n for n in DATA_FILES if not (Path(path) / n).is_file()]
+        return f"{', '.join(missing)} missing" if missing else None
+    for name, want in files.items():
+        f = Path(path) / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want.get("bytes"):
+            return f"{name} is {size} bytes, the manifest says {want.get('bytes')} (truncated or overwritten)"
+    got = file_digests(Path(path), list(files))
+    for name, want in files.items():
+        if got[name]["sha256"] != want.get("sha256"):
+            return f"{name} does not match its checksum (the file was altered or damaged)"
+    return None
 
 
 def _write_files(tmp: Path, model, optimizer, state, rng, config) -> None:
@@ -91,16 +179,20 @@ def _write_files(tmp: Path, model, optimizer, state, rng, config) -> None:
     for i, s in enumerate(rng.get("cuda", [])):
         rng_t[f"cuda.{i}"] = s
     save_file(rng_t, str(tmp / "rng.safetensors"))
+    for name in DATA_FILES:  # data on disk before the manifest that vouches for it
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
     doc = {
         **state,
+        "files": file_digests(tmp),
         "optimizer_scalars": meta,
         "python_rng": _jsonable(rng["python"]),
         "config": json.loads(json.dumps(config.to_dict(), default=lambda o: f"<object: {type(o).__name__}>")),
     }
-    (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:  # the manifest last
+        fh.write(json.dumps(doc, indent=1, default=str))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _jsonable(o):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ...errors import ConfigError
 
 __all__ = [
+    "parse_device",
+    "check_device",
     "resolve_precision",
     "device_type",
     "device_name",
@@ -33,9 +36,65 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return precision
 
 
-def device_type() -> str:
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(?::\d+)?)$")
+
+
+def parse_device(value) -> str:
+    """Check the spelling of `device:` (no torch needed): auto, cpu, mps, cuda, cuda:N."""
+    s = str(value).strip().lower() if isinstance(value, str) else None
+    if s is None or not _DEVICE_RE.match(s):
+        raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:1 (a given GPU) or mps")
+    return s
+
+
+def _machine_has() -> str:
     import torch
 
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        have.append(f"cuda:0..cuda:{n - 1} ({n} GPUs)" if n > 1 else "cuda:0 (1 GPU)")
+    if _mps_available():
+        have.append("mps")
+    return ", ".join(have)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def check_device(device: str) -> None:
+    """ConfigError when `device` is not on this machine, naming what the machine has."""
+    import torch
+
+    device = parse_device(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"Invalid finetune config: device: {device} requested but this machine has no GPU "
+                f"(it has: {_machine_has()}); use device: auto or cpu"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"Invalid finetune config: device: {device} requested but this machine has "
+                f"{torch.cuda.device_count()} GPU(s) (it has: {_machine_has()})"
+            )
+    if device == "mps" and not _mps_available():
+        raise ConfigError(
+            f"Invalid finetune config: device: mps requested but this machine has no Apple GPU "
+            f"(it has: {_machine_has()})"
+        )
+
+
+def device_type(device: str = "auto") -> str:
+    """cuda / mps / cpu for the `device:` setting (auto: cuda when there is a GPU, else cpu)."""
+    import torch
+
+    if device != "auto":
+        return device.split(":")[0]
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
@@ -47,6 +106,8 @@ def device_name(device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
@@ -58,8 +119,8 @@ def memory_mb(device) -> float | None:
     return None
 
 
-def make_accelerator(precision: str):
-    """A fresh Accelerator for `precision` (fp32 | bf16 | fp16); TF32 matmuls on CUDA."""
+def make_accelerator(precision: str, device: str = "auto"):
+    """A fresh Accelerator for `precision` (fp32 | bf16 | fp16) on `device` (the `device:` setting); TF32 on CUDA."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -68,7 +129,9 @@ def make_accelerator(precision: str):
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    accelerator = Accelerator(mixed_precision=mp)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":")[1]))  # accelerate trains on the current CUDA device
+    accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -57,6 +57,7 @@ from .live import (
 )
 from .logs import Emitter
 from .masks import mask_inputs, probe_4d_mask
+from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, lr_factor, set_lrs, warmup_steps
 
 __all__ = ["Job", "RunResult", "train"]
@@ -128,7 +129,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
     # ---------------------------------------------------------------- set-up
     keep_thread_count()  # this is the worker thread: the notebook's torch.set_num_threads holds here too
-    accelerator = make_accelerator(resolve_precision(cfg.precision.value, device_type()))
+    accelerator = make_accelerator(resolve_precision(cfg.precision.value, device_type(cfg.device)), cfg.device)
     device, precision = accelerator.device, precision_of(accelerator)
     live = Live.from_config(cfg, lm)
     model = job.model.to(device)
@@ -142,6 +143,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     model, optimizer = accelerator.prepare(model, build_optimizer(model, lm, live, fused))
     parts = Parts(accelerator, model, optimizer, lm, fused, cfg.frozen_mode.value == "eval", trainable, total_params)
     unwrapped = accelerator.unwrap_model(model)
+    guard = NonFiniteGuard.for_run(cfg.on_nonfinite.value, device, fused, accelerator.scaler)
     collate = task.collator()
     best = Best.for_run(cfg, task)
     pos = Position()
@@ -248,7 +250,10 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 norm = None
                 if live.max_grad_norm is not None:
                     norm = accelerator.clip_grad_norm_(model.parameters(), live.max_grad_norm)
-                parts.optimizer.step()
+                if guard.before_step(
+                    cycle.loss, parts.optimizer.optimizer, pos.step + 1, pos.epoch, cycle.start, b_idx
+                ):
+                    parts.optimizer.step()
                 parts.optimizer.zero_grad(set_to_none=True)
                 pos.step, pos.batch = pos.step + 1, b_idx + 1
                 t_last_step, c_last_step = time.perf_counter(), time.process_time()
@@ -264,6 +269,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 if pos.step % live.log_every == 0 or pos.step >= live.total_steps(spe) or epoch_end:
                     mem = memory_mb(device)
                     emit(meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak))
+                    guard.check(rd.checkpoints())  # on_nonfinite: stop ends the run here, naming the step
 
                 # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
                 for cmd in desk.due(pos.step):
@@ -290,6 +296,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     new_best and cfg.early_stopping is not None
                 ):
                     why = "epoch" if epoch_end and live.save_every == "epoch" else "interval"
+                    guard.check(rd.checkpoints())  # never checkpoint past a non-finite step
                     emit(_checkpoint(why, job, parts, live, best, pos, *pos.after(n_batches)))
                     last_save_time = time.monotonic()
                 elif new_best and pos.last_ckpt == pos.step:
@@ -325,6 +332,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         }
         return RunResult(state, reason, pos.step, best.value, str(best_ck) if best_ck else None, timings=timings)
     finally:
+        guard.release(parts.optimizer.optimizer)
         if parts.cache is not None:
             parts.cache.remove()  # the user's model gets its own forward methods back
 
@@ -390,6 +398,7 @@ def _checkpoint(
         "best_step": best.step,
         "live": live.saved(),
         "batch_plan": job.plan.saved() if job.plan is not None else None,
+        "task": job.task.name,  # resume_from checks it (core/preflight.py)
     }
     rd, model = job.run_dir, parts.accelerator.unwrap_model(parts.model)
     path = save_checkpoint(rd, model, parts.optimizer.optimizer, state, rng or rng_state(), job.config)
