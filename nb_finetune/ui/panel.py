@@ -20,6 +20,7 @@ from ..core.config import FinetuneConfig, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, TRAINABLE, PlotSet
 from .state import PanelState, fmt_duration, main_metrics
+from .summary import STATE_COLOURS, eval_table_html, metric_label, summary_html, summary_text
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
@@ -28,16 +29,7 @@ IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
 PLOT_SECONDS = 1.0  # new points reach the plots at most this often (display handle: a whole re-render)
 WIDGET_PLOT_SECONDS = 2.0  # ... and through jupyter_bokeh, whose view answers each change with several messages
 TEXT_SECONDS = 0.5  # the header and status line at most this often
-_STATE_COLOURS = {
-    "queued": "#546e7a",
-    "starting": "#546e7a",
-    "training": "#1565c0",
-    "paused": "#6a1b9a",
-    "stopping": "#ef6c00",
-    "finished": "#2e7d32",
-    "stopped": "#ef6c00",
-    "failed": "#c62828",
-}
+_STATE_COLOURS = STATE_COLOURS
 # live fields the freezing box owns, or that have no single-value widget
 _NOT_IN_HPARAMS = {"freeze", "unfreeze_every", "unfreeze_until", "layer_lr_decay", "group_lr"}
 _LABELS = {"max_grad_norm": "grad clip", "lr": "learning rate"}
@@ -266,8 +258,19 @@ class Panel:
             self.stop_btn,
             self.save_btn,
         ]
+        self.eval_table = W.HTML(layout=W.Layout(width="100%", overflow="auto"))
+        self.eval_table.add_class("nb-finetune-eval-table")
+        self._eval_rows_seen = -1
         self.box = W.VBox(
-            [self.header, top, self.buttons, self.status, self.note, *([plots_widget] if plots_widget else [])],
+            [
+                self.header,
+                top,
+                self.buttons,
+                self.status,
+                self.note,
+                *([plots_widget] if plots_widget else []),
+                self.eval_table,
+            ],
             layout=W.Layout(width="100%", border="1px solid #e0e0e0", padding="6px"),
         )
         self.box.add_class("nb-finetune-panel")
@@ -342,8 +345,31 @@ class Panel:
 
         if self.transport.live:
             display(bokehjs_bundle(), raw=True)  # before any Bokeh widget view is created
-        display(self.box)
+        display(self._box_bundle(), raw=True)
         self.transport.show()
+
+    def _box_bundle(self) -> dict:
+        """The panel's output: the widget view for live frontends; for nbconvert, GitHub and nbviewer (no widget
+        state) a caption instead of ipywidgets' `VBox(children=...)` repr; the run's summary follows in the final
+        output below it."""
+        if hasattr(self.box, "_repr_mimebundle_"):
+            data = dict(self.box._repr_mimebundle_() or {})
+        else:  # ipywidgets 7 without it
+            data = {
+                "application/vnd.jupyter.widget-view+json": {
+                    "version_major": 2,
+                    "version_minor": 0,
+                    "model_id": self.box.model_id,
+                }
+            }
+        name = html.escape(self.run.name)
+        data["text/plain"] = f"nb_finetune panel of run {self.run.name!r} (live while its kernel runs)"
+        data["text/html"] = (
+            '<div class="nb-finetune-caption" style="color:var(--jp-ui-font-color2,#666);font-size:12px">'
+            f"nb_finetune panel of run <b>{name}</b>: its live controls need the running kernel; "
+            "the run's summary and plots follow.</div>"
+        )
+        return data
 
     def follow(self) -> threading.Thread:
         """Background mode: a daemon thread is the writer until the run ends, then draws the final output."""
@@ -400,6 +426,14 @@ class Panel:
         colour = "#c62828" if snap.get("error") else "#555"
         self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
         self._sync_controls(snap)
+        rows = snap.get("eval_rows") or []
+        if len(rows) != self._eval_rows_seen:
+            self._eval_rows_seen = len(rows)
+            self.eval_table.value = (
+                '<div style="font-size:12px;font-weight:600;margin-top:4px">Evaluations</div>' + eval_table_html(rows)
+                if rows
+                else ""
+            )
         if self.run.started and self.start_btn.layout.display != "none":
             self.start_btn.layout.display = "none"
         self.renders += 1
@@ -419,10 +453,23 @@ class Panel:
         }.get(state, "")
         if state == "stopped" and snap.get("reason") == "user":
             note = "stopped by the user"
-        text = f"{self.run.name}: {state}" + (f" ({snap.get('reason')})" if snap.get("reason") else "")
-        bundle = final_bundle(
-            self.plots, title=f"{self.run.name} · {snap.get('model', '')}", state=state, note=note, text=text
+        metrics = main_metrics(snap.get("metrics") or {}, snap.get("extras"))
+        title = self.run.name + (
+            " — " + ", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in list(metrics.items())[:4])
+            if metrics
+            else ""
         )
+        snap["metrics"] = metrics
+        run_dir = _relative_dir(getattr(getattr(self.run, "run_dir", None), "path", None))
+        bundle = final_bundle(
+            self.plots,
+            title=title,
+            state=state,
+            note=note,
+            text=summary_text(self.run.name, snap),
+            summary=summary_html(self.run.name, snap, run_dir=run_dir),
+        )
+        self.eval_table.layout.display = "none"  # the summary above the final plots carries the table
         if self.layers_model is not None:
             self.layers_model.layout.display = "none"
             self.layers_img = W.HTML(self._layers_html(snap["layers"]))
@@ -590,7 +637,7 @@ class Panel:
                 self.state.on_event(_layers_event(self.state, frozen))
                 self._say(f"freeze set to {spec} (applies when the run starts)")
             else:
-                self.run.freeze(spec)
+                self.run.freeze(spec, _source="panel")
                 self._say(f"freeze {', '.join(frozen) or 'none'}: sent, applied at the next optimizer step")
 
         self._guard(send, "freeze")
@@ -604,7 +651,7 @@ class Panel:
                 self.run.configure(**{name: value})
                 self._say(f"{name} = {value} (applies when the run starts)")
             else:
-                self.run.set(**{name: value})
+                self.run.set(_source="panel", **{name: value})
                 self._say(f"{name} = {value}: sent, applied at the next optimizer step")
 
         self._guard(send, name)
@@ -640,6 +687,20 @@ class Panel:
     def _on_checkpoint(self) -> None:
         self._guard(self.run.checkpoint, "checkpoint")
         self._say("checkpoint requested for the next optimizer step")
+
+
+def _relative_dir(path) -> str:
+    """The run directory relative to the working directory (a shared notebook shows no home directory), else its
+    name."""
+    if not path:
+        return ""
+    import os
+
+    try:
+        rel = os.path.relpath(str(path))
+    except ValueError:
+        rel = ""
+    return rel if rel and not rel.startswith("..") else os.path.basename(str(path).rstrip("/"))
 
 
 def _interval(v: str):

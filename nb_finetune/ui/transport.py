@@ -101,14 +101,18 @@ def _embed_json(item: str, eid: str, fallback: str = "") -> str:
     )
 
 
-def final_bundle(plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "") -> dict[str, str]:
-    """The output a finished run leaves behind: interactive Bokeh where BokehJS is present, the SVG elsewhere."""
+def final_bundle(
+    plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "", summary: str = ""
+) -> dict[str, str]:
+    """The output a finished run leaves behind: the run's HTML `summary` (header, final state, metrics, evaluation
+    table), then interactive Bokeh where BokehJS is present and the SVG elsewhere; the SVG alone for renderers that
+    pick images, `text` (the summary as text) for the ones that pick text."""
     from .svg import run_svg
 
     svg = run_svg(plots.series(), title=title, state=state, note=note)
     with plots.lock:
         body = _embed_html(plots.root, fallback=svg)
-    return {"text/html": body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
+    return {"text/html": summary + body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
 
 
 class _Base:

@@ -122,6 +122,7 @@ def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
     until(lambda: long_run.step > 3, what="training")
     frontend_sets(panel.hparams["lr"], 1e-4)
     until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
+    assert panel.plots.series()["markers"]["source"][-1] == "panel"  # who changed it (not "api")
     step_at_change = long_run.step
     until(lambda: long_run.step > step_at_change + 2)
     # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
@@ -377,3 +378,23 @@ def test_a_new_view_gets_every_point_streamed_before_it(displays):
     t.refresh(True, t0 + CATCH_UP_S[-1] + 0.1)
     t.refresh(True, t0 + CATCH_UP_S[-1] + 60)
     assert len(sent) == len(CATCH_UP_S)  # a bounded number of re-renders per new view
+
+
+def test_changes_say_who_made_them():
+    """Control: every change used to say "api" (the control file's own source overwrote the writer's)."""
+    from nb_finetune.core.events import ControlApplied
+    from nb_finetune.ui.state import source_label
+
+    assert [source_label(s) for s in ("panel", "magic", "api", "file:server", "file:cli", "file:magic", "file")] == [
+        "panel",
+        "magic",
+        "API",
+        "sidebar",
+        "CLI",
+        "magic",
+        "control file",
+    ]
+    st = PanelState("who")
+    st.on_event(ControlApplied(step=3, command="set", args={"lr": 7.079457843841373e-05}, seq=1, source="file:cli"))
+    (change,) = st.snapshot()["changes"]
+    assert change["source"] == "CLI" and change["label"] == "lr=7.08e-5"

@@ -120,6 +120,35 @@ async function secondViews(page: Page, path: string, shots: string) {
   await nb7.close();
 }
 
+/**
+ * The stopped run's notebook saved and exported through the server's nbconvert (what GitHub and nbviewer get: no
+ * widget state): the run's name, its final metrics and the evaluation table, no `VBox(` repr; then that page shown.
+ */
+async function exported(page: Page, path: string, name: string, shots: string) {
+  await page.evaluate(() => (window as any).jupyterapp.commands.execute('docmanager:save'));
+  const url = `nbconvert/html/${path.split('/').map(encodeURIComponent).join('/')}?download=false`;
+  let body = '';
+  await expect
+    .poll(
+      async () => {
+        const r = await page.request.get(url);
+        body = r.ok() ? await r.text() : '';
+        return body.includes('nb-finetune-summary');
+      },
+      { timeout: 30000, message: 'the exported HTML carries the run summary' }
+    )
+    .toBe(true);
+  expect(body).not.toContain('VBox(');
+  expect(body).toContain(name);
+  expect(body).toMatch(/accuracy<\/span> <b>\d\.\d{4}<\/b>/); // the final metrics
+  expect((body.match(/class="nbft-eval-row/g) ?? []).length, 'the evaluation table').toBeGreaterThanOrEqual(2);
+  const view = await page.context().newPage();
+  await view.goto(url);
+  await view.locator('.nb-finetune-summary').first().scrollIntoViewIfNeeded();
+  await view.screenshot({ path: test.info().outputPath(`${shots}-exported.png`), fullPage: true });
+  await view.close();
+}
+
 async function panelFlow(page: Page, panel: Locator, name: string, shots: string) {
   await expect(panel).toBeVisible({ timeout: 60000 });
   await expect(panel.locator('b', { hasText: name }).first()).toBeVisible();
@@ -171,6 +200,7 @@ test.describe('nb_finetune panel in JupyterLab', () => {
     await expect(page.locator(PANEL).first()).toContainText('training', { timeout: 60000 });
     await secondViews(page, path, 'lab-panel');
     await panelFlow(page, page.locator(PANEL).first(), name, 'lab-panel');
+    await exported(page, path, name, 'lab-panel');
   });
 });
 
