@@ -202,7 +202,7 @@ class PlotSet:
         self.lr_src = ColumnDataSource({"step": [], "lr": []}, name="nbft-lr")
         self.lr = _fig("Learning rate", width=w, height=h, x_range=self.loss.x_range, y_label="lr")
         self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
-        base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
+        base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="all groups")
         self.lr.add_tools(
             HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
         )
@@ -351,9 +351,19 @@ class PlotSet:
         self.eval_src.stream(cols, rollover=ROLLOVER)
 
     def _stream_lr(self, rows: list[dict[str, Any]]) -> None:
-        groups = [g for r in rows for g in (r.get("group_lrs") or {})]
-        new = [g for g in dict.fromkeys(groups) if g not in self.lr_groups]
-        if new and len(set(self.lr_groups) | set(new)) > 1:  # one group only: the base line says it all
+        """The base lr as one line ("all groups" while they coincide); a group gets its own line only from the
+        first step its lr differs from the base (layer-wise decay, a group lr), drawn only where it differs."""
+
+        def split(r, g):
+            v = (r.get("group_lrs") or {}).get(g)
+            base = r.get("lr")
+            if not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
+                return math.nan
+            return math.nan if abs(v - base) <= 1e-9 * max(abs(base), 1e-30) else float(v)
+
+        groups = dict.fromkeys(g for r in rows for g in (r.get("group_lrs") or {}))
+        new = [g for g in groups if g not in self.lr_groups and any(math.isfinite(split(r, g)) for r in rows)]
+        if new:
             n_old = len(self.lr_src.data["step"])
             data = dict(self.lr_src.data)
             for g in new:
@@ -362,11 +372,13 @@ class PlotSet:
             self.structure += 1
             for g in new:
                 colour = PALETTE[(len(self.lr_groups) + 1) % len(PALETTE)]
-                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1, legend_label=g)
+                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1.5, legend_label=g)
                 self.lr_groups.append(g)
+            legend_above(self.lr)
+            self.lr.legend[0].items[0].label = {"value": "other groups"}
         cols = {"step": [r["step"] for r in rows], "lr": [r["lr"] for r in rows]}
         for g in self.lr_groups:
-            cols[f"g:{g}"] = [float((r.get("group_lrs") or {}).get(g, math.nan)) for r in rows]
+            cols[f"g:{g}"] = [split(r, g) for r in rows]
         self.lr_src.stream(cols, rollover=ROLLOVER)
 
     def _stream_markers(self, markers: list[dict[str, Any]]) -> None:

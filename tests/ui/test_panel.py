@@ -412,3 +412,16 @@ def test_a_slider_dragged_across_five_values_sends_one_change(long_run, displays
     sets = [r for r in long_run.run_dir.read_metrics() if r.get("event") == "ControlApplied" and r["command"] == "set"]
     assert [r["args"] for r in sets] == [{"lr": 6e-4}]
     assert sets[0]["source"] == "panel"
+
+
+def test_lr_groups_that_coincide_are_drawn_once():
+    """Control: every group got its own line from the start, four lines on top of each other."""
+    from nb_finetune.ui.plots import PlotSet
+
+    plots = PlotSet()
+    same = {"embeddings": 1e-3, "blocks.0": 1e-3, "head": 1e-3}
+    plots.apply(Points(lr=[{"step": s, "lr": 1e-3, "group_lrs": same} for s in (1, 2)]))
+    assert plots.lr_groups == [] and [i.label.value for i in plots.lr.legend[0].items] == ["all groups"]
+    plots.apply(Points(lr=[{"step": 3, "lr": 1e-3, "group_lrs": {**same, "embeddings": 5e-4}}]))
+    assert plots.lr_groups == ["embeddings"]  # split off where it differs, drawn only there
+    assert plots.series()["lr"]["g:embeddings"][2:] == [5e-4] and math.isnan(plots.series()["lr"]["g:embeddings"][0])
