@@ -358,6 +358,46 @@ class Run:
             f" | {best}>" if best else ">"
         )
 
+    def _repr_html_(self) -> str:
+        """State, progress, the best metric and a link to the run directory (relative: it opens in JupyterLab)."""
+        import html
+        import os
+
+        colours = {"training": "#0072b2", "finished": "#009e73", "stopped": "#e69f00", "failed": "#d55e00"}
+        state = self.status + (f" · {self._reason}" if self._reason else "")
+        total, step = self.total_steps, self.step
+        pct = 100 * step / total if total else 0
+        best = getattr(self, "_best_eval", None) or {}
+        names = [k for k in best if k.startswith("eval_") and k != "eval_loss"] or [
+            k for k in best if k == "eval_loss"
+        ]
+        best_text = (
+            f"best {names[0].removeprefix('eval_')} {best[names[0]]:.4f} at step {best['step']:,}" if names else ""
+        )
+        try:
+            rel = os.path.relpath(self._run_dir.path)
+        except ValueError:
+            rel = ""
+        rel = rel if rel and not rel.startswith("..") else ""
+        where = (
+            f'<a href="{html.escape(rel)}" title="open the run directory">{html.escape(rel)}</a>'
+            if rel
+            else f"<code>{html.escape(self.name)}</code>"
+        )
+        return (
+            '<div class="nb-finetune-run" style="font-size:13px;display:flex;gap:10px;align-items:center;'
+            'flex-wrap:wrap">'
+            f"<b>Run {html.escape(self.name)}</b>"
+            f'<span style="background:{colours.get(self.status, "#6b7b8c")};color:white;border-radius:9px;'
+            f'padding:1px 9px;font-size:12px">{html.escape(state)}</span>'
+            f'<span style="display:inline-block;width:120px;height:8px;background:#e0e0e0;border-radius:4px;'
+            f'overflow:hidden"><span style="display:block;width:{pct:.1f}%;height:100%;background:#0072b2">'
+            f"</span></span>"
+            f"<span>step {step:,}{f'/{total:,}' if total else ''}</span>"
+            f"{f'<span>{html.escape(best_text)}</span>' if best_text else ''}"
+            f"<span>{where}</span></div>"
+        )
+
     # ------------------------------------------------------------ control
     def _check_active(self, what: str) -> None:
         if self.done:
@@ -386,9 +426,9 @@ class Run:
         self.controls.resume()
         return self
 
-    def set(self, **values) -> Run:
+    def set(self, _source: str = "api", **values) -> Run:
         """Change live fields (`lr`, `weight_decay`, `epochs`, `layer_lr_decay`, `group_lr`, `unfreeze_every`, ...);
-        applied at the next optimizer step."""
+        applied at the next optimizer step. (`_source` names who asked: the panel, the magic; shown with the change.)"""
         self._check_active("set values")
         allowed = live_fields()
         from .core.config import canonical_name, check_live_value
@@ -410,10 +450,10 @@ class Run:
                 # group names are checked against this model now, in the caller's cell
                 lr_multipliers(self._layer_map, *((checked, None) if name == "layer_lr_decay" else (None, checked)))
             clean[name] = v
-        self.controls.set(**clean)
+        self.controls.set(source=_source, **clean)
         return self
 
-    def freeze(self, spec) -> Run:
+    def freeze(self, spec, _source: str = "api") -> Run:
         """Change which layers train (same specs as the `freeze` key); applied at the next optimizer step."""
         self._check_active("change freezing")
         if self._layer_map is not None:
@@ -422,7 +462,7 @@ class Run:
             from .core.freezing import parse_freeze_spec
 
             parse_freeze_spec(spec)
-        self.controls.freeze(spec)
+        self.controls.freeze(spec, source=_source)
         return self
 
     def checkpoint(self) -> Run:
@@ -612,6 +652,8 @@ class Run:
         elif isinstance(e, EvalEnded):
             with self._lock:
                 self._evals.append({"step": e.step, "epoch": e.epoch, **e.metrics})
+                if e.is_best:
+                    self._best_eval = {"step": e.step, **e.metrics}
         elif isinstance(e, ControlApplied):
             if e.command == "freeze" and e.ok and self._layer_map is not None:
                 self._frozen = resolve_freeze(e.args.get("spec"), self._layer_map)

@@ -190,3 +190,27 @@ export function leftAlone(n: number): string {
     ? '1 run of another process (a terminal, another server or user) is left alone.'
     : `${n} runs of other processes (a terminal, another server or user) are left alone.`;
 }
+
+/**
+ * Where a run lives, short enough for the sidebar: the directory holding the run directory, as its last `parts`
+ * components (`…/proj_a/runs`). Shown beside runs that share a name; the whole path is the tooltip.
+ */
+export function runLocation(runDir: string, parts = 2): string {
+  const segs = runDir.replace(/\\/g, '/').replace(/\/+$/, '').split('/').filter(Boolean);
+  const parent = segs.slice(0, -1);
+  if (parent.length === 0) {
+    return '/';
+  }
+  const tail = parent.slice(-parts).join('/');
+  return parent.length > parts ? `…/${tail}` : `/${tail}`;
+}
+
+/** The names that more than one run in `runs` carries. */
+export function sharedNames(runs: ReadonlyArray<{ name: string }>): Set<string> {
+  const seen = new Set<string>();
+  const shared = new Set<string>();
+  for (const r of runs) {
+    (seen.has(r.name) ? shared : seen).add(r.name);
+  }
+  return shared;
+}

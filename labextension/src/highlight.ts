@@ -3,6 +3,7 @@ import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application'
 import { EditorExtensionRegistry, IEditorExtensionRegistry, IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { PluginIDs } from './constants';
 import { finetuneLanguage } from './language';
+import { finetuneTokens } from './tokens_yaml';
 
 export const highlightPlugin: JupyterFrontEndPlugin<void> = {
   id: PluginIDs.highlight,
@@ -20,7 +21,10 @@ export const highlightPlugin: JupyterFrontEndPlugin<void> = {
     extensions.addExtension({
       name: 'nb-finetune:finetune-yaml',
       factory: ({ model }) =>
-        EditorExtensionRegistry.createImmutableExtension(finetuneLanguage(support, model.sharedModel.getSource()).extension)
+        EditorExtensionRegistry.createImmutableExtension([
+          finetuneLanguage(support, model.sharedModel.getSource()).extension,
+          finetuneTokens
+        ])
     });
   }
 };

@@ -12,6 +12,8 @@ import {
   formatStep,
   isOwn,
   progressFraction,
+  runLocation,
+  sharedNames,
   sparklinePath,
   stateBadge
 } from './format';
@@ -39,6 +41,7 @@ class RunRow {
   readonly node = el('li', 'nbf-Run');
   private _run: IRun;
   private name = el('span', 'nbf-Run-name');
+  private where = el('div', 'nbf-Run-where');
   private badge = el('span', 'nbf-Badge');
   private owner = el('span', 'nbf-Run-owner', 'other process');
   private step = el('span', 'nbf-Run-step');
@@ -96,7 +99,7 @@ class RunRow {
     add('panel', 'Open panel', 'Insert and run `%finetune show NAME` in the current notebook', () => {
       void this.commands.execute(CommandIDs.openPanel, { name: this._run.name });
     });
-    this.node.append(head, line, this.bar, stats, actions, this.ack, this.error);
+    this.node.append(head, this.where, line, this.bar, stats, actions, this.ack, this.error);
     this.update(run);
   }
 
@@ -108,8 +111,12 @@ class RunRow {
     }
   }
 
-  update(run: IRun): void {
+  update(run: IRun, sameName = false): void {
     this._run = run;
+    // runs of the same name (another folder, another notebook) told apart by where they live
+    this.where.textContent = sameName ? runLocation(run.run_dir) : '';
+    this.where.title = sameName ? run.run_dir : '';
+    this.where.style.display = sameName ? '' : 'none';
     const state = effectiveState(run);
     const badge = stateBadge(run);
     this.node.dataset.state = state;
@@ -189,13 +196,15 @@ export class RunsSidebar extends Widget {
     this.error.style.display = this.model.error ? '' : 'none';
     this.empty.style.display = runs.length || !this.model.loaded ? 'none' : '';
     const seen = new Set<string>();
+    const shared = sharedNames(runs);
     runs.forEach((run, i) => {
       seen.add(run.id);
       let row = this.rows.get(run.id);
       if (row) {
-        row.update(run);
+        row.update(run, shared.has(run.name));
       } else {
         row = new RunRow(run, this.model, this.commands);
+        row.update(run, shared.has(run.name));
         this.rows.set(run.id, row);
       }
       if (this.list.children[i] !== row.node) {

@@ -452,7 +452,7 @@ class RegistryCallback:
                 fields["nonfinite_steps"] = (rd.status().get("nonfinite_steps") or 0) + e.nonfinite_steps
         elif isinstance(e, EvalEnded):
             fields = dict(metrics=e.metrics)
-        elif isinstance(e, ControlApplied) and e.source == "file":
+        elif isinstance(e, ControlApplied) and (e.source == "file" or e.source.startswith("file:")):
             fields = dict(last_command=max(e.seq, rd.status().get("last_command") or 0))  # acknowledged
         elif isinstance(e, CheckpointSaved):
             fields = dict(last_checkpoint=e.path)

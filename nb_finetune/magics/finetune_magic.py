@@ -163,9 +163,9 @@ class FinetuneMagic(Magics, Configurable):
         elif cmd.command == "resume":
             run.resume()
         elif cmd.command == "set":
-            run.set(**cmd.options)
+            run.set(_source="magic", **cmd.options)
         elif cmd.command == "freeze":
-            run.freeze(cmd.options["spec"])
+            run.freeze(cmd.options["spec"], _source="magic")
         elif cmd.command == "checkpoint":
             run.checkpoint()
         elif cmd.command == "wait":

@@ -16,10 +16,11 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..core.config import FinetuneConfig, live_fields
+from ..core.config import FinetuneConfig, check_live_value, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, TRAINABLE, PlotSet
-from .state import PanelState, fmt_duration, main_metrics
+from .state import PanelState, fmt_duration, fmt_value, main_metrics
+from .summary import STATE_COLOURS, eval_table_html, metric_label, summary_html, summary_text
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
@@ -28,16 +29,10 @@ IPYWIDGETS_8 = int(W.__version__.split(".")[0]) >= 8
 PLOT_SECONDS = 1.0  # new points reach the plots at most this often (display handle: a whole re-render)
 WIDGET_PLOT_SECONDS = 2.0  # ... and through jupyter_bokeh, whose view answers each change with several messages
 TEXT_SECONDS = 0.5  # the header and status line at most this often
-_STATE_COLOURS = {
-    "queued": "#546e7a",
-    "starting": "#546e7a",
-    "training": "#1565c0",
-    "paused": "#6a1b9a",
-    "stopping": "#ef6c00",
-    "finished": "#2e7d32",
-    "stopped": "#ef6c00",
-    "failed": "#c62828",
-}
+DEBOUNCE_S = 0.6  # a control's change is sent this long after the last value of a burst (a slider drag)
+_STATE_COLOURS = STATE_COLOURS
+_MUTED = "var(--jp-ui-font-color2, #666)"  # JupyterLab's theme colours where they exist, light fallbacks elsewhere
+_ERROR = "var(--jp-error-color1, #d55e00)"
 # live fields the freezing box owns, or that have no single-value widget
 _NOT_IN_HPARAMS = {"freeze", "unfreeze_every", "unfreeze_until", "layer_lr_decay", "group_lr"}
 _LABELS = {"max_grad_norm": "grad clip", "lr": "learning rate"}
@@ -146,6 +141,8 @@ class Panel:
         self._thread: threading.Thread | None = None
         self._syncing = False  # True while the writer moves controls to match the run (no commands sent)
         self._frozen_by_user: list[str] | None = None
+        self._timers: dict[str, threading.Timer] = {}
+        self._timers_lock = threading.Lock()
         self._build()
 
     # ------------------------------------------------------------------ construction (main thread)
@@ -167,7 +164,11 @@ class Panel:
             style={"description_width": "80px"},
             layout=W.Layout(width="290px"),
         )
-        _tip(self.train_last, "Blocks trained, counted from the top (the head side). " + _field_help("freeze"))
+        _tip(
+            self.train_last,
+            "How many transformer blocks train, counted from the top (the head side); the blocks below them are "
+            "frozen (no gradients, no optimizer state). Applied at the next optimizer step.",
+        )
         self.train_emb = _tip(W.Checkbox(value=False, description="train embeddings", indent=False), "Embeddings")
         self.train_head = _tip(W.Checkbox(value=True, description="train head", indent=False), "The task head")
         self.blocks_label = W.HTML()
@@ -266,9 +267,20 @@ class Panel:
             self.stop_btn,
             self.save_btn,
         ]
+        self.eval_table = W.HTML(layout=W.Layout(width="100%", max_height="260px", overflow="auto"))
+        self.eval_table.add_class("nb-finetune-eval-table")
+        self._eval_rows_seen = -1
         self.box = W.VBox(
-            [self.header, top, self.buttons, self.status, self.note, *([plots_widget] if plots_widget else [])],
-            layout=W.Layout(width="100%", border="1px solid #e0e0e0", padding="6px"),
+            [
+                self.header,
+                top,
+                self.buttons,
+                self.status,
+                self.note,
+                *([plots_widget] if plots_widget else []),
+                self.eval_table,
+            ],
+            layout=W.Layout(width="100%", border="1px solid var(--jp-border-color2, #e0e0e0)", padding="6px"),
         )
         self.box.add_class("nb-finetune-panel")
         if not self.interactive:
@@ -342,8 +354,31 @@ class Panel:
 
         if self.transport.live:
             display(bokehjs_bundle(), raw=True)  # before any Bokeh widget view is created
-        display(self.box)
+        display(self._box_bundle(), raw=True)
         self.transport.show()
+
+    def _box_bundle(self) -> dict:
+        """The panel's output: the widget view for live frontends; for nbconvert, GitHub and nbviewer (no widget
+        state) a caption instead of ipywidgets' `VBox(children=...)` repr; the run's summary follows in the final
+        output below it."""
+        if hasattr(self.box, "_repr_mimebundle_"):
+            data = dict(self.box._repr_mimebundle_() or {})
+        else:  # ipywidgets 7 without it
+            data = {
+                "application/vnd.jupyter.widget-view+json": {
+                    "version_major": 2,
+                    "version_minor": 0,
+                    "model_id": self.box.model_id,
+                }
+            }
+        name = html.escape(self.run.name)
+        data["text/plain"] = f"nb_finetune panel of run {self.run.name!r} (live while its kernel runs)"
+        data["text/html"] = (
+            '<div class="nb-finetune-caption" style="color:var(--jp-ui-font-color2,#666);font-size:12px">'
+            f"nb_finetune panel of run <b>{name}</b>: its live controls need the running kernel; "
+            "the run's summary and plots follow.</div>"
+        )
+        return data
 
     def follow(self) -> threading.Thread:
         """Background mode: a daemon thread is the writer until the run ends, then draws the final output."""
@@ -397,9 +432,20 @@ class Panel:
         self.header.value = self._header_html(snap)
         self.status.value = self._status_html(snap)
         note = snap.get("error") or snap.get("note") or ""
-        colour = "#c62828" if snap.get("error") else "#555"
-        self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
+        colour = _ERROR if snap.get("error") else _MUTED
+        log = _changes_html(snap.get("changes") or [])
+        self.note.value = (
+            f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
+        ) + log
         self._sync_controls(snap)
+        rows = snap.get("eval_rows") or []
+        if len(rows) != self._eval_rows_seen:
+            self._eval_rows_seen = len(rows)
+            self.eval_table.value = (
+                '<div style="font-size:12px;font-weight:600;margin-top:4px">Evaluations</div>' + eval_table_html(rows)
+                if rows
+                else ""
+            )
         if self.run.started and self.start_btn.layout.display != "none":
             self.start_btn.layout.display = "none"
         self.renders += 1
@@ -419,10 +465,31 @@ class Panel:
         }.get(state, "")
         if state == "stopped" and snap.get("reason") == "user":
             note = "stopped by the user"
-        text = f"{self.run.name}: {state}" + (f" ({snap.get('reason')})" if snap.get("reason") else "")
-        bundle = final_bundle(
-            self.plots, title=f"{self.run.name} · {snap.get('model', '')}", state=state, note=note, text=text
+        metrics = main_metrics(snap.get("metrics") or {}, snap.get("extras"))
+        title = self.run.name + (
+            " — " + ", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in list(metrics.items())[:4])
+            if metrics
+            else ""
         )
+        snap["metrics"] = metrics
+        run_dir = _relative_dir(getattr(getattr(self.run, "run_dir", None), "path", None))
+        bundle = final_bundle(
+            self.plots,
+            title=title,
+            state=state,
+            note=note,
+            text=summary_text(self.run.name, snap),
+            summary=summary_html(self.run.name, snap, run_dir=run_dir),
+        )
+        # A view made after the run began (a reload, Notebook 7 on the same kernel) shows outputs read from the
+        # notebook file: display updates never reach those (the display id is not saved), widget state does. Then the
+        # live plots, layer map and table stay as the run's final view; the display update serves the first view
+        # and the saved notebook.
+        models = [m for m in (getattr(self.transport, "model", None), self.layers_model) if m is not None]
+        if any(getattr(m, "state_requests", 0) for m in models):
+            self.transport.finalize(bundle, keep_live=True)
+            return
+        self.eval_table.layout.display = "none"  # the summary above the final plots carries the table
         if self.layers_model is not None:
             self.layers_model.layout.display = "none"
             self.layers_img = W.HTML(self._layers_html(snap["layers"]))
@@ -466,7 +533,7 @@ class Panel:
         if s.get("cache", "").startswith("on"):
             facts.append(("cache", s["cache"]))
         items = " · ".join(
-            f'<span style="color:#777">{f[0]}</span> <span title="{html.escape(str(f[-1] or f[1]))}">'
+            f'<span style="color:{_MUTED}">{f[0]}</span> <span title="{html.escape(str(f[-1] or f[1]))}">'
             f"{html.escape(_short_path(f[1]))}</span>"
             for f in facts
             if f[1] not in ("", None)
@@ -487,9 +554,9 @@ class Panel:
         if eta is not None:
             parts.append(f"ETA {fmt_duration(eta)}")
         if s.get("loss") is not None:
-            parts.append(f"loss {_fmt_num(s['loss'])}")
+            parts.append(f"train loss {_fmt_num(s['loss'])}")
         if s.get("lr"):
-            parts.append(f"lr {s['lr']:.2e}")
+            parts.append(f"lr {fmt_value(s['lr'])}")
         if s.get("samples_per_s"):
             parts.append(f"{_fmt_num(s['samples_per_s'])} samples/s")
         unit = s.get("throughput_unit") or "tokens"
@@ -501,13 +568,15 @@ class Panel:
             parts.append(f"{s['nonfinite_steps']:,} NaN/Inf steps skipped")
         metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
         if metrics:
-            parts.append(", ".join(f"{k.removeprefix('eval_')} {_fmt_metric(v)}" for k, v in metrics.items()))
+            parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))
         return (
             '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
             'font-size:12px">'
-            f'<div style="flex:0 0 200px;height:8px;background:#e0e0e0;border-radius:4px;overflow:hidden">'
+            f'<div style="flex:0 0 160px;height:8px;background:var(--jp-layout-color3,#e0e0e0);border-radius:4px;'
+            f'overflow:hidden">'
             f'<div class="nb-finetune-bar" style="width:{pct:.1f}%;height:100%;background:{colour}"></div></div>'
-            f'<span class="nb-finetune-status">{html.escape(" · ".join(parts))}</span></div>'
+            f'<span class="nb-finetune-status" title="{html.escape(" · ".join(parts))}" style="white-space:nowrap;'
+            f'overflow:hidden;text-overflow:ellipsis;min-width:0">{html.escape(" · ".join(parts))}</span></div>'
         )
 
     @staticmethod
@@ -518,10 +587,10 @@ class Panel:
         top = max(x["params"] for x in layers) or 1
         rows = "".join(
             f'<div style="display:flex;align-items:center;gap:6px;font-size:11px;height:14px">'
-            f'<span style="width:90px;text-align:right;color:#555">{html.escape(x["group"])}</span>'
+            f'<span style="width:90px;text-align:right;color:{_MUTED}">{html.escape(x["group"])}</span>'
             f'<span style="display:inline-block;height:10px;width:{max(2, 200 * x["params"] / top):.0f}px;'
             f'background:{TRAINABLE if x["trainable"] else FROZEN}"></span>'
-            f'<span style="color:#777">{x["params"]:,}</span></div>'
+            f'<span style="color:{_MUTED}">{_fmt_count(x["params"])}</span></div>'
             for x in reversed(layers)
         )
         return f'<div style="padding:4px 12px"><b style="font-size:12px">Layer map</b>{rows}</div>'
@@ -550,7 +619,7 @@ class Panel:
                     self.train_head.value = all(x["trainable"] for x in head)
                 frozen_params = sum(x["params"] for x in layers if not x["trainable"])
                 self.blocks_label.value = (
-                    f'<span style="font-size:11px;color:#666;padding-left:84px">'
+                    f'<span style="font-size:11px;color:{_MUTED};padding-left:84px">'
                     f"of {len(blocks)} blocks · {_fmt_count(frozen_params)} parameters frozen</span>"
                 )
             self.pause_btn.description = "Resume" if s["state"] == "paused" else "Pause"
@@ -571,7 +640,7 @@ class Panel:
         return frozen
 
     def _say(self, text: str, error: bool = False) -> None:
-        colour = "#c62828" if error else "#555"
+        colour = _ERROR if error else _MUTED
         self.note.value = f'<span style="color:{colour};font-size:12px">{html.escape(text)}</span>'
 
     def _guard(self, fn, what: str) -> None:
@@ -592,10 +661,25 @@ class Panel:
                 self.state.on_event(_layers_event(self.state, frozen))
                 self._say(f"freeze set to {spec} (applies when the run starts)")
             else:
-                self.run.freeze(spec)
+                self.run.freeze(spec, _source="panel")
                 self._say(f"freeze {', '.join(frozen) or 'none'}: sent, applied at the next optimizer step")
 
-        self._guard(send, "freeze")
+        if self.run.started:
+            self._later("freeze", send)
+        else:
+            self._guard(send, "freeze")
+
+    def _later(self, key: str, send) -> None:
+        """Debounce: send only the last of a burst of changes (a slider dragged or stepped with the arrow keys
+        reports every value it passes), DEBOUNCE_S after the last one."""
+        with self._timers_lock:
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            t = threading.Timer(DEBOUNCE_S, lambda: self._guard(send, key))
+            t.daemon = True
+            self._timers[key] = t
+            t.start()
 
     def _on_live(self, name: str, value) -> None:
         if self._syncing or not self.interactive:
@@ -606,10 +690,18 @@ class Panel:
                 self.run.configure(**{name: value})
                 self._say(f"{name} = {value} (applies when the run starts)")
             else:
-                self.run.set(**{name: value})
-                self._say(f"{name} = {value}: sent, applied at the next optimizer step")
+                self.run.set(_source="panel", **{name: value})
+                self._say(f"{name} = {fmt_value(value)}: sent, applied at the next optimizer step")
 
-        self._guard(send, name)
+        if not self.run.started:
+            self._guard(send, name)
+            return
+        try:  # a bad value is refused at once, in red; a good one waits for the end of the burst
+            check_live_value(name, value)
+        except FinetuneError as e:
+            self._say(f"{name}: {e}", error=True)
+            return
+        self._later(name, send)
 
     def _on_hparam(self, name: str, change) -> None:
         value = change["new"]
@@ -642,6 +734,37 @@ class Panel:
     def _on_checkpoint(self) -> None:
         self._guard(self.run.checkpoint, "checkpoint")
         self._say("checkpoint requested for the next optimizer step")
+
+
+def _changes_html(changes: list[dict[str, Any]]) -> str:
+    """The change log: the last live changes, newest first, each with its step, what and who."""
+    if not changes:
+        return ""
+    items = "".join(
+        f'<li style="{"" if c.get("ok", True) else f"color:{_ERROR}"}">step {c.get("step", 0):,} · '
+        f"{html.escape(str(c.get('label', '')))} · by {html.escape(str(c.get('source', '')))}"
+        f"{'' if c.get('ok', True) else ' · refused'}"
+        f"{' (' + html.escape(str(c['message'])) + ')' if c.get('message') else ''}</li>"
+        for c in reversed(changes[-3:])
+    )
+    return (
+        f'<div class="nb-finetune-changes" style="font-size:11px;color:{_MUTED}">changes ({len(changes)}, newest '
+        f'first):<ul style="margin:0 0 2px 0;padding-left:18px">{items}</ul></div>'
+    )
+
+
+def _relative_dir(path) -> str:
+    """The run directory relative to the working directory (a shared notebook shows no home directory), else its
+    name."""
+    if not path:
+        return ""
+    import os
+
+    try:
+        rel = os.path.relpath(str(path))
+    except ValueError:
+        rel = ""
+    return rel if rel and not rel.startswith("..") else os.path.basename(str(path).rstrip("/"))
 
 
 def _interval(v: str):

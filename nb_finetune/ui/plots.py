@@ -14,16 +14,15 @@ from typing import Any
 from bokeh.layouts import column, gridplot, row
 from bokeh.models import (
     ColumnDataSource,
+    CustomJSTickFormatter,
     DataRange1d,
     FactorRange,
     HoverTool,
     Label,
     LinearAxis,
-    NumeralTickFormatter,
     PrintfTickFormatter,
     Range1d,
 )
-from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from .state import Points
@@ -31,11 +30,14 @@ from .svg import cell_colour, fmt_cell
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
 
-TRAINABLE = "#2e7d32"
-FROZEN = "#b0bec5"
-RAW = "#90caf9"
-SMOOTH = "#1565c0"
-MARKER = "#ef6c00"
+# Okabe-Ito, a colour-blind-safe palette; every colour reads on JupyterLab's light and dark backgrounds
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#999999")
+TRAINABLE = "#009e73"
+FROZEN = "#9aa5ad"
+RAW = "#56b4e9"
+SMOOTH = "#0072b2"
+MARKER = "#d55e00"
+INK = "#808080"  # axis, tick and title text: mid grey reads on white and on JupyterLab's dark theme alike
 ROLLOVER = 20_000  # points kept per series in the live plots
 MAX_EVAL_LINES = 10  # lines in the evaluation plot (per-label metrics go to the task's bars, see state.main_metrics)
 MATRIX_TEXT_CELLS = 400  # a matrix with more cells shows colours only (the counts are in the hover)
@@ -93,13 +95,47 @@ def _fig(title: str, *, width: int, height: int, y_label: str = "", **kw):
     f.title.text_font_size = "11pt"
     f.title.text_font_style = "normal"
     f.toolbar.logo = None
+    f.toolbar.autohide = True  # the tools show while the pointer is over the plot
     f.xaxis.axis_label_text_font_size = f.yaxis.axis_label_text_font_size = "9pt"
     f.xaxis.axis_label_text_font_style = f.yaxis.axis_label_text_font_style = "normal"
     f.xaxis.major_label_text_font_size = f.yaxis.major_label_text_font_size = "8pt"
-    f.grid.grid_line_alpha = 0.4
     f.outline_line_color = None
     f.min_border_right = 10
+    theme_neutral(f)
     return f
+
+
+def theme_neutral(f) -> None:
+    """Transparent backgrounds and mid-grey text: the figure takes the page's colour, JupyterLab's light or dark
+    theme (or an exported page's white) without a Bokeh theme switch in the browser."""
+    f.background_fill_color = None
+    f.border_fill_color = None
+    f.title.text_color = INK
+    for ax in (*f.xaxis, *f.yaxis):
+        ax.axis_label_text_color = ax.major_label_text_color = INK
+        ax.axis_line_color = ax.major_tick_line_color = ax.minor_tick_line_color = INK
+    f.grid.grid_line_color = INK
+    f.grid.grid_line_alpha = 0.25
+
+
+def legend_above(f) -> None:
+    """The legend in one row above the data area (click an entry to hide its line)."""
+    if not f.legend:
+        return
+    lg = f.legend[0]
+    if lg not in f.above:
+        f.add_layout(lg, "above")
+    lg.orientation = "horizontal"
+    lg.location = "top_left"
+    lg.label_text_font_size = "8pt"
+    lg.label_text_color = INK
+    lg.background_fill_alpha = 0
+    lg.border_line_color = None
+    lg.click_policy = "hide"
+    lg.spacing = 6
+    lg.padding = 2
+    lg.margin = 0
+    lg.glyph_width = 14
 
 
 class PlotSet:
@@ -138,10 +174,7 @@ class PlotSet:
             HoverTool(renderers=[mk], tooltips=[("step", "@step"), ("change", "@label"), ("by", "@source")]),
         )
         raw.level = "underlay"
-        self.loss.legend.location = "top_right"
-        self.loss.legend.label_text_font_size = "8pt"
-        self.loss.legend.click_policy = "hide"
-        self.loss.legend.background_fill_alpha = 0.6
+        legend_above(self.loss)
         # ---- eval
         self.eval_src = ColumnDataSource({"step": []}, name="nbft-eval")
         self.eval = _fig("Evaluation", width=w, height=h, x_range=self.loss.x_range, y_label="metric")
@@ -151,6 +184,8 @@ class PlotSet:
         self.eval.extra_y_ranges = {"err": DataRange1d()}
         self.err_axis = LinearAxis(y_range_name="err", axis_label="loss / error", visible=False)  # once both kinds
         self.eval.add_layout(self.err_axis, "right")
+        self.err_axis.axis_label_text_color = self.err_axis.major_label_text_color = INK
+        self.err_axis.axis_line_color = self.err_axis.major_tick_line_color = INK
         self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
         self.eval.add_tools(self.eval_hover)
         self.eval_waiting = Label(
@@ -167,17 +202,17 @@ class PlotSet:
         self.lr_src = ColumnDataSource({"step": [], "lr": []}, name="nbft-lr")
         self.lr = _fig("Learning rate", width=w, height=h, x_range=self.loss.x_range, y_label="lr")
         self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
-        base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="base")
+        base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="all groups")
         self.lr.add_tools(
             HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
         )
-        self.lr.legend.label_text_font_size = "8pt"
-        self.lr.legend.location = "top_right"
-        self.lr.legend.click_policy = "hide"
+        legend_above(self.lr)
         self.lr_groups: list[str] = []
         self.lr_marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []})
         lm = self.lr.scatter("step", "y", source=self.lr_marker_src, marker="inverted_triangle", size=11, color=MARKER)
-        self.lr.add_tools(HoverTool(renderers=[lm], tooltips=[("step", "@step"), ("change", "@label")]))
+        self.lr.add_tools(
+            HoverTool(renderers=[lm], tooltips=[("step", "@step"), ("change", "@label"), ("by", "@source")])
+        )
         # ---- throughput + memory
         self.speed_src = ColumnDataSource({"step": [], "samples_per_s": [], "tokens_per_s": [], "memory_mb": []})
         self.speed = _fig("Throughput", width=w, height=h, x_range=self.loss.x_range, y_label="samples/s")
@@ -186,6 +221,8 @@ class PlotSet:
         self.speed.extra_y_ranges = {"mem": Range1d(start=0, end=1)}
         self.mem_axis = LinearAxis(y_range_name="mem", axis_label="memory MB", visible=False)  # once known
         self.speed.add_layout(self.mem_axis, "right")
+        self.mem_axis.axis_label_text_color = self.mem_axis.major_label_text_color = INK
+        self.mem_axis.axis_line_color = self.mem_axis.major_tick_line_color = INK
         self.speed.line(
             "step",
             "memory_mb",
@@ -215,11 +252,21 @@ class PlotSet:
         self.layers.hbar(y="group", right="params", height=0.8, color="color", source=self.layer_src)
         self.layers.title.text_font_size = "11pt"
         self.layers.title.text_font_style = "normal"
-        self.layers.xaxis.formatter = NumeralTickFormatter(format="0.0a")
+        # engineering units as people read them: 2.0M, 350k (Numeral's "0.0a" writes 2.0m)
+        self.layers.xaxis.formatter = CustomJSTickFormatter(
+            code="const a = Math.abs(tick);"
+            "return a >= 1e9 ? (tick / 1e9).toFixed(1) + 'B' : a >= 1e6 ? (tick / 1e6).toFixed(1) + 'M'"
+            " : a >= 1e3 ? (tick / 1e3).toFixed(a >= 1e4 ? 0 : 1) + 'k' : tick.toFixed(0);"
+        )
+        theme_neutral(self.layers)
         self.layers.xaxis.major_label_text_font_size = self.layers.yaxis.major_label_text_font_size = "8pt"
         self.layers.ygrid.grid_line_color = None
         self.layers.outline_line_color = None
         self.layers.x_range.start = 0
+        # a live change: a dashed vertical rule at its step across every time plot (the triangles carry the tooltip)
+        for f in (self.loss, self.eval, self.lr, self.speed):
+            rule = f.vspan(x="step", source=self.marker_src, line_color=MARKER, line_dash="dashed", line_alpha=0.55)
+            rule.level = "underlay"
         self.grid = gridplot([[self.loss, self.eval], [self.lr, self.speed]], toolbar_location=None, merge_tools=False)
         self.root = column(self.grid)
         # ---- what the task asks to draw (EvalEnded.extras): one figure per entry, below the grid once one comes
@@ -278,7 +325,7 @@ class PlotSet:
                 data[n] = [math.nan] * n_old
             self.eval_src.data = data
             for n in new:
-                colour = Category10_10[len(self.eval_metrics) % 10]
+                colour = PALETTE[len(self.eval_metrics) % len(PALETTE)]
                 label = n.removeprefix("eval_")
                 score = is_score(n, [r.get(n) for r in rows])
                 axis = {} if score else {"y_range_name": "err"}
@@ -297,18 +344,26 @@ class PlotSet:
             self.eval.extra_y_ranges["err"].renderers = list(self._error_lines)
             self.err_axis.visible = both
             self.structure += 1
-            self.eval.legend.label_text_font_size = "8pt"
-            self.eval.legend.location = "bottom_right"
-            self.eval.legend.click_policy = "hide"
+            legend_above(self.eval)
         cols = {"step": [r["step"] for r in rows]}
         for n in self.eval_metrics:
             cols[n] = [float(r.get(n, math.nan)) for r in rows]
         self.eval_src.stream(cols, rollover=ROLLOVER)
 
     def _stream_lr(self, rows: list[dict[str, Any]]) -> None:
-        groups = [g for r in rows for g in (r.get("group_lrs") or {})]
-        new = [g for g in dict.fromkeys(groups) if g not in self.lr_groups]
-        if new and len(set(self.lr_groups) | set(new)) > 1:  # one group only: the base line says it all
+        """The base lr as one line ("all groups" while they coincide); a group gets its own line only from the
+        first step its lr differs from the base (layer-wise decay, a group lr), drawn only where it differs."""
+
+        def split(r, g):
+            v = (r.get("group_lrs") or {}).get(g)
+            base = r.get("lr")
+            if not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
+                return math.nan
+            return math.nan if abs(v - base) <= 1e-9 * max(abs(base), 1e-30) else float(v)
+
+        groups = dict.fromkeys(g for r in rows for g in (r.get("group_lrs") or {}))
+        new = [g for g in groups if g not in self.lr_groups and any(math.isfinite(split(r, g)) for r in rows)]
+        if new:
             n_old = len(self.lr_src.data["step"])
             data = dict(self.lr_src.data)
             for g in new:
@@ -316,12 +371,14 @@ class PlotSet:
             self.lr_src.data = data
             self.structure += 1
             for g in new:
-                colour = Category10_10[(len(self.lr_groups) + 1) % 10]
-                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1, legend_label=g)
+                colour = PALETTE[(len(self.lr_groups) + 1) % len(PALETTE)]
+                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1.5, legend_label=g)
                 self.lr_groups.append(g)
+            legend_above(self.lr)
+            self.lr.legend[0].items[0].label = {"value": "other groups"}
         cols = {"step": [r["step"] for r in rows], "lr": [r["lr"] for r in rows]}
         for g in self.lr_groups:
-            cols[f"g:{g}"] = [float((r.get("group_lrs") or {}).get(g, math.nan)) for r in rows]
+            cols[f"g:{g}"] = [split(r, g) for r in rows]
         self.lr_src.stream(cols, rollover=ROLLOVER)
 
     def _stream_markers(self, markers: list[dict[str, Any]]) -> None:
@@ -459,7 +516,14 @@ class PlotSet:
             )
             fig.hbar(y="label", right="value", left=0, height=0.75, color=SMOOTH, source=src)
             fig.text(
-                "value", "label", text="text", source=src, x_offset=3, text_baseline="middle", text_font_size="8pt"
+                "value",
+                "label",
+                text="text",
+                source=src,
+                x_offset=3,
+                text_baseline="middle",
+                text_font_size="8pt",
+                text_color=INK,
             )
             fig.ygrid.grid_line_color = None
         fig.xaxis.axis_label = entry.get("x_label") or ""
@@ -468,6 +532,9 @@ class PlotSet:
         fig.title.text_font_style = "normal"
         fig.axis.major_label_text_font_size = "8pt"
         fig.outline_line_color = None
+        theme_neutral(fig)
+        if kind == "matrix":
+            fig.grid.grid_line_color = None
         old = self.extra_figs.get(name)
         self.extra_figs[name] = (kind, fig, src)
         children = [c for c in self.extras_row.children if old is None or c is not old[1]]

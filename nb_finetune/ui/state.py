@@ -25,9 +25,10 @@ from ..core.events import (
     StepEnded,
 )
 
-__all__ = ["PanelState", "Points", "fmt_duration", "smooth", "main_metrics"]
+__all__ = ["PanelState", "Points", "fmt_duration", "fmt_value", "smooth", "main_metrics"]
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai's smoothed loss
+MAX_CHANGES = 8  # live changes kept in the panel's change log
 
 
 def main_metrics(metrics: dict[str, float], extras: dict[str, Any] | None) -> dict[str, float]:
@@ -131,6 +132,9 @@ class PanelState:
         self.metrics: dict[str, float] = {}
         self.extras: dict[str, dict[str, Any]] = {}  # the latest evaluation's task figures
         self.best: dict[str, Any] | None = None
+        # one row per evaluation, as the HF Trainer's notebook table: step, epoch, train_loss, metrics, best
+        self.eval_rows: list[dict[str, Any]] = []
+        self.changes: list[dict[str, Any]] = []  # live changes applied or refused: step, label, ok, source, message
         self.layers: list[dict[str, Any]] = []  # group, kind, params, trainable
         self.note = ""
         self.last_checkpoint: str | None = None
@@ -192,6 +196,17 @@ class PanelState:
             p.evals.append({"step": e.step, **main_metrics(e.metrics, self.extras)})
             if e.is_best:
                 self.best = {"step": e.step, **e.metrics}
+                for r in self.eval_rows:
+                    r["best"] = False
+            self.eval_rows.append(
+                {
+                    "step": e.step,
+                    "epoch": e.epoch,
+                    "train_loss": self.loss,
+                    "metrics": main_metrics(e.metrics, self.extras),
+                    "best": bool(e.is_best),
+                }
+            )
         elif isinstance(e, RunStarted):
             self.reason = None
             self.task = e.task_title or e.task
@@ -212,8 +227,21 @@ class PanelState:
             self.note = f"{label}: {'applied' if e.ok else 'refused'} at step {e.step}" + (
                 f" ({e.message})" if e.message else ""
             )
+            if e.source != "preview":
+                self.changes = [
+                    *self.changes[-(MAX_CHANGES - 1) :],
+                    {
+                        "step": e.step,
+                        "label": label,
+                        "ok": e.ok,
+                        "source": source_label(e.source),
+                        "message": e.message,
+                    },
+                ]
             if e.ok and e.command in ("set", "freeze") and e.source != "preview":
-                p.markers.append({"step": e.step, "label": label, "source": e.source, "message": e.message})
+                p.markers.append(
+                    {"step": e.step, "label": label, "source": source_label(e.source), "message": e.message}
+                )
             if e.ok and e.command == "freeze":
                 self._set_frozen(e.args.get("spec"))
                 p.layers_changed = True
@@ -257,7 +285,9 @@ class PanelState:
         """The scalar fields, copied under the lock (for the header and status line)."""
         with self._lock:
             return {k: v for k, v in self.__dict__.items() if not k.startswith("_")} | {
-                "layers": [dict(x) for x in self.layers]
+                "layers": [dict(x) for x in self.layers],
+                "eval_rows": [dict(r, metrics=dict(r["metrics"])) for r in self.eval_rows],
+                "changes": [dict(c) for c in self.changes],
             }
 
     # ------------------------------------------------------------------ derived
@@ -293,6 +323,16 @@ class PanelState:
         return st
 
 
+_SOURCES = {"server": "sidebar", "schedule": "unfreeze schedule", "file": "control file", "api": "API"}
+
+
+def source_label(source: str) -> str:
+    """Who asked for a change, as the panel says it: panel, magic, API, sidebar, CLI (`file:cli`: through the
+    run's control file), unfreeze schedule."""
+    who = source.removeprefix("file:") if source.startswith("file:") else source
+    return "CLI" if who == "cli" else _SOURCES.get(who, who)
+
+
 def _command_label(e: ControlApplied) -> str:
     if e.command == "set":
         return ", ".join(f"{k}={_short(v)}" for k, v in (e.args or {}).items()) or "set"
@@ -305,4 +345,21 @@ def _command_label(e: ControlApplied) -> str:
 
 
 def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return fmt_value(v)
+
+
+def fmt_value(v) -> str:
+    """A number as people write it: `7.08e-5`, `0.01`, `3`, `1,200` (never `7.079457843841373e-05`)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-3 or abs(v) >= 1e5:
+        mant, exp = f"{v:.2e}".split("e")
+        mant = mant.rstrip("0").rstrip(".")
+        return f"{mant}e{int(exp)}"
+    return f"{v:.3g}"

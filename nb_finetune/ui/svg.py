@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-__all__ = ["run_svg", "fmt_cell", "cell_colour"]
+__all__ = ["run_svg", "fmt_cell", "cell_colour", "nice_ticks"]
 
 MAX_POINTS = 400
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
@@ -30,21 +30,32 @@ def _finite(xs, ys):
     return pts
 
 
-def _nice(lo: float, hi: float) -> tuple[float, float]:
-    if lo == hi:
+def nice_ticks(lo: float, hi: float, n: int = 5) -> tuple[float, float, list[float]]:
+    """Round tick values (1, 2, 2.5, 5 x 10^k apart) covering [lo, hi]: (axis start, axis end, ticks)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, 1.0, [0.0, 1.0]
+    if hi <= lo:
         pad = abs(lo) * 0.1 or 1.0
-        return lo - pad, hi + pad
-    pad = (hi - lo) * 0.06
-    return lo - pad, hi + pad
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = round(math.floor(lo / step + 1e-9) * step, 12)
+    end = round(math.ceil(hi / step - 1e-9) * step, 12)
+    ticks = [round(start + i * step, 12) for i in range(int(round((end - start) / step)) + 1)]
+    return start, end, ticks
 
 
 def _fmt(v: float) -> str:
     a = abs(v)
     if a == 0:
         return "0"
-    if a >= 1e4 or a < 1e-2:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
+    if a >= 1e5 or a < 1e-3:
+        mant, exp = f"{v:.2e}".split("e")
+        return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+    if float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4g}"
 
 
 def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
@@ -61,8 +72,12 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
         )
         out.append("</g>")
         return out
-    xmin, xmax = _nice(min(p[0] for p in pts), max(p[0] for p in pts))
-    ymin, ymax = _nice(min(p[1] for p in pts), max(p[1] for p in pts))
+    # the step axis starts and ends where the data does, the value axis at round values around it
+    xmin, xmax = min(p[0] for p in pts), max(p[0] for p in pts)
+    if xmax <= xmin:
+        xmin, xmax = xmin - 1, xmax + 1
+    ymin, ymax, yticks = nice_ticks(min(p[1] for p in pts), max(p[1] for p in pts))
+    xticks = [x for x in nice_ticks(xmin, xmax, 6)[2] if xmin <= x <= xmax]
 
     def sx(x):
         return left + (x - xmin) / (xmax - xmin) * pw
@@ -70,16 +85,15 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
     def sy(y):
         return top + ph - (y - ymin) / (ymax - ymin) * ph
 
-    for i in range(5):  # grid and tick labels
-        yv = ymin + (ymax - ymin) * i / 4
-        xv = xmin + (xmax - xmin) * i / 4
+    for yv in yticks:  # grid and tick labels
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(yv):.1f}" y2="{sy(yv):.1f}" stroke="#eee"/>')
         out.append(
             f'<text x="{left - 4}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="9" fill="#666">{_fmt(yv)}</text>'
         )
+    for xv in xticks:
         out.append(
             f'<text x="{sx(xv):.1f}" y="{top + ph + 12}" text-anchor="middle" font-size="9" fill="#666">'
-            f"{_fmt(round(xv))}</text>"
+            f"{_fmt(xv)}</text>"
         )
     out.append(
         f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle" font-size="9" fill="#666">step</text>'

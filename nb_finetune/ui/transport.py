@@ -101,14 +101,18 @@ def _embed_json(item: str, eid: str, fallback: str = "") -> str:
     )
 
 
-def final_bundle(plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "") -> dict[str, str]:
-    """The output a finished run leaves behind: interactive Bokeh where BokehJS is present, the SVG elsewhere."""
+def final_bundle(
+    plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "", summary: str = ""
+) -> dict[str, str]:
+    """The output a finished run leaves behind: the run's HTML `summary` (header, final state, metrics, evaluation
+    table), then interactive Bokeh where BokehJS is present and the SVG elsewhere; the SVG alone for renderers that
+    pick images, `text` (the summary as text) for the ones that pick text."""
     from .svg import run_svg
 
     svg = run_svg(plots.series(), title=title, state=state, note=note)
     with plots.lock:
         body = _embed_html(plots.root, fallback=svg)
-    return {"text/html": body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
+    return {"text/html": summary + body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
 
 
 class _Base:
@@ -132,7 +136,7 @@ class _Base:
     def refresh(self, changed: bool, now: float) -> None:  # the pump's writer, after `plots.apply`
         return None
 
-    def finalize(self, bundle: dict[str, str]) -> None:
+    def finalize(self, bundle: dict[str, str], keep_live: bool = False) -> None:
         if self.handle is not None:
             self.handle.update(bundle, raw=True)
         else:
@@ -221,6 +225,7 @@ def _bokeh_model_class():
             self.sync_cpu_s = 0.0
             self.state_requests = 0  # full state requests after the first display (new views)
             self.state_requested_at: float | None = None
+            self._answered_at: float | None = None  # the last message from any view
             self._opened = False
             super().__init__(model, combine_events=True, **kw)
             self._opened = True
@@ -239,7 +244,11 @@ def _bokeh_model_class():
             """The writer, after a state request: send the current document to every view (each re-renders once)
             CATCH_UP_S after it, for the points a new page got before its view was there. Returns whether it did."""
             t = self.state_requested_at
-            if t is None or self._catch_ups >= len(CATCH_UP_S) or now - t < CATCH_UP_S[self._catch_ups]:
+            if t is None or self._catch_ups >= len(CATCH_UP_S):
+                return False
+            # the first one as soon as a view answers after the request (the new view rendered), else by the clock
+            answered = self._catch_ups == 0 and (self._answered_at or 0) > t + 0.2
+            if not answered and now - t < CATCH_UP_S[self._catch_ups]:
                 return False
             self._catch_ups += 1
             with self._nbft_lock:
@@ -248,8 +257,9 @@ def _bokeh_model_class():
 
         def _sync_model(self, model, content, buffers):
             c0 = time.thread_time()
+            self._answered_at = time.monotonic()
             if self.confirmed_at is None:
-                self.confirmed_at = time.monotonic()
+                self.confirmed_at = self._answered_at
             key = f"{content.get('kind', content.get('event', '?'))}:{content.get('attr', '')}"
             self.received[key] = self.received.get(key, 0) + 1
             try:
@@ -284,8 +294,9 @@ class WidgetTransport(_Base):
         if self.model.catch_up(now):
             self.renders += 1
 
-    def finalize(self, bundle: dict[str, str]) -> None:
-        self.model.layout.display = "none"
+    def finalize(self, bundle: dict[str, str], keep_live: bool = False) -> None:
+        if not keep_live:
+            self.model.layout.display = "none"
         super().finalize(bundle)
 
 

@@ -122,6 +122,7 @@ def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
     until(lambda: long_run.step > 3, what="training")
     frontend_sets(panel.hparams["lr"], 1e-4)
     until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
+    assert panel.plots.series()["markers"]["source"][-1] == "panel"  # who changed it (not "api")
     step_at_change = long_run.step
     until(lambda: long_run.step > step_at_change + 2)
     # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
@@ -153,7 +154,7 @@ def test_bad_value_is_refused_in_the_panel_and_the_run_goes_on(long_run, display
     panel = shown(long_run)
     until(lambda: long_run.step > 1)
     frontend_sets(panel.hparams["weight_decay"], -1.0)
-    assert "weight_decay" in panel.note.value and "#c62828" in panel.note.value  # shown in red, no exception
+    assert "weight_decay" in panel.note.value and "error-color" in panel.note.value  # shown in red, no exception
     s = long_run.step
     until(lambda: long_run.step > s + 3)
     assert long_run.status == "training"
@@ -377,3 +378,50 @@ def test_a_new_view_gets_every_point_streamed_before_it(displays):
     t.refresh(True, t0 + CATCH_UP_S[-1] + 0.1)
     t.refresh(True, t0 + CATCH_UP_S[-1] + 60)
     assert len(sent) == len(CATCH_UP_S)  # a bounded number of re-renders per new view
+
+
+def test_changes_say_who_made_them():
+    """Control: every change used to say "api" (the control file's own source overwrote the writer's)."""
+    from nb_finetune.core.events import ControlApplied
+    from nb_finetune.ui.state import source_label
+
+    assert [source_label(s) for s in ("panel", "magic", "api", "file:server", "file:cli", "file:magic", "file")] == [
+        "panel",
+        "magic",
+        "API",
+        "sidebar",
+        "CLI",
+        "magic",
+        "control file",
+    ]
+    st = PanelState("who")
+    st.on_event(ControlApplied(step=3, command="set", args={"lr": 7.079457843841373e-05}, seq=1, source="file:cli"))
+    (change,) = st.snapshot()["changes"]
+    assert change["source"] == "CLI" and change["label"] == "lr=7.08e-5"
+
+
+def test_a_slider_dragged_across_five_values_sends_one_change(long_run, displays):
+    """A drag (or five arrow-key presses) reports each value it passes; only the last one reaches the run. Control:
+    without the debounce every value was a command, five ControlApplied records."""
+    panel = shown(long_run)
+    until(lambda: long_run.step > 2, what="training")
+    for v in (2e-4, 3e-4, 4e-4, 5e-4, 6e-4):
+        frontend_sets(panel.hparams["lr"], v)
+    until(lambda: any(c["label"].startswith("lr=") for c in panel.state.snapshot()["changes"]), what="the change")
+    time.sleep(1.0)  # nothing else is on its way
+    sets = [r for r in long_run.run_dir.read_metrics() if r.get("event") == "ControlApplied" and r["command"] == "set"]
+    assert [r["args"] for r in sets] == [{"lr": 6e-4}]
+    assert sets[0]["source"] == "panel"
+
+
+def test_lr_groups_that_coincide_are_drawn_once():
+    """Control: every group got its own line from the start, four lines on top of each other."""
+    from nb_finetune.ui.plots import PlotSet
+
+    plots = PlotSet()
+    same = {"embeddings": 1e-3, "blocks.0": 1e-3, "head": 1e-3}
+    plots.apply(Points(lr=[{"step": s, "lr": 1e-3, "group_lrs": same} for s in (1, 2)]))
+    assert plots.lr_groups == [] and [i.label.value for i in plots.lr.legend[0].items] == ["all groups"]
+    plots.apply(Points(lr=[{"step": 3, "lr": 1e-3, "group_lrs": {**same, "embeddings": 5e-4}}]))
+    assert plots.lr_groups == ["embeddings"]  # split off where it differs, drawn only there
+    assert plots.series()["lr"]["g:embeddings"][2:] == [5e-4] and math.isnan(plots.series()["lr"]["g:embeddings"][0])

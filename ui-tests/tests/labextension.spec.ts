@@ -36,7 +36,7 @@ async function lineTokens(page: Page, cell: number, line: number) {
 
 test.describe('nb_finetune lab extension', () => {
   test('a %%finetune cell body is highlighted as YAML', async ({ page, tmpPath }) => {
-    const body = 'model: tiny-bert\nepochs: 3\nfreeze: all_but_head';
+    const body = 'model: tiny-bert\nepochs: 3\nfreeze: all_but_head\nlr: 5e-5';
     const path = await createNotebook(page, `${tmpPath}/highlight.ipynb`, [`%%finetune demo\n${body}`, body]);
     await openNotebook(page, path);
     const cells = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell');
@@ -53,6 +53,14 @@ test.describe('nb_finetune lab extension', () => {
     const pyKey = plain.tokens.find(t => t.text === 'model');
     expect(pyKey?.color ?? plain.base).not.toBe(key!.color);
 
+    // numbers in any notation (JupyterLab's YAML leaves `5e-5` plain), the freeze spec and the magic line are marked
+    const lr = await lineTokens(page, 0, 4);
+    const num = lr.tokens.find(t => t.text === '5e-5');
+    expect(num?.cls ?? '', 'the number 5e-5 is marked').toContain('nbft-tok-number');
+    expect(num!.color).not.toBe(lr.base);
+    expect((await lineTokens(page, 0, 3)).tokens.some(t => t.cls.includes('nbft-tok-spec'))).toBe(true);
+    const magic = await lineTokens(page, 0, 0);
+    expect(magic.tokens.map(t => t.cls).join(' ')).toContain('nbft-tok-name');
     await cells.nth(0).screenshot({ path: test.info().outputPath('finetune-cell-yaml.png') });
     await page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook').screenshot({
       path: test.info().outputPath('yaml-vs-python.png')

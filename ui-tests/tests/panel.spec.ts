@@ -5,6 +5,7 @@
  * the browser's own copy of the data growing, streamed by the kernel.
  */
 import { expect, test } from '@jupyterlab/galata';
+import type { IJupyterLabPageFixture } from '@jupyterlab/galata';
 import type { Locator, Page } from '@playwright/test';
 import { createNotebook, NOTEBOOK7, notebook7Url, openNotebook, setupCell, trainCell, uniqueName } from './helpers';
 
@@ -84,11 +85,18 @@ async function secondViews(page: Page, path: string, shots: string) {
   await page.waitForSelector('.jp-Notebook', { timeout: 60000 });
   const panel = page.locator(PANEL).first(); // the workspace reopens the notebook, its outputs from the saved file
   await expect(panel).toBeVisible({ timeout: 60000 });
+  // every point before the reload is in the state the new page gets; the few streamed while the page built its
+  // view come with the one re-render the kernel sends once the view answers
   await expect
-    .poll(async () => (await history(page)).steps.length, { timeout: 30000, message: 'the history after a reload' })
-    .toBeGreaterThanOrEqual(before.steps.length);
+    .poll(
+      async () => {
+        const h = await history(page);
+        return h.steps.length >= before.steps.length && contiguous(h.steps);
+      },
+      { timeout: 30000, message: 'the whole history after a reload (loss steps 1..n, none missing)' }
+    )
+    .toBe(true);
   const after = await history(page);
-  expect(contiguous(after.steps), `loss steps after the reload start at 1 with none missing: ${after.steps}`).toBe(true);
   expect(after.evals, 'the evaluations before the reload').toBeGreaterThanOrEqual(before.evals);
   expect(after.lr, 'the lr points before the reload').toBeGreaterThanOrEqual(before.lr);
   expect(after.layers, 'the layer map after the reload').toBe(before.layers);
@@ -105,10 +113,15 @@ async function secondViews(page: Page, path: string, shots: string) {
   await expect(panel7).toBeVisible({ timeout: 90000 });
   const seen = (await history(page)).steps.length;
   await expect
-    .poll(async () => (await history(nb7)).steps.length, { timeout: 30000, message: 'the history in Notebook 7' })
-    .toBeGreaterThanOrEqual(seen);
+    .poll(
+      async () => {
+        const h = await history(nb7);
+        return h.steps.length >= seen && contiguous(h.steps);
+      },
+      { timeout: 30000, message: 'the whole history in Notebook 7 (loss steps 1..n, none missing)' }
+    )
+    .toBe(true);
   const nb = await history(nb7);
-  expect(contiguous(nb.steps), `loss steps in Notebook 7 start at 1 with none missing`).toBe(true);
   expect(nb.evals).toBeGreaterThanOrEqual(after.evals);
   expect(nb.lr).toBeGreaterThanOrEqual(after.lr);
   expect(nb.layers).toBe(before.layers);
@@ -118,6 +131,78 @@ async function secondViews(page: Page, path: string, shots: string) {
   await panel7.scrollIntoViewIfNeeded();
   await nb7.screenshot({ path: test.info().outputPath(`${shots}-notebook7-second-view.png`) });
   await nb7.close();
+}
+
+/**
+ * The stopped run's notebook saved and exported through the server's nbconvert (what GitHub and nbviewer get: no
+ * widget state): the run's name, its final metrics and the evaluation table, no `VBox(` repr; then that page shown.
+ */
+async function exported(page: Page, path: string, name: string, shots: string) {
+  await page.evaluate(() => (window as any).jupyterapp.commands.execute('docmanager:save'));
+  const url = `nbconvert/html/${path.split('/').map(encodeURIComponent).join('/')}?download=false`;
+  let body = '';
+  await expect
+    .poll(
+      async () => {
+        const r = await page.request.get(url);
+        body = r.ok() ? await r.text() : '';
+        return body.includes('nb-finetune-summary');
+      },
+      { timeout: 30000, message: 'the exported HTML carries the run summary' }
+    )
+    .toBe(true);
+  expect(body).not.toContain('VBox(');
+  expect(body).toContain(name);
+  expect(body).toMatch(/accuracy<\/span> <b>\d\.\d{4}<\/b>/); // the final metrics
+  expect((body.match(/class="nbft-eval-row/g) ?? []).length, 'the evaluation table').toBeGreaterThanOrEqual(2);
+  const view = await page.context().newPage();
+  await view.goto(url);
+  await view.locator('.nb-finetune-summary').first().scrollIntoViewIfNeeded();
+  await view.screenshot({ path: test.info().outputPath(`${shots}-exported.png`), fullPage: true });
+  await view.close();
+}
+
+/** What a plot's background shows: the figures' own fill (null: transparent) and the page colour behind them. */
+async function plotBackground(page: Page): Promise<{ fills: unknown[]; page: string }> {
+  return page.evaluate(() => {
+    const B = (window as any).Bokeh;
+    const fills: unknown[] = [];
+    for (const d of B?.documents ?? []) {
+      for (const m of d._all_models?.values?.() ?? []) {
+        if (m?.constructor?.__name__ === 'Figure' || m?.constructor?.__name__ === 'Plot') {
+          fills.push(m.background_fill_color);
+        }
+      }
+    }
+    let el: Element | null = document.querySelector('.nb-finetune-panel');
+    let colour = '';
+    while (el) {
+      colour = getComputedStyle(el).backgroundColor;
+      if (colour && colour !== 'rgba(0, 0, 0, 0)' && colour !== 'transparent') break;
+      el = el.parentElement;
+    }
+    return { fills, page: colour };
+  });
+}
+
+/** JupyterLab's light and dark themes: the plots take the theme's background (screenshots of both). */
+async function themes(page: IJupyterLabPageFixture, shots: string) {
+  await page.locator(`${PANEL} .nb-finetune-status`).first().evaluate(e => e.scrollIntoView({ block: 'start' }));
+  const light = await plotBackground(page);
+  await page.screenshot({ path: test.info().outputPath(`${shots}-light.png`) });
+  // JupyterLab's own command (Galata's theme helper lost its hook on the app at the browser reload above)
+  const theme = (name: string) =>
+    page.evaluate(n => (window as any).jupyterapp.commands.execute('apputils:change-theme', { theme: n }), name);
+  await theme('JupyterLab Dark');
+  await expect(page.locator('body')).toHaveAttribute('data-jp-theme-light', 'false');
+  await page.waitForTimeout(500);
+  const dark = await plotBackground(page);
+  await page.screenshot({ path: test.info().outputPath(`${shots}-dark.png`) });
+  await theme('JupyterLab Light');
+  await expect(page.locator('body')).toHaveAttribute('data-jp-theme-light', 'true');
+  expect(light.fills.length, 'figures found').toBeGreaterThan(0);
+  expect(light.fills.every(f => f == null), `figures are transparent: ${light.fills}`).toBe(true);
+  expect(dark.page, 'the plot background follows the theme').not.toBe(light.page);
 }
 
 async function panelFlow(page: Page, panel: Locator, name: string, shots: string) {
@@ -161,6 +246,7 @@ async function panelFlow(page: Page, panel: Locator, name: string, shots: string
 
 test.describe('nb_finetune panel in JupyterLab', () => {
   test('a reload and Notebook 7 show the whole run so far; loss grows, freezing, Stop', async ({ page, tmpPath }) => {
+    test.setTimeout(240000);
     const name = uniqueName('panel_lab');
     const cell = trainCell(name).replace('eval_split: 0', 'eval_split: 0.25\neval_every: 8');
     const path = await createNotebook(page, `${tmpPath}/panel.ipynb`, [setupCell(), cell]);
@@ -170,6 +256,7 @@ test.describe('nb_finetune panel in JupyterLab', () => {
     await page.notebook.runCell(1); // returns at once: the run trains on a worker thread
     await expect(page.locator(PANEL).first()).toContainText('training', { timeout: 60000 });
     await secondViews(page, path, 'lab-panel');
+    await themes(page, 'lab-panel');
     await panelFlow(page, page.locator(PANEL).first(), name, 'lab-panel');
   });
 });
@@ -177,9 +264,10 @@ test.describe('nb_finetune panel in JupyterLab', () => {
 test.describe('nb_finetune panel in Notebook 7', () => {
   test.use(NOTEBOOK7);
 
-  test('loss plot grows, freezing slider redraws the layer map, Stop stops the run', async ({ page, tmpPath }) => {
+  test('loss plot grows, freezing, Stop; the exported notebook shows the summary', async ({ page, tmpPath }) => {
     const name = uniqueName('panel_nb7');
-    const path = await createNotebook(page, `${tmpPath}/panel7.ipynb`, [setupCell(), trainCell(name)]);
+    const cell = trainCell(name).replace('eval_split: 0', 'eval_split: 0.25\neval_every: 8');
+    const path = await createNotebook(page, `${tmpPath}/panel7.ipynb`, [setupCell(), cell]);
     await page.goto(notebook7Url(path));
     await page.waitForSelector('.jp-Notebook .jp-Cell .cm-content', { timeout: 60000 });
     await page.waitForFunction(
@@ -195,5 +283,6 @@ test.describe('nb_finetune panel in Notebook 7', () => {
     await page.locator('.jp-Cell .cm-content').nth(1).click();
     await page.keyboard.press('Shift+Enter');
     await panelFlow(page, page.locator(PANEL).first(), name, 'nb7-panel');
+    await exported(page, path, name, 'nb7-panel');
   });
 });

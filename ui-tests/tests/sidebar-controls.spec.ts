@@ -29,9 +29,14 @@ function otherProcessCell(name: string): string {
     `rd = RunDir.create("runs", "${name}")`,
     `rd.write_status(state="training", pid=os.getpid(), name=rd.name, step=3, total_steps=100)`,
     'rd.register()',
+    // a second run of the same name in another folder: the sidebar tells the two apart by where they live
+    `twin = RunDir.create("elsewhere/runs", "${name}")`,
+    `twin.write_status(state="training", pid=os.getpid(), name=twin.name, step=1, total_steps=100)`,
+    'twin.register()',
     'end = time.time() + 300',
     'while time.time() < end:',
     '    rd.write_status()',
+    '    twin.write_status()',
     '    time.sleep(1)'
   ].join('\n');
   return [
@@ -173,8 +178,14 @@ test.describe('nb_finetune sidebar controls', () => {
       await openSidebar(page);
       await page.notebook.runCell(2);
       const mineRow = row(page, mine);
-      const otherRow = row(page, other);
+      const otherRow = row(page, other).first();
       await expect(mineRow).toHaveAttribute('data-state', 'training', { timeout: 60000 });
+      // two runs named `other` (runs/ and elsewhere/runs/): each row says where it lives, the path on hover
+      await expect(row(page, other)).toHaveCount(2);
+      const wheres = await row(page, other).locator('.nbf-Run-where').allInnerTexts();
+      expect(new Set(wheres).size, `locations ${wheres}`).toBe(2);
+      expect(wheres.some(w => w.endsWith('elsewhere/runs'))).toBe(true);
+      await expect(mineRow.locator('.nbf-Run-where')).toBeHidden();
       await expect(otherRow).toHaveAttribute('data-state', 'training');
       await expect(mineRow).toHaveAttribute('data-own', 'true');
       await expect(otherRow).toHaveAttribute('data-own', 'false');
@@ -227,6 +238,6 @@ test.describe('nb_finetune sidebar controls', () => {
       await page.notebook.runCell(3); // the other process ends with the test
     }
     await expect(page.locator('.jp-Cell').nth(3).locator('.jp-Cell-outputWrapper')).toContainText('killed');
-    await expect(row(page, other)).toHaveAttribute('data-state', 'dead', { timeout: 30000 });
+    await expect(row(page, other).first()).toHaveAttribute('data-state', 'dead', { timeout: 30000 });
   });
 });

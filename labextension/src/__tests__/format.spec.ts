@@ -1,6 +1,8 @@
 import type { IRun } from '../api';
 import {
   activeRun,
+  runLocation,
+  sharedNames,
   effectiveState,
   formatDuration,
   formatEta,
@@ -151,3 +153,14 @@ describe('stop all', () => {
   });
 });
 
+
+describe('runs of the same name', () => {
+  it('shows where each lives', () => {
+    expect(runLocation('/home/ann/proj_a/runs/exp1')).toBe('…/proj_a/runs');
+    expect(runLocation('/home/ann/proj_b/runs/exp1')).toBe('…/proj_b/runs');
+    expect(runLocation('/runs/exp1')).toBe('/runs');
+  });
+  it('finds the shared names', () => {
+    expect([...sharedNames([{ name: 'a' }, { name: 'b' }, { name: 'a' }])]).toEqual(['a']);
+  });
+});

@@ -292,7 +292,9 @@ class CommandDesk:
         """New commands from control.jsonl go into `Controls`; a malformed one is refused here."""
         for rec in self.file.poll():
             try:
-                self.controls.send(rec["cmd"], source="file", seq=int(rec["seq"]), **(rec.get("args") or {}))
+                # "file:<who wrote it>" (cli, magic, server = the sidebar): acknowledged in status.json as "file"
+                source = f"file:{rec['source']}" if rec.get("source") else "file"
+                self.controls.send(rec["cmd"], source=source, seq=int(rec["seq"]), **(rec.get("args") or {}))
             except (ValueError, TypeError) as e:
                 cmd = Command(str(rec.get("cmd")), rec.get("args") or {}, int(rec["seq"]), "file")
                 self.ack(cmd, step, ok=False, message=str(e))
