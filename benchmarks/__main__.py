@@ -33,17 +33,22 @@ NAMES = {
 }
 
 
-def _plan(spec: Spec, quick: bool) -> list[tuple[int, str]]:
+def _plan(spec: Spec, quick: bool, arms: tuple[str, ...] = ARMS, ks: tuple[int, ...] | None = None):
+    """(k, arm) pairs in run order; `arms` / `ks` keep a subset (a focused A/B, e.g. `--arms B2,N --k 0`)."""
     L = spec.layers
     half, two_thirds = L // 2, (2 * L) // 3
     if quick:
-        return [(0, a) for a in ARMS] + [(two_thirds, a) for a in ("B1", "N")]
-    return [(k, a) for k in (0, half, two_thirds) for a in ARMS]
+        plan = [(0, a) for a in ARMS] + [(two_thirds, a) for a in ("B1", "N")]
+    else:
+        plan = [(k, a) for k in (0, half, two_thirds) for a in ARMS]
+    return [(k, a) for k, a in plan if a in arms and (ks is None or k in ks)]
 
 
-def run_all(spec: Spec, quick: bool, reps: int, out: Path) -> dict:
+def run_all(spec: Spec, quick: bool, reps: int, out: Path, arms: tuple[str, ...] = ARMS, ks=None) -> dict:
     prepare(spec)
-    plan = _plan(spec, quick)
+    plan = _plan(spec, quick, arms, ks)
+    if not plan:
+        raise SystemExit("nothing to run: --arms / --k select no arm of this plan")
     runs = []
     tmp = Path(tempfile.mkdtemp())
     env = {
@@ -160,6 +165,8 @@ def summarize(doc: dict) -> tuple[str, str]:
     parts = []
     if (0, "B1") in summary:
         parts.append(f"N/B1 k=0: {summary[(0, 'B1')]:.2f}x")
+    if (0, "B2") in summary:
+        parts.append(f"N/B2 k=0: {summary[(0, 'B2')]:.2f}x")
     if deep > 0 and (deep, "B1") in summary:
         parts.append(f"k=2L/3 cached: {summary[(deep, 'B1')]:.2f}x (bound {flop_bound(L, deep, E):.2f}x)")
     return "\n".join(lines), " | ".join(parts)
@@ -184,7 +191,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="raw results JSON (default: benchmarks/results/cpu[-quick].json)")
     p.add_argument("--table", type=Path, help="only print the table of an existing raw results file")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".work"))
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    p.add_argument("--k", help="comma-separated frozen-layer counts to keep (default: all of the plan's)")
     args = p.parse_args(argv)
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if set(arms) - set(ARMS):
+        p.error(f"--arms: unknown arm(s) {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
+    ks = tuple(int(x) for x in args.k.split(",")) if args.k else None
     if args.table:
         doc = json.loads(args.table.read_text())
     else:
@@ -204,7 +217,7 @@ def main(argv=None) -> int:
         reps = args.reps or (2 if args.quick else 3)
         kind = "gpu" if args.gpu else "cpu"
         out = args.out or ROOT / "benchmarks" / "results" / f"{kind}{'-quick' if args.quick else ''}.json"
-        doc = run_all(spec, args.quick, reps, out)
+        doc = run_all(spec, args.quick, reps, out, arms, ks)
         print(f"raw results: {out}")
     table, line = summarize(doc)
     print(table)

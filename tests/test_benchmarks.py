@@ -43,5 +43,19 @@ def test_summary_is_computed_from_raw_runs():
         "runs": runs,
     }
     table, line = summarize(json.loads(json.dumps(doc)))
-    assert line == "N/B1 k=0: 1.05x | k=2L/3 cached: 1.25x (bound 1.36x)"  # medians 21/20 and 10/8
+    assert line == "N/B1 k=0: 1.05x | N/B2 k=0: 1.00x | k=2L/3 cached: 1.25x (bound 1.36x)"  # 21/20, 20/20, 10/8
     assert "N/B0 2.10x" in table and "| 4 | B1" in table
+
+
+def test_arms_and_k_select_a_focused_plan():
+    """`--arms B2,N --k 0` keeps the k=0 runs of those arms, in the plan's order; an unknown arm is refused by name.
+    Control: the unfiltered quick plan has every arm at k=0 and B1, N deeper."""
+    from benchmarks.__main__ import _plan, main
+    from benchmarks.common import Spec
+
+    spec = Spec(work_dir="unused")
+    full = _plan(spec, True)
+    assert [a for k, a in full if k == 0] == ["B0", "B1", "B2", "N"] and {a for k, a in full if k > 0} == {"B1", "N"}
+    assert _plan(spec, True, ("N", "B2"), (0,)) == [(0, "B2"), (0, "N")]
+    with pytest.raises(SystemExit):
+        main(["--arms", "B9,N"])
