@@ -13,6 +13,7 @@ import logging
 import math
 import queue
 import threading
+from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, DataError, ModelError
@@ -69,8 +70,9 @@ class CausalLM(Task):
         # column is no sign of it (a text column whose label column is missing must not turn into a causal LM run)
         if len(cols) == 1:
             named = cols[0] == cfg.data.text if cfg.data.text is not None else cols[0].lower() == "text"
-            if named and _holds_strings(ds, cols[0]):
-                return f"a lone text column '{cols[0]}'"
+            # ... and only for a model that generates text: a lone text column on a BERT is a missing label column
+            if named and _holds_strings(ds, cols[0]) and _generates_text(cfg):
+                return f"a lone text column '{cols[0]}' and a causal LM"
         return None
 
     # ------------------------------------------------------------ calling thread
@@ -610,3 +612,25 @@ def _holds_strings(ds, col: str) -> bool:
     except (KeyError, IndexError, TypeError):
         return False
     return isinstance(first, str)
+
+
+_CAUSAL_NAMES = ("ForCausalLM", "LMHeadModel")
+
+
+def _generates_text(cfg) -> bool:
+    """Whether `cfg.model` is a causal LM: a GGUF file, a model object or a checkpoint whose architecture is one.
+    Any doubt (no model, a config that does not load) is a no: `task: causal-lm` then says it outright."""
+    if cfg.gguf_file:
+        return True
+    model = cfg.model
+    if model is None:
+        return False
+    if not isinstance(model, (str, Path)):
+        return any(n in c.__name__ for c in type(model).__mro__ for n in _CAUSAL_NAMES)
+    try:
+        from transformers import AutoConfig
+
+        archs = AutoConfig.from_pretrained(str(model), trust_remote_code=False).architectures or []
+    except Exception:  # noqa: BLE001 - an unreadable config decides nothing here; pre-flight names the problem
+        return False
+    return any(n in a for a in archs for n in _CAUSAL_NAMES)
