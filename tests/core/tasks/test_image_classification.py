@@ -469,3 +469,12 @@ def test_a_network_without_a_block_list_maps_its_children_to_stem_stages_and_hea
         ("head", ["net.fc"]),
     ]
     assert sum(g.num_params for g in lm.groups) == sum(p.numel() for p in model.parameters())
+
+
+def test_a_transformers_model_object_gets_a_head_for_the_labels(vit_dir, folder, tmp_path):
+    from transformers import ViTForImageClassification
+
+    obj = ViTForImageClassification.from_pretrained(vit_dir)  # 2 labels; the data has 3
+    run = finetune(base_cfg(obj, str(folder), tmp_path, max_steps=2, save_every=None), wait=True)
+    assert run.status == "finished", run.error
+    assert run.model is obj and obj.classifier.out_features == 3 and obj.config.id2label[2] == "red"
