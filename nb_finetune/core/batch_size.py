@@ -56,12 +56,13 @@ def oom_error(cfg, micro: int, where: str = "training") -> FinetuneError:
 
 
 def _clear_cache() -> None:
+    """Free what a failed attempt held on the GPU (on a CPU there is no cache to empty)."""
     import gc
 
     import torch
 
-    gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
         torch.cuda.empty_cache()
 
 
