@@ -129,6 +129,8 @@ class Panel:
                 except FinetuneError:
                     self.state.set_layers(lm.table(set()))
         self.plots = PlotSet()
+        if self.state.layers:  # drawn before the first view (an empty layer map has no ranges to draw)
+            self.plots.set_layers(self.state.snapshot()["layers"])
         self.transport = make_transport(renderer, self.plots, interval=plot_interval)
         self.plot_seconds = WIDGET_PLOT_SECONDS if self.transport.widget() is not None else PLOT_SECONDS
         self.layers_transport = None
@@ -492,7 +494,8 @@ class Panel:
         self.eval_table.layout.display = "none"  # the summary above the final plots carries the table
         if self.layers_model is not None:
             self.layers_model.layout.display = "none"
-            self.layers_img = W.HTML(self._layers_html(snap["layers"]))
+            # the same width as the live map: the three columns stay three columns
+            self.layers_img = W.HTML(self._layers_html(snap["layers"]), layout=W.Layout(width="330px"))
             self.box.children = tuple(
                 self.layers_img if c is self.layers_model else c for c in self._replace_layers(self.box.children)
             )
