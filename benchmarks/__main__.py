@@ -166,6 +166,15 @@ def summarize(doc: dict) -> tuple[str, str]:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["llm"]:  # the LLM arm set (benchmarks/llm.py)
+        from .llm import main as llm_main
+
+        return llm_main(argv[1:])
+    if argv[:1] == ["vision"]:  # python -m benchmarks vision [--quick]: image classification (vision.py)
+        from .vision import main as vision_main
+
+        return vision_main(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

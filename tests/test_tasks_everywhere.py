@@ -48,6 +48,16 @@ def records(task: str, n: int = 48, seed: int = 0) -> list[dict]:
         elif task == "token-classification":
             tags = ["B-POS" if w in POS else "B-NEG" if w in NEG else "O" for w in words]
             out.append({"tokens": words, "tags": tags})
+        elif task == "causal-lm":  # chat records: name the sentiment word
+            word = next((w for w in words if w in POS + NEG), "none")
+            out.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": text},
+                        {"role": "assistant", "content": f"ANSWER: {word}"},
+                    ]
+                }
+            )
         else:  # question answering: which word carries the sentiment
             word = rng.choice(POS + NEG)
             ctx_words = words[:2] + [word] + words[2:]
@@ -68,17 +78,26 @@ TASKS = {
     "multi-label-classification": ({}, "eval_f1_micro"),
     "token-classification": ({}, "eval_f1"),
     "question-answering": ({}, "eval_exact_match"),
+    "causal-lm": ({}, "eval_perplexity"),
 }
 
 
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny chat Llama (ChatML template) for the causal-lm rows."""
+    from nb_finetune.examples import tiny_chat_llama
+
+    return tiny_chat_llama(tmp_path_factory.mktemp("llama"), [" ".join(FILL + POS + NEG) + " ANSWER: none"])
+
+
 @pytest.fixture()
-def task_config(tmp_path, tiny_model_dir):
+def task_config(tmp_path, tiny_model_dir, llama_dir):
     def make(task: str) -> dict:
         path = tmp_path / f"{task}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in records(task)))
         columns, _ = TASKS[task]
         return {
-            "model": tiny_model_dir,
+            "model": llama_dir if task == "causal-lm" else tiny_model_dir,
             "data": {"train": str(path), "eval_split": 0.25, **columns},
             "max_steps": 3,
             "batch_size": 8,

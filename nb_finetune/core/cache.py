@@ -15,6 +15,7 @@ may change later, so everything is dropped.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,11 @@ class PrefixCache:
     simply not cached (their batches compute the prefix as usual).
     """
 
-    def __init__(self, depth: int, dtype, device, max_bytes: int, spill_dir=None, spill_bytes: int = 0):
+    def __init__(
+        self, depth: int, dtype, device, max_bytes: int, spill_dir=None, spill_bytes: int = 0, whole: bool = False
+    ):
         self.depth = depth
+        self.whole = whole  # rows are whole per-example tensors (images: no tokens, no padding), not token prefixes
         self.dtype = dtype
         self.device = device
         self.max_bytes = max_bytes
@@ -51,6 +55,7 @@ class PrefixCache:
         self.spill_path = None if spill_dir is None else Path(spill_dir) / f"prefix-depth{depth}-{id(self):x}.bin"
         self._fd: int | None = None
         self.hidden = 0
+        self.row_shape: tuple[int, ...] = ()
         self.full = False  # both budgets ran out: some examples are not cached
 
     def __len__(self) -> int:
@@ -66,12 +71,15 @@ class PrefixCache:
 
         h = hidden.detach()
         self.hidden = h.shape[-1]
+        self.row_shape = tuple(h.shape[1:])
         per_token = h.shape[-1] * torch.empty((), dtype=self.dtype).element_size()
+        if self.whole:
+            per_token = h[0].numel() * torch.empty((), dtype=self.dtype).element_size()
         for row, (i, n) in enumerate(zip(indices, lengths)):
             if i in self.rows or i in self.disk_rows:
                 continue
-            size = int(n) * per_token
-            piece = h[row, : int(n)].to(self.dtype)
+            size = (1 if self.whole else int(n)) * per_token
+            piece = (h[row] if self.whole else h[row, : int(n)]).to(self.dtype)
             if self.nbytes + size <= self.max_bytes:
                 self.rows[i] = self._keep(piece)
                 self.nbytes += size
@@ -110,14 +118,18 @@ class PrefixCache:
         import torch
 
         offset, n = self.disk_rows[i]
-        size = n * self.hidden * torch.empty((), dtype=self.dtype).element_size()
+        shape = self.row_shape if self.whole else (n, self.hidden)
+        size = math.prod(shape) * torch.empty((), dtype=self.dtype).element_size()
         buf = bytearray(os.pread(self._fd, size, offset))
-        return torch.frombuffer(buf, dtype=self.dtype).view(n, self.hidden)
+        return torch.frombuffer(buf, dtype=self.dtype).view(shape)
 
     def get(self, indices, width: int, device, dtype):
         """(B, width, H) batch of stored rows, zero-padded on the right (pad positions are masked anyway)."""
         import torch
 
+        if self.whole:
+            rows = [self.rows[i] if i in self.rows else self._read(i).to(self.device) for i in indices]
+            return torch.stack(rows).to(device=device, dtype=dtype, non_blocking=True)
         out = torch.zeros((len(indices), width, self.hidden), dtype=self.dtype, device=self.device)
         for row, i in enumerate(indices):
             r = self.rows[i] if i in self.rows else self._read(i).to(self.device)
@@ -165,28 +177,35 @@ class PrefixRunner:
         self._saved: list[tuple[Any, Any]] = []
         self._handles = []
         self.installed = False
+        self.at_block0 = False
 
     # ------------------------------------------------------------ install / remove
     def install(self) -> None:
-        if self.installed or len(self.embeddings) != 1:
+        if self.installed or not self.embeddings:
             return
-        emb = self.embeddings[0]
-        orig_emb = emb.forward
+        # one embeddings module: it returns the cached states. Several (a CNN stem of conv + norm, with an activation
+        # in the model's own forward between them and the blocks): the stem runs, and block 0 returns the states
+        self.at_block0 = len(self.embeddings) != 1
+        if not self.at_block0:
+            emb = self.embeddings[0]
+            orig_emb = emb.forward
 
-        def emb_forward(*args, **kwargs):
-            if self.inject_depth > 0 and self.inject_states is not None:
-                return self.inject_states
-            self.embedding_calls += 1
-            return orig_emb(*args, **kwargs)
+            def emb_forward(*args, **kwargs):
+                if self.inject_depth > 0 and self.inject_states is not None:
+                    return self.inject_states
+                self.embedding_calls += 1
+                return orig_emb(*args, **kwargs)
 
-        self._saved.append((emb, orig_emb))
-        emb.forward = emb_forward
+            self._saved.append((emb, orig_emb))
+            emb.forward = emb_forward
         for idx, block in enumerate(self.blocks):
             orig = block.forward
 
             def block_forward(*args, _orig=orig, _idx=idx, **kwargs):
                 if _idx < self.inject_depth and self.inject_states is not None:
                     hs = args[0] if args else kwargs.get("hidden_states")
+                    if _idx == 0 and self.at_block0:
+                        hs = self.inject_states
                     return self._like_output(hs)
                 self.block_calls[_idx] += 1
                 out = _orig(*args, **kwargs)
@@ -264,8 +283,10 @@ class FrozenPrefixCache:
         max_bytes: int,
         spill_dir=None,
         spill_bytes: int = 0,
+        whole: bool = False,
     ):
         self.runner = PrefixRunner(model, layer_map)
+        self.whole = whole
         self.store_dtype, self.store_device, self.max_bytes = store_dtype, store_device, max_bytes
         self.spill_dir, self.spill_bytes = spill_dir, spill_bytes
         self.depth = depth
@@ -278,7 +299,7 @@ class FrozenPrefixCache:
         if depth <= 0:
             return None
         return PrefixCache(
-            depth, self.store_dtype, self.store_device, self.max_bytes, self.spill_dir, self.spill_bytes
+            depth, self.store_dtype, self.store_device, self.max_bytes, self.spill_dir, self.spill_bytes, self.whole
         )
 
     def install(self) -> None:
@@ -352,17 +373,20 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
     if depth <= 0 or not any(g.kind == "embeddings" for g in layer_map.groups):
         return False
     runner = PrefixRunner(model, layer_map)
-    if len(runner.embeddings) != 1:
+    if not runner.embeddings:
         return False
-    lengths = (
-        batch["attention_mask"].sum(-1).tolist()
-        if "attention_mask" in batch
-        else [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
-    )
+    whole = "input_ids" not in batch  # images: one fixed-shape tensor per example, no tokens
+    first = next(iter(batch.values()))
+    if whole:
+        lengths = [1] * first.shape[0]
+    elif "attention_mask" in batch:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+    else:
+        lengths = [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
     indices = list(range(len(lengths)))
-    device = batch["input_ids"].device
+    device = first.device
     dtype = next(model.parameters()).dtype
-    tmp = PrefixCache(depth, store_dtype, device, 1 << 40)
+    tmp = PrefixCache(depth, store_dtype, device, 1 << 40, whole=whole)
     was_training = model.training
     model.eval()
     runner.install()
@@ -378,7 +402,7 @@ def probe(model, layer_map, depth: int, batch: dict, store_dtype) -> bool:
                 indices,
                 lengths,
                 inject=tmp,
-                width=batch["input_ids"].shape[1],
+                width=0 if whole else batch["input_ids"].shape[1],
                 device=device,
                 dtype=dtype,
                 target=None,
@@ -451,6 +475,7 @@ def setup_cache(
         max_bytes,
         spill_dir=spill_dir,
         spill_bytes=int(cfg.cache_spill_gb * 2**30),
+        whole="input_ids" not in batch,
     )
     ctl.install()
     return ctl, ctl.describe()

@@ -23,6 +23,7 @@ __all__ = [
     "FinetuneConfig",
     "DataConfig",
     "EarlyStopping",
+    "LoraSettings",
     "Precision",
     "Scheduler",
     "parse_cell",
@@ -52,6 +53,17 @@ class FrozenMode(str, Enum):
     train = "train"
 
 
+class TrainOn(str, Enum):
+    completion = "completion"
+    all = "all"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    q4 = "4bit"
+    q8 = "8bit"
+
+
 class CacheFrozen(str, Enum):
     auto = "auto"
     on = "on"
@@ -63,6 +75,16 @@ class OnNonFinite(str, Enum):
     skip = "skip"
 
 
+class BadExample(str, Enum):
+    skip = "skip"
+    error = "error"
+
+
+class LongAudio(str, Enum):
+    crop = "crop"
+    drop = "drop"
+
+
 class Mode(str, Enum):
     auto = "auto"
     min = "min"
@@ -70,14 +92,17 @@ class Mode(str, Enum):
 
 
 # task names as the task modules register them (core/tasks/); a field's `tasks=` says which tasks read it
-TC, REG, ML, NER, QA = (
+TC, REG, ML, NER, QA, CLM = (
     "text-classification",
     "regression",
     "multi-label-classification",
     "token-classification",
     "question-answering",
+    "causal-lm",
 )
 SEQUENCE_TASKS = (TC, REG, ML)
+IMG, AUD = "image-classification", "audio-classification"
+MEDIA_TASKS = (IMG, AUD)
 
 
 def _field(
@@ -177,8 +202,9 @@ class DataConfig(_Strict):
     )
     text: str | None = _field(
         None,
-        "Column holding the input text. Auto-detected when there is one obvious text column.",
-        tasks=SEQUENCE_TASKS,
+        "Column holding the input text (causal-lm: plain text for continued pre-training). Auto-detected when there "
+        "is one obvious text column.",
+        tasks=(*SEQUENCE_TASKS, CLM),
     )
     text_pair: str | None = _field(
         None,
@@ -190,7 +216,7 @@ class DataConfig(_Strict):
         "Column holding the label (the tag list for token classification). Auto-detected from `label`, `labels`, "
         "`target`, `tags`, `ner_tags`, ... when absent.",
         aliases=("tags",),
-        tasks=(*SEQUENCE_TASKS, NER),
+        tasks=(*SEQUENCE_TASKS, NER, *MEDIA_TASKS),
     )
     tokens: str | None = _field(
         None, "Column holding the token (word) lists. Auto-detected from `tokens`, `words`.", tasks=(NER,)
@@ -202,6 +228,36 @@ class DataConfig(_Strict):
         "Column holding SQuAD-style answers `{text: [...], answer_start: [...]}` (empty lists: unanswerable). "
         "Default: `answers`.",
         tasks=(QA,),
+    )
+    # images and sound
+    image: str | None = _field(
+        None,
+        "Column holding the images (an `Image` feature, file paths, PIL images or arrays). Auto-detected from an "
+        "`Image` feature or `image`, `img`, `path`, `file`, ... when absent.",
+        tasks=(IMG,),
+    )
+    audio: str | None = _field(
+        None,
+        "Column holding the audio (an `Audio` feature, file paths, or arrays with `sampling_rate`). Auto-detected "
+        "from an `Audio` feature or `audio`, `path`, `file`, ... when absent.",
+        tasks=(AUD,),
+    )
+    sampling_rate: int | None = _field(
+        None,
+        "Sampling rate in Hz of audio given as plain arrays (files and `Audio` features carry their own).",
+        ge=1,
+        tasks=(AUD,),
+    )
+
+    messages: str | None = _field(
+        None,
+        "Column holding chat records (a list of `{role, content}`), rendered with the tokenizer's chat template. "
+        "Default: `messages` or `conversations`.",
+        tasks=(CLM,),
+    )
+    prompt: str | None = _field(None, "Column holding the prompt of prompt / completion pairs.", tasks=(CLM,))
+    completion: str | None = _field(
+        None, "Column holding the completion (the tokens trained with `train_on: completion`).", tasks=(CLM,)
     )
 
     @field_validator("train", "eval")
@@ -221,6 +277,34 @@ class EarlyStopping(_Strict):
     min_delta: float = _field(0.0, "Smallest change that counts as an improvement.", ge=0.0)
 
 
+class LoraSettings(_Strict):
+    """LoRA adapters through PEFT: only the adapters train; the base weights stay as loaded."""
+
+    r: int = _field(16, "Rank of the adapter matrices.", aliases=("rank",), ge=1)
+    alpha: float = _field(
+        32,
+        "Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora).",
+        aliases=("lora_alpha",),
+        gt=0,
+    )
+    dropout: float = _field(0.05, "Dropout on the adapter input.", aliases=("lora_dropout",), ge=0.0, lt=1.0)
+    target_modules: Any = _field(
+        "all-linear",
+        "Modules that get adapters: `all-linear` (every linear layer of the blocks) or a list of names "
+        "(`[q_proj, v_proj]`).",
+        aliases=("targets",),
+    )
+    use_dora: bool = _field(False, "Weight-decomposed LoRA (DoRA).", aliases=("dora",))
+    rslora: bool = _field(False, "Rank-stabilised scaling alpha / sqrt(r).", aliases=("use_rslora",))
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v):
+        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            return v
+        raise ValueError("use `all-linear` or a list of module names such as [q_proj, v_proj]")
+
+
 class FinetuneConfig(_Strict):
     """Everything that defines one fine-tuning run. Build it from a cell, a YAML file, a dict or kwargs.
 
@@ -236,14 +320,16 @@ class FinetuneConfig(_Strict):
     task: str = _field(
         "auto",
         "What to train: text-classification, token-classification (`ner`), question-answering (`qa`), regression, "
-        "multi-label-classification (`multi-label`). `auto` picks from the data: string / int labels -> "
-        "text-classification, float labels -> regression, label lists -> multi-label, a token list with a tag "
-        "list -> token-classification, SQuAD-style `answers` -> question-answering.",
+        "multi-label-classification (`multi-label`), causal-lm (`sft`, `instruction`), image-classification "
+        "(`image`), audio-classification (`audio`). `auto` picks from the data: string / int labels -> "
+        "text-classification, float labels -> regression, label lists -> multi-label, a token list with a tag list "
+        "-> token-classification, SQuAD-style `answers` -> question-answering, `messages`, `prompt` + `completion` "
+        "or a lone `text` column -> causal-lm, an image (audio) column or folder -> image (audio) classification.",
     )
     model: Any = _field(
         None,
         "Pretrained model: a hub id (`bert-base-uncased`), a local directory, or `{{my_model}}` "
-        "(a transformers model object in the notebook).",
+        "(a transformers model object in the notebook; for image classification any `torch.nn.Module`).",
     )
     tokenizer: Any = _field(
         None, "Tokenizer: hub id, directory or `{{tok}}`. Defaults to the model's own.", aliases=("processor",)
@@ -257,7 +343,7 @@ class FinetuneConfig(_Strict):
         None,
         "Label (or tag) names in class-index order. Inferred from the data when absent.",
         aliases=("label_names",),
-        tasks=(TC, ML, NER),
+        tasks=(TC, ML, NER, *MEDIA_TASKS),
     )
     label_all_tokens: bool = _field(
         False,
@@ -286,6 +372,102 @@ class FinetuneConfig(_Strict):
         None,
         "Delimiter when the label column holds strings such as `sports,politics` instead of lists.",
         tasks=(ML,),
+    )
+    # ---------------------------------------------------------------- causal-lm (instruction tuning)
+    train_on: TrainOn = _field(
+        TrainOn.completion,
+        "Which tokens the loss counts: `completion` (assistant turns of chat records, the completion of prompt / "
+        "completion pairs; plain text trains on everything) or `all`.",
+        tasks=(CLM,),
+    )
+    chat_template: str | None = _field(
+        None,
+        "Jinja chat template for chat records when the tokenizer has none (or to replace its own).",
+        tasks=(CLM,),
+    )
+    lora: LoraSettings | None = _field(
+        None,
+        "Train LoRA adapters instead of the whole model: `{r: 16, alpha: 32, dropout: 0.05, target_modules: "
+        "all-linear}` (also `use_dora`, `rslora`); `lora: {}` takes these defaults.",
+        tasks=(CLM,),
+    )
+    quantization: Quantization = _field(
+        Quantization.none,
+        "Load the base weights in 4bit (QLoRA, NF4) or 8bit through bitsandbytes; needs CUDA and `lora:`.",
+        aliases=("quantize", "load_in"),
+        tasks=(CLM,),
+    )
+    packing: bool = _field(
+        False,
+        "Concatenate examples into rows of `max_length`; position ids restart and attention stays within each "
+        "example (exact: no cross-example attention).",
+        tasks=(CLM,),
+    )
+    gradient_checkpointing: bool = _field(
+        False, "Recompute block activations in the backward pass: less memory, ~30% more compute.", tasks=(CLM,)
+    )
+    eval_prompts: list[Any] | None = _field(
+        None,
+        "Prompts (strings or message lists) generated greedily at every evaluation; shown in the panel and "
+        "recorded in metrics.jsonl.",
+        tasks=(CLM,),
+    )
+    max_new_tokens: int = _field(
+        48,
+        "Most tokens generated for each `eval_prompts` entry.",
+        aliases=("gen_max_new_tokens",),
+        ge=1,
+        tasks=(CLM,),
+    )
+    # images and sound (image-classification, audio-classification)
+    image_size: int | None = _field(
+        None,
+        "Side in pixels images are resized to. Default: the model's (its config / image processor), 224 for a "
+        "plain `nn.Module`.",
+        aliases=("img_size", "resolution"),
+        ge=8,
+        tasks=(IMG,),
+    )
+    normalize: Any = _field(
+        None,
+        "Pixel normalisation: `imagenet`, `none` or `[mean, std]` (one value or one per channel). Default: the "
+        "model's image processor, `imagenet` for a plain `nn.Module`.",
+        tasks=(IMG,),
+    )
+    channels: int | None = _field(
+        None,
+        "Image channels the model reads: 1 (grayscale), 3 (RGB) or N (multi-band). A pretrained first convolution "
+        "/ patch embedding of another width is adapted (weights averaged or repeated). Default: the model's.",
+        ge=1,
+        tasks=(IMG,),
+    )
+    augment: Any = _field(
+        None,
+        "Training-time augmentation, in order: `[random_resized_crop, hflip, vflip, rotate, color_jitter, "
+        "random_erasing]`, each optionally with parameters (`{rotate: 15}`, `{random_resized_crop: {scale: [0.6, "
+        "1]}}`). Evaluation never augments.",
+        aliases=("augmentation", "augmentations"),
+        tasks=(IMG,),
+    )
+    head: str | None = _field(
+        None,
+        "Attribute path of a plain `nn.Module`'s classifier to replace for the labels (`_fc`, `fc`, "
+        "`classifier.1`). Default: its last `nn.Linear`.",
+        aliases=("classifier",),
+        tasks=(IMG,),
+    )
+    on_bad_example: BadExample = _field(
+        BadExample.skip,
+        "Unreadable or truncated image / audio files: skip them (counted in the progress line and run.log) or stop "
+        "with an error naming the file.",
+        aliases=("on_bad_file",),
+        tasks=MEDIA_TASKS,
+    )
+    max_duration: float | None = _field(
+        None, "Longest audio clip in seconds; longer clips are cropped or dropped (`long_audio`).", gt=0, tasks=(AUD,)
+    )
+    long_audio: LongAudio = _field(
+        LongAudio.crop, "What `max_duration` does to a longer clip: crop it or drop it (counted).", tasks=(AUD,)
     )
     max_length: int | None = _field(
         None,
@@ -454,6 +636,66 @@ class FinetuneConfig(_Strict):
         None, "Continue from a checkpoint: `last`, `best`, or a checkpoint directory.", aliases=("resume",)
     )
     num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
+
+    # ---------------------------------------------------------------- experiments (core/track, lr_find, batch_size, sweep)
+    track: list[str] | None = _field(
+        None,
+        "Experiment trackers that receive the run: `mlflow`, `wandb`, `comet`, `tensorboard`, or a list of them. Each "
+        "is an optional extra (`pip install nb_finetune[mlflow]`); a failing tracker never stops training.",
+        aliases=("report_to", "trackers"),
+    )
+    lr_find: bool = _field(
+        False,
+        "Run an LR range test on the model before training and train with its suggestion (`lr: find` is shorthand); "
+        "the chosen lr is written into the run's config.yaml.",
+    )
+    batch_size_auto: bool = _field(
+        False,
+        "Pick the largest micro-batch that fits (`batch_size: auto` is shorthand): on CUDA by trying, on CPU from the "
+        "memory estimate against `max_memory_gb`; `grad_accum` keeps batch_size x grad_accum = `effective_batch`.",
+    )
+    effective_batch: int | None = _field(
+        None,
+        "Target examples per optimizer step for `batch_size: auto` (default: batch_size x grad_accum as given).",
+        ge=1,
+    )
+    max_memory_gb: float | None = _field(
+        None, "Memory `batch_size: auto` may plan for on CPU. Default: 80% of the free RAM.", gt=0
+    )
+    sweep: dict[str, Any] | None = _field(
+        None,
+        "Hyperparameter search with Optuna: search spaces such as `lr: loguniform(1e-5, 1e-3)`, "
+        "`freeze: choice(0, 2, 4)`, `batch_size: choice(16, 32)`, `warmup: uniform(0, 0.2)`, `epochs: int(1, 4)`, "
+        "plus `n_trials`, `metric`, `direction` (minimize / maximize), `sampler` (tpe / random / grid), "
+        "`pruner` (median / hyperband / none). Run with `%%finetune NAME --sweep`.",
+    )
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track(cls, v):
+        from .track import check_tracker_names
+
+        return check_tracker_names(v)
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v):
+        if v is not None:
+            from .sweep_space import parse_sweep
+
+            parse_sweep(v)  # ValueError names the key and the accepted forms
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_values(cls, data):
+        # `lr: find` and `batch_size: auto` keep lr / batch_size numbers: the flags say they get resolved at start
+        if isinstance(data, dict):
+            if isinstance(data.get("lr"), str) and data["lr"].strip().lower() == "find":
+                data = {k: v for k, v in data.items() if k != "lr"} | {"lr_find": True}
+            if isinstance(data.get("batch_size"), str) and data["batch_size"].strip().lower() == "auto":
+                data = {k: v for k, v in data.items() if k != "batch_size"} | {"batch_size_auto": True}
+        return data
 
     # ---------------------------------------------------------------- validators
     @field_validator("task", mode="before")
@@ -651,7 +893,7 @@ def _unknown_key_message(key: str, table: Mapping[str, str], where: str = "") ->
     return f"{where}unknown key '{key}'.{hint}"
 
 
-_NESTED = {"data": DataConfig, "early_stopping": EarlyStopping}
+_NESTED = {"data": DataConfig, "early_stopping": EarlyStopping, "lora": LoraSettings}
 
 
 def _normalize(model, data, path, lines):
@@ -1075,6 +1317,7 @@ def _type_text(f) -> str:
         return " \\| ".join(m.value for m in ann)
     s = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
     s = s.replace("nb_finetune.core.config.", "").replace("DataConfig", "mapping").replace("EarlyStopping", "mapping")
+    s = s.replace("LoraSettings", "mapping")
     return s.replace("None", "null").replace("Any", "any").replace("|", "\\|")
 
 
@@ -1082,12 +1325,12 @@ def config_reference_markdown() -> str:
     """The README's config reference table, generated from the schema."""
     rows = ["| key | type | default | aliases | live | tasks | description |", "|---|---|---|---|---|---|---|"]
 
-    def add(prefix, model):
+    def add(prefix, model, parent_tasks=()):
         for n, f in model.model_fields.items():
             extra = f.json_schema_extra or {}
             aliases = ", ".join(f"`{a}`" for a in extra.get("aliases", []))
             live = "yes" if extra.get("live") else ""
-            tasks = ", ".join(extra.get("tasks", [])) or "all"
+            tasks = ", ".join(extra.get("tasks", []) or parent_tasks) or "all"  # a block's keys: the block's tasks
             desc = (f.description or "").replace("|", "\\|")
             if extra.get("live"):
                 desc += f" *Live:* {extra['live']}"
@@ -1095,7 +1338,7 @@ def config_reference_markdown() -> str:
                 f"| `{prefix}{n}` | {_type_text(f)} | `{_default_text(f)}` | {aliases} | {live} | {tasks} | {desc} |"
             )
             if prefix == "" and n in _NESTED:
-                add(f"{n}.", _NESTED[n])
+                add(f"{n}.", _NESTED[n], extra.get("tasks", ()))
 
     add("", FinetuneConfig)
     return "\n".join(rows) + "\n"

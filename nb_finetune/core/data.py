@@ -81,6 +81,10 @@ def load_source(src: Any, *, role: str = "train", trust_remote_code: bool = Fals
         )
     if isinstance(src, pd.DataFrame):
         return _arrow(datasets.Dataset.from_pandas, src.reset_index(drop=True), what=what, preserve_index=False)
+    from .tasks.media import media_source  # lazy: (X, y) arrays, a folder with one sub-folder per class
+
+    if (media := media_source(src, what)) is not None:
+        return media
     if isinstance(src, list):
         if not src or not isinstance(src[0], dict):
             raise DataError(f"{what}: a list must hold dicts like {{'text': ..., 'label': ...}}")

@@ -34,12 +34,14 @@ class LayerGroup:
     param_names: list[str] = field(default_factory=list)
     module_names: list[str] = field(default_factory=list)
     num_params: int = 0
+    base_params: int = 0  # with adapters (LoRA): the group's base weights, which never train
 
 
 @dataclass
 class LayerMap:
     groups: list[LayerGroup]
     blocks_path: str | None  # e.g. "bert.encoder.layer"
+    fixed: frozenset[str] = frozenset()  # parameters no freeze spec makes trainable (a LoRA model's base weights)
 
     @property
     def num_blocks(self) -> int:
@@ -60,10 +62,14 @@ class LayerMap:
 
     def table(self, frozen: set[str] | None = None) -> list[dict[str, Any]]:
         frozen = frozen or set()
-        return [
+        rows = [
             {"group": g.name, "kind": g.kind, "params": g.num_params, "trainable": g.name not in frozen}
             for g in self.groups
         ]
+        if self.fixed:  # `params` counts what can train (the adapters); `base_params` the fixed weights beside them
+            for row, g in zip(rows, self.groups):
+                row["base_params"] = g.base_params
+        return rows
 
     def describe(self, frozen: set[str] | None = None) -> str:
         """Text table of groups, parameter counts and frozen/trainable, compressing runs of equal blocks."""
@@ -112,8 +118,11 @@ def _find_blocks(model) -> tuple[str, Any] | None:
     return (best[1], best[2]) if best else None
 
 
-def build_layer_map(model) -> LayerMap:
+def build_layer_map(model, blocks_path: str | None = None) -> LayerMap:
     """Group `model`'s parameters into embeddings, blocks.0..N-1 and head.
+
+    `blocks_path`: the `nn.ModuleList` to use as the blocks (a task that knows better, e.g. a CNN's stages);
+    default: the longest list of identical modules.
 
     Example:
         >>> import torch.nn as nn
@@ -122,7 +131,7 @@ def build_layer_map(model) -> LayerMap:
         ['blocks.0', 'blocks.1', 'blocks.2']
     """
     params = list(model.named_parameters())  # dedups tied weights: they stay with their first owner
-    found = _find_blocks(model)
+    found = (blocks_path, model.get_submodule(blocks_path)) if blocks_path else _find_blocks(model)
     if found is None or len(found[1]) < 2:
         return _fallback_map(model, params)
     path, blocks = found
@@ -293,7 +302,7 @@ def apply_freeze(model, layer_map: LayerMap, frozen: set[str]) -> tuple[int, int
     owner = layer_map.group_of_param()
     trainable = total = 0
     for pname, p in model.named_parameters():
-        is_frozen = owner.get(pname) in frozen
+        is_frozen = pname in layer_map.fixed or owner.get(pname) in frozen
         p.requires_grad_(not is_frozen)
         if is_frozen:
             p.grad = None  # free grads early

@@ -64,6 +64,10 @@ class FinetuneMagic(Magics, Configurable):
         if args.dry_run:
             print(api.finetune(cfg, dry_run=True))
             return None
+        if args.lr_find or args.sweep:
+            from .experiments import cell_lr_find, cell_sweep
+
+            return cell_lr_find(self.shell, cfg) if args.lr_find else cell_sweep(self, cfg, args)
         if args.wait and args.paused:
             raise FinetuneError("%%finetune: --paused waits for the Start button, which --wait cannot deliver")
         self._renderer_choice()  # a bad renderer is an error before the run exists
@@ -135,6 +139,13 @@ class FinetuneMagic(Magics, Configurable):
             return _runs_table()
         if cmd.command == "show":
             return self._show(cmd.name)
+        if cmd.command in ("compare", "lr_find"):
+            from .experiments import line_compare, line_lr_find
+
+            return line_compare(cmd.args) if cmd.command == "compare" else line_lr_find(self.shell, cmd.name)
+        if cmd.command == "stop" and (sw := _sweep_named(cmd.name)) is not None:
+            sw.stop()  # the trial training now stops with a checkpoint; no further trial starts
+            return None
         target = _resolve(cmd.name)
         if isinstance(target, Path):  # a run of another process: through its control file
             if cmd.command not in COMMANDS:
@@ -221,6 +232,12 @@ class _ProgressAdapter:
         return self.view.follow(self.run)
 
 
+def _sweep_named(name: str):
+    from ..sweeps import get_sweep
+
+    return get_sweep(name)
+
+
 def _resolve(name: str):
     """A run of this kernel by name, else a run directory (a live run of another process)."""
     try:
@@ -236,37 +253,11 @@ def _resolve(name: str):
 
 
 def _runs_table():
-    import pandas as pd
+    """`%finetune runs`: name, task, model, status, key hyperparameters, best metric, duration, steps."""
+    from ..compare import runs_table
 
-    rows = []
-    seen = set()
-    for r in api.all_runs():
-        seen.add(str(r.dir))
-        rows.append(
-            {
-                "name": r.name,
-                "state": r.status,
-                "step": r.step,
-                "total": r.total_steps,
-                **{k: round(v, 4) for k, v in r.metrics.items() if k.startswith("eval_")},
-                "dir": str(r.dir),
-                "where": "this kernel",
-            }
-        )
-    for r in runs.list_runs():
-        if r["run_dir"] in seen:
-            continue
-        rows.append(
-            {
-                "name": r.get("name"),
-                "state": r.get("state"),
-                "step": r.get("step"),
-                "total": r.get("total_steps"),
-                "dir": r["run_dir"],
-                "where": f"pid {r.get('pid')}",
-            }
-        )
-    if not rows:
+    table = runs_table()
+    if table.empty:
         print("no runs yet")
         return None
-    return pd.DataFrame(rows)
+    return table

@@ -14,6 +14,8 @@ CELL_FLAGS = {
     "--resume": "continue this run from its last checkpoint (= resume_from: last)",
     "--overwrite": "replace the previous run directory of this name instead of writing NAME-2",
     "--paused": "show the panel but wait for its Start button (or NAME.start()); the settings can change until then",
+    "--lr-find": "run only the LR range test on this cell's model and data, plot it (also: %%finetune lr_find NAME)",
+    "--sweep": "run the cell's sweep: block as Optuna trials NAME/trial-000, ... (with --resume: continue it)",
 }
 LINE_COMMANDS = {
     "runs": "list runs (this kernel and others on this machine)",
@@ -27,6 +29,8 @@ LINE_COMMANDS = {
     "checkpoint NAME": "write a checkpoint at the next optimizer step",
     "wait NAME": "block until the run ends",
     "schema": "print the config reference",
+    "lr_find NAME": "LR range test for a run of this kernel that has not started (e.g. from %%finetune --paused)",
+    "compare NAME NAME ...": "overlay the loss and eval curves of runs (of any process; names or run directories)",
 }
 
 
@@ -38,6 +42,8 @@ class CellArgs:
     resume: bool = False
     overwrite: bool = False
     paused: bool = False
+    lr_find: bool = False
+    sweep: bool = False
     help: bool = False
 
 
@@ -59,7 +65,11 @@ def _split(line: str) -> list[str]:
 def parse_cell_line(line: str) -> CellArgs:
     """`%%finetune NAME --wait` -> CellArgs(name='NAME', wait=True)."""
     out = CellArgs()
-    for tok in _split(line):
+    toks = _split(line)
+    if len(toks) > 1 and toks[0] in ("lr_find", "sweep"):  # `%%finetune lr_find NAME`: a verb, then the name
+        setattr(out, toks[0], True)
+        toks = toks[1:]
+    for tok in toks:
         if tok in ("-h", "--help"):
             out.help = True
         elif tok.startswith("-"):
@@ -104,6 +114,10 @@ def parse_line(line: str) -> LineCommand:
         )
     if cmd in ("runs", "schema"):
         return LineCommand(cmd)
+    if cmd == "compare":
+        if not rest:
+            raise FinetuneError("%finetune compare: name the runs, e.g. %finetune compare base lora big-lr")
+        return LineCommand(cmd, None, list(rest))
     if not rest:
         raise FinetuneError(f"%finetune {cmd}: name the run, e.g. %finetune {cmd} sentiment")
     name, rest = rest[0], rest[1:]

@@ -376,6 +376,8 @@ class Panel:
             snap = self.state.snapshot() if pts.layers_changed else None
             changed = self.plots.apply(pts, snap["layers"] if snap else None)
         self.transport.refresh(changed, now)
+        if self.layers_model is not None:
+            self.layers_model.catch_up(now)
         if ending:
             self._render_text(force=True)
             self._finalize()

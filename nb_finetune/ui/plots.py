@@ -366,6 +366,10 @@ class PlotSet:
         with self.lock:
             for name, entry in extras.items():
                 kind = entry.get("kind") if isinstance(entry, dict) else None
+                if kind == "table":  # generations of a causal LM: prompt / first / latest
+                    self._draw_table(name, entry)
+                    self.extras[name] = json_copy(entry)
+                    continue
                 if kind not in ("matrix", "bars"):
                     continue
                 have = self.extra_figs.get(name)
@@ -377,6 +381,34 @@ class PlotSet:
                 else:
                     self._draw_bars(fig, src, entry)
                 self.extras[name] = json_copy(entry)
+
+    def _draw_table(self, name: str, entry: dict[str, Any]) -> None:
+        """A "table" extras entry ({columns: [...], rows: [[...], ...]}) as a small Bokeh DataTable, updated in place."""
+        from bokeh.models import DataTable, Div, TableColumn
+
+        cols = [str(c) for c in entry.get("columns") or []]
+        rows = entry.get("rows") or []
+        data = {f"c{i}": [str(r[i]) if i < len(r) else "" for r in rows] for i in range(len(cols))}
+        have = self.extra_figs.get(name)
+        if have is not None and have[0] == "table" and list(have[2].data) == list(data):
+            have[2].data = data
+            return
+        src = ColumnDataSource(data, name=f"nbft-x-{name}")
+        table = DataTable(
+            source=src,
+            columns=[TableColumn(field=f"c{i}", title=c) for i, c in enumerate(cols)],
+            width=680,
+            height=min(60 + 28 * max(1, len(rows)), 260),
+            index_position=None,
+        )
+        box = column(Div(text=str(entry.get("title") or name)), table)
+        old = self.extra_figs.get(name)
+        self.extra_figs[name] = ("table", box, src)
+        children = [c for c in self.extras_row.children if old is None or c is not old[1]]
+        self.extras_row.children = [*children, box]
+        if self.extras_row not in self.root.children:
+            self.root.children = [*self.root.children, self.extras_row]
+        self.structure += 1
 
     def _add_extra_figure(self, name: str, kind: str, entry: dict[str, Any]) -> None:
         title = str(entry.get("title") or name)

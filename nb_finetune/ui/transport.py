@@ -35,6 +35,7 @@ __all__ = [
 
 RENDERERS = ("auto", "widget", "display", "static")
 RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again at most this often
+CATCH_UP_S = (3.0, 12.0)  # after a new view asked for the state: re-render the views this long after the request
 
 
 def detect_frontend() -> str:
@@ -206,12 +207,44 @@ def _bokeh_model_class():
     from jupyter_bokeh import BokehModel
 
     class PanelBokehModel(BokehModel):
+        """A second view (a page reload, Notebook 7 opened on the same kernel) asks the kernel for the widget's
+        whole state and renders `render_bundle` from it, then applies the patches that follow. jupyter_bokeh
+        serialises that bundle once, when the widget is made, so such a view showed empty plots: here every full
+        state request serialises the document as it is now (under the plots' lock, so no stream goes between the
+        bundle and the patches after it), and `refresh_views()` later re-renders the views once, which also
+        covers the patches a new page dropped before its view existed."""
+
         def __init__(self, model, lock, **kw):
             self._nbft_lock = lock
             self.confirmed_at: float | None = None
             self.received: dict[str, int] = {}  # browser write-backs by kind (the UI-cost benchmark reads them)
             self.sync_cpu_s = 0.0
+            self.state_requests = 0  # full state requests after the first display (new views)
+            self.state_requested_at: float | None = None
+            self._opened = False
             super().__init__(model, combine_events=True, **kw)
+            self._opened = True
+
+        def get_state(self, key=None, drop_defaults=False):
+            if key is None and self._opened:  # a full state request: a new view is coming
+                with self._nbft_lock:
+                    self._trait_values["render_bundle"] = self._model_to_traits(self._model)
+                    self.state_requests += 1
+                    self.state_requested_at = time.monotonic()
+                    self._catch_ups = 0
+                    return super().get_state(key, drop_defaults)
+            return super().get_state(key, drop_defaults)
+
+        def catch_up(self, now: float) -> bool:
+            """The writer, after a state request: send the current document to every view (each re-renders once)
+            CATCH_UP_S after it, for the points a new page got before its view was there. Returns whether it did."""
+            t = self.state_requested_at
+            if t is None or self._catch_ups >= len(CATCH_UP_S) or now - t < CATCH_UP_S[self._catch_ups]:
+                return False
+            self._catch_ups += 1
+            with self._nbft_lock:
+                self.render_bundle = self._model_to_traits(self._model)
+            return True
 
         def _sync_model(self, model, content, buffers):
             c0 = time.thread_time()
@@ -247,6 +280,10 @@ class WidgetTransport(_Base):
     def widget(self):
         return self.model
 
+    def refresh(self, changed: bool, now: float) -> None:
+        if self.model.catch_up(now):
+            self.renders += 1
+
     def finalize(self, bundle: dict[str, str]) -> None:
         self.model.layout.display = "none"
         super().finalize(bundle)
@@ -270,6 +307,8 @@ class AutoTransport(WidgetTransport):
         self._shown_at = time.monotonic()
 
     def refresh(self, changed: bool, now: float) -> None:
+        if self.mode != "display":
+            self.model.catch_up(now)
         if self.mode == "pending":
             if self.confirmed:
                 self.mode = "widget"

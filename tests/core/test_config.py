@@ -354,6 +354,7 @@ def test_config_reference_has_a_row_per_field():
     expected = list(FinetuneConfig.model_fields)
     expected += [f"data.{n}" for n in FinetuneConfig.model_fields["data"].annotation.model_fields]
     expected += ["early_stopping." + n for n in ("metric", "patience", "mode", "min_delta")]
+    expected += ["lora." + n for n in ("r", "alpha", "dropout", "target_modules", "use_dora", "rslora")]
     assert sorted(keys) == sorted(expected)
     lr_row = rows[keys.index("lr")]
     assert "`learning_rate`" in lr_row and "| yes |" in lr_row and "*Live:*" in lr_row

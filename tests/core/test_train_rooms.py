@@ -4,6 +4,10 @@ commands and their acknowledgements, attention masks."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +207,37 @@ def test_the_worker_thread_gets_the_users_thread_count_only_when_it_was_changed(
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     device.keep_thread_count()
     assert calls == [3]
+
+
+_OMP_PROBE = """
+import os, threading, torch
+from nb_finetune.core.train import release_openmp_threads
+
+torch.set_num_threads(2)
+def threads():
+    return len(os.listdir("/proc/self/task"))
+x = torch.randn(2_000_000)
+for _ in range(3):
+    torch.nn.functional.gelu(x)  # parallel work on this thread: OpenMP gives it a pool of helper threads
+before = threads()
+released = release_openmp_threads()
+after = threads()
+# the worker's pool still forms and works after the release
+done = []
+t = threading.Thread(target=lambda: done.append(float(torch.nn.functional.gelu(x).sum())))
+t.start(); t.join()
+print(released, before, after, len(done))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc (Linux)")
+def test_release_openmp_threads_frees_the_calling_threads_pool(tmp_path):
+    """Control: the count before the release includes the calling thread's OpenMP helper; after it, that helper is
+    gone (a no-op release would leave the count equal), and parallel work on another thread still runs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", _OMP_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    released, before, after, done = out.stdout.split()
+    assert released == "True"
+    assert int(after) < int(before)
+    assert done == "1"

@@ -31,6 +31,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     import run_demo
 
+    if name == "llm.ipynb":  # the tiny Llama through the notebook's one variable; tests/slow/test_llm_real.py: real
+        monkeypatch.setenv("NB_FT_LLM_MODEL", "tiny")
     nb_path = tmp_path / name  # run a copy, so runs/ and saved models land in tmp_path
     shutil.copy(ROOT / "notebooks" / name, nb_path)
     assert run_demo.main(str(nb_path)) == 0
@@ -52,6 +54,13 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         before = float(re.search(r"R2 before fine-tuning: (-?[0-9.]+)", text).group(1))
         after = float(re.search(r"R2 after \d+ steps: (-?[0-9.]+)", text).group(1))
         assert before < 0.1 and after >= 0.3, (before, after)
+    if name == "llm.ipynb":
+        assert re.search(r"format followed before fine-tuning: \d/3; after 30 steps: \d/3", text), text[-2000:]
+        assert "adapter_config.json" in text and "model.safetensors" in text
+    if name in ("image_classification.ipynb", "audio_classification.ipynb"):
+        before = float(re.search(r"accuracy before fine-tuning: ([0-9.]+)", text).group(1))
+        after = float(re.search(r"accuracy after \d+ steps: ([0-9.]+)", text).group(1))
+        assert after >= before + 0.3, (name, before, after)
     if name == "multi_label.ipynb":
         before = float(re.search(r"f1_micro before fine-tuning: ([0-9.]+)", text).group(1))
         after = float(re.search(r"f1_micro after \d+ steps: ([0-9.]+)", text).group(1))

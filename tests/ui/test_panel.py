@@ -326,3 +326,54 @@ def test_widget_ignores_the_browsers_echo_of_streamed_points(displays):
     t.model._sync_model(t.model, dict(echo), [])
     assert plots.series()["loss"]["step"] == [1, 2, 3]  # not appended twice
     assert t.confirmed and t.model.received["ColumnsStreamed:"] == 1
+
+
+def _bundle_column(state: dict, name: str, column: str) -> list:
+    """A column of the source named `name` in a BokehModel's serialised `render_bundle` (what a new view renders)."""
+    import json
+
+    from bokeh.core.json_encoder import serialize_json
+
+    bundle = state["render_bundle"]
+    doc = next(iter(json.loads(bundle if isinstance(bundle, str) else serialize_json(bundle))["docs_json"].values()))
+    stack = [doc]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if o.get("name") == "ColumnDataSource" and o.get("attributes", {}).get("name") == name:
+                entries = dict(o["attributes"]["data"]["entries"])
+                col = entries.get(column, [])
+                return col if isinstance(col, list) else list(col.get("array", {}).get("data", []))
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return []
+
+
+def test_a_new_view_gets_every_point_streamed_before_it(displays):
+    """A page reload (or Notebook 7 on the same kernel) asks for the widget's whole state: it must carry the points
+    streamed so far (the control: jupyter_bokeh's own bundle, made when the widget was, has none), and the views are
+    re-rendered once a little later for what streamed while the new page was building its view."""
+    from nb_finetune.ui.plots import PlotSet
+    from nb_finetune.ui.transport import CATCH_UP_S
+
+    plots = PlotSet()
+    t = AutoTransport(plots, confirm_timeout=5)
+    plain = t.model._model_to_traits(plots.root)  # what jupyter_bokeh's widget would send a new view
+    plots.apply(_points(1, 40))
+    assert _bundle_column({"render_bundle": plain}, "nbft-loss", "step") == []
+    assert t.model.state_requests == 0  # the first display's state is not a new view
+    state = t.model.get_state()  # ipywidgets' answer to `request_states` (a reload) and `request_state`
+    assert _bundle_column(state, "nbft-loss", "step") == list(range(1, 40))
+    assert t.model.state_requests == 1
+    sent = []
+    t.model.observe(lambda ch: sent.append(ch), names="render_bundle")
+    plots.apply(_points(40, 50))
+    t0 = t.model.state_requested_at
+    t.refresh(True, t0 + CATCH_UP_S[0] / 2)
+    assert sent == []  # not yet
+    t.refresh(True, t0 + CATCH_UP_S[0] + 0.1)
+    assert len(sent) == 1 and _bundle_column(t.model.get_state("render_bundle"), "nbft-loss", "step")[-1] == 49
+    t.refresh(True, t0 + CATCH_UP_S[-1] + 0.1)
+    t.refresh(True, t0 + CATCH_UP_S[-1] + 60)
+    assert len(sent) == len(CATCH_UP_S)  # a bounded number of re-renders per new view

@@ -246,6 +246,9 @@ _BUILTIN = (
     "multi_label",
     "token_classification",
     "question_answering",
+    "causal_lm",
+    "image_classification",
+    "audio_classification",
 )
 
 
@@ -335,7 +338,7 @@ def _check_named_columns(cfg, ds) -> None:
     from ..data import suggest
 
     cols = list(getattr(ds, "column_names", []) or [])
-    for key in ("text", "text_pair", "label", "tokens", "question", "context", "answers"):
+    for key in ("text", "text_pair", "label", "tokens", "question", "context", "answers", "image", "audio"):
         col = getattr(cfg.data, key, None)
         if col is not None and col not in cols:
             raise DataError(

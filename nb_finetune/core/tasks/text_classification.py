@@ -230,6 +230,10 @@ def label_column(ds, cfg) -> str | None:
     # a label column next to a token list is token classification, not this
     if cfg.data.tokens is not None or any(c.lower() in ("tokens", "words") for c in cols):
         return None
+    from .media import media_kind
+
+    if media_kind(ds, cfg) is not None:  # a label next to images or sound: image / audio classification
+        return None
     if cfg.data.label is not None:
         return cfg.data.label if cfg.data.label in cols else None
     lower = {c.lower(): c for c in cols}

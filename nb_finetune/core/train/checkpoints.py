@@ -158,7 +158,13 @@ def _write_files(tmp: Path, model, optimizer, state, rng, config) -> None:
     import torch
     from safetensors.torch import save_file, save_model
 
-    save_model(model, str(tmp / "model.safetensors"))
+    from ..lora import trained_state
+
+    part = trained_state(model)  # a LoRA model: the adapters only, the frozen base never changes
+    if part is None:
+        save_model(model, str(tmp / "model.safetensors"))
+    else:
+        save_file({k: v.cpu() for k, v in part.items()}, str(tmp / "model.safetensors"))
     # optimizer state keyed by parameter name, so it survives a rebuilt optimizer (freezing changes)
     tensors, meta = {}, {}
     for group in optimizer.param_groups:
@@ -205,9 +211,15 @@ def load_checkpoint(path: Path, model, device) -> tuple[dict[str, Any], dict[str
     """Load weights into `model`; return (state, optimizer tensors by name, rng)."""
     from safetensors.torch import load_file, load_model
 
+    from ..lora import is_adapter_model, load_trained_state
+
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
+        if is_adapter_model(model):
+            weights = load_file(str(path / "model.safetensors"), device=str(device))
+            missing, unexpected = load_trained_state(model, weights)
+        else:
+            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
     except Exception as e:  # noqa: BLE001
         raise FinetuneError(f"resume_from: checkpoint {str(path)!r} cannot be loaded into this model: {e}") from None
     if missing or unexpected:

@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..batch_size import BatchPlan, evaluate_shrinking, is_oom, oom_error
 from ..cache import setup_cache
 from ..config import FinetuneConfig
-from ..data import epoch_batches
-from ..events import CheckpointSaved, Controls, EvalEnded, RunStarted, StepEnded
+from ..events import CheckpointSaved, ControlApplied, Controls, EvalEnded, RunStarted, StepEnded
 from ..flops import FlopModel, peak_flops
 from ..freezing import LayerMap, apply_freeze
 from ..runs import RunDir
@@ -75,6 +75,7 @@ class Job:
     layer_map: LayerMap
     run_dir: RunDir
     resume_checkpoint: Path | None = None
+    plan: BatchPlan | None = None  # set by the loop: the micro-batches it runs (checkpoints record it)
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Cycle:
     start: int
     length: int
     rng: dict = field(default_factory=rng_state)
+    samples: int = 0  # Position.samples / tokens when the cycle started (an out-of-memory goes back there)
+    tokens: int = 0
     micro: int = 0
     loss: Any = None  # device tensor: the sum of the micro-batch losses / length
 
@@ -131,8 +134,10 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     live = Live.from_config(cfg, lm)
     model = job.model.to(device)
     trainable, total_params = apply_freeze(model, lm, live.frozen)
-    n_batches = math.ceil(len(job.train_data) / cfg.batch_size)
-    spe = math.ceil(n_batches / cfg.grad_accum)  # optimizer steps per epoch
+    group_by_length = cfg.group_by_length and task.capabilities.length_grouping
+    plan = job.plan = BatchPlan.from_config(cfg)  # micro-batches and accumulation (an out-of-memory may shrink them)
+    n_batches = plan.count(job.train_data.lengths, cfg.seed, group_by_length)
+    spe = math.ceil(n_batches / plan.grad_accum)  # optimizer steps per epoch
     live.plan_unfreeze(spe)
     fused = device.type in ("cuda", "cpu")
     model, optimizer = accelerator.prepare(model, build_optimizer(model, lm, live, fused))
@@ -143,7 +148,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     best = Best.for_run(cfg, task)
     pos = Position()
     if job.resume_checkpoint is not None:
-        pos = _resume(job.resume_checkpoint, parts, live, best, cfg, spe, device)
+        pos, plan = _resume(job.resume_checkpoint, parts, live, best, cfg, spe, device)
+        job.plan = plan
+        n_batches = plan.count(job.train_data.lengths, cfg.seed, group_by_length)
     else:
         torch.manual_seed(cfg.seed)  # dropout stream; the data order has its own generator
         random.seed(cfg.seed)
@@ -160,7 +167,6 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     if job.resume_checkpoint is None and (refusal := nothing_to_unfreeze(live, lm, pos.step)) is not None:
         emit(refusal)
     desk = CommandDesk(controls, rd, emit)
-    group_by_length = cfg.group_by_length and task.capabilities.length_grouping
 
     try:
         # ---------------------------------------------------------------- epochs
@@ -178,7 +184,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         data_gen = torch.Generator()
 
         while not done and pos.step < live.total_steps(spe):
-            batches = epoch_batches(job.train_data.lengths, cfg.batch_size, cfg.seed, pos.epoch, group_by_length)
+            batches = plan.batches(job.train_data.lengths, cfg.seed, pos.epoch, group_by_length)
             data_gen.manual_seed(cfg.seed + pos.epoch)  # DataLoader draws its base seed here, not the dropout stream
             loader = DataLoader(
                 job.train_data,
@@ -188,7 +194,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 pin_memory=device.type == "cuda",
                 generator=data_gen,
             )
-            cycle = Cycle(pos.batch, min(cfg.grad_accum, n_batches - pos.batch))
+            cycle = Cycle(
+                pos.batch, min(plan.grad_accum, n_batches - pos.batch), samples=pos.samples, tokens=pos.tokens
+            )
             for b_idx, batch in enumerate(loader, start=pos.batch):
                 # ---- stop / pause: honoured at every micro-batch
                 desk.poll(pos.step)
@@ -216,11 +224,18 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 if parts.cache is not None:  # replay the frozen prefix from the cache, or capture it
                     served = parts.cache.prepare(host["idx"], lens, width, device, param_dtype)
                 meter.batch(parts.flops.per_batch(n_tok, width, len(lens), served), width * len(lens))
-                loss, _ = task.forward(train_forward, mask_inputs(batch, lens, mask_4d))
-                if parts.cache is not None:
-                    parts.cache.done()
-                loss = loss / cycle.length
-                accelerator.backward(loss)
+                try:
+                    loss, _ = task.forward(train_forward, mask_inputs(batch, lens, mask_4d))
+                    if parts.cache is not None:
+                        parts.cache.done()
+                    loss = loss / cycle.length
+                    accelerator.backward(loss)
+                except Exception as e:
+                    if not is_oom(e):
+                        raise
+                    batch = loss = None  # free what the failed micro-batch holds before anything else
+                    n_batches = _shrink_after_oom(job, parts, live, best, pos, cycle, plan, emit, group_by_length)
+                    break  # the epoch goes on from the failed cycle's first example, in smaller micro-batches
                 cycle.loss = loss.detach() if cycle.loss is None else cycle.loss + loss.detach()
                 cycle.micro += 1
                 pos.samples += len(lens)
@@ -291,7 +306,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     break
                 if pos.step >= live.total_steps(spe):
                     break
-                cycle = Cycle(pos.batch, min(cfg.grad_accum, n_batches - pos.batch))  # the next accumulation cycle
+                cycle = Cycle(
+                    pos.batch, min(plan.grad_accum, n_batches - pos.batch), samples=pos.samples, tokens=pos.tokens
+                )
             if not done and pos.batch >= n_batches:
                 pos.epoch, pos.batch = pos.epoch + 1, 0
 
@@ -322,14 +339,52 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
 # --------------------------------------------------------------------------------------------- helpers
 def _evaluate(job: Job, parts: Parts, live: Live, device, mask_4d: bool):
-    """Evaluate on the eval data, then back to training mode (frozen groups in eval mode)."""
-    metrics, extras = evaluate(parts.model, job.eval_data, job.task, job.config, device, mask_4d)
+    """Evaluate on the eval data (an out-of-memory halves the eval batch), then back to training mode."""
+    metrics, extras = evaluate_shrinking(evaluate, parts.model, job.eval_data, job.task, job.config, device, mask_4d)
     train_mode(parts, live.frozen)
     return metrics, extras
 
 
+def _shrink_after_oom(
+    job: Job, parts: Parts, live: Live, best: Best, pos: Position, cycle: Cycle, plan, emit, grouped
+):
+    """Out of memory in a micro-batch: with `batch_size: auto`, checkpoint the last optimizer step, halve the
+    micro-batch, double the accumulation and rewind to the failed cycle's start; else a short error. Returns the
+    new number of micro-batches per epoch."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    if not job.config.batch_size_auto or plan.micro <= 1:
+        raise oom_error(job.config, plan.micro) from None
+    if pos.last_ckpt != pos.step:
+        emit(_checkpoint("oom", job, parts, live, best, pos, pos.epoch, cycle.start, cycle.rng))
+    old = (plan.micro, plan.grad_accum)
+    lengths, seed = job.train_data.lengths, job.config.seed
+    pos.batch = plan.shrink_at(lengths, seed, pos.epoch, grouped, cycle.start)
+    pos.samples, pos.tokens = cycle.samples, cycle.tokens
+    set_rng_state(cycle.rng)
+    emit(
+        ControlApplied(
+            step=pos.step,
+            command="set",
+            args={"batch_size": plan.micro, "grad_accum": plan.grad_accum},
+            seq=0,
+            source="oom",
+            message=f"out of memory at batch_size {old[0]} x grad_accum {old[1]}: going on with "
+            f"{plan.micro} x {plan.grad_accum} (same examples per step)",
+        )
+    )
+    return plan.count(lengths, seed, grouped)
+
+
 def _checkpoint(
-    reason: str, job: Job, parts: Parts, live: Live, best: Best, pos: Position, epoch: int, batch: int, rng=None
+    reason: str,
+    job: Job,
+    parts: Parts,
+    live: Live,
+    best: Best,
+    pos: Position,
+    epoch: int,
+    batch: int,
+    rng=None,
 ) -> CheckpointSaved:
     """Write a checkpoint of the current step that resumes at (epoch, batch); the event to emit."""
     state = {
@@ -343,6 +398,7 @@ def _checkpoint(
         "best_step": best.step,
         "live": live.saved(),
         "task": job.task.name,  # resume_from checks it (core/preflight.py)
+        "batch_plan": job.plan.saved() if job.plan is not None else None,
     }
     rd, model = job.run_dir, parts.accelerator.unwrap_model(parts.model)
     path = save_checkpoint(rd, model, parts.optimizer.optimizer, state, rng or rng_state(), job.config)
@@ -353,7 +409,7 @@ def _checkpoint(
     return CheckpointSaved(step=pos.step, path=str(path), reason=reason)
 
 
-def _resume(path: Path, parts: Parts, live: Live, best: Best, cfg: FinetuneConfig, spe: int, device) -> Position:
+def _resume(path: Path, parts: Parts, live: Live, best: Best, cfg: FinetuneConfig, spe: int, device):
     """Weights, trainable set, optimizer state, live values, best metric and RNG of a checkpoint."""
     st, opt_tensors, rng = load_checkpoint(path, parts.accelerator.unwrap_model(parts.model), device)
     set_frozen(parts, live, set(st.get("frozen", [])))
@@ -364,7 +420,8 @@ def _resume(path: Path, parts: Parts, live: Live, best: Best, cfg: FinetuneConfi
         g["lr_mult"] = live.lr_mults.get(g["group"], 1.0)
     set_rng_state(rng)
     step = st["step"]
-    return Position(step, st["epoch"], st["batch"], st.get("samples", 0), st.get("tokens", 0), last_ckpt=step)
+    pos = Position(step, st["epoch"], st["batch"], st.get("samples", 0), st.get("tokens", 0), last_ckpt=step)
+    return pos, BatchPlan.restore(st.get("batch_plan"), cfg)
 
 
 def _prefix_cache(job: Job, parts: Parts, live: Live, spe: int, collate, device, precision: str):
