@@ -897,7 +897,7 @@ ROWS += [
         "`resume_from:` a 2-block model's checkpoint with a 1-block model",
         _resume_into(model=lambda c: c.one_block_model()),
         "CheckpointError",
-        ("another model", "tensors this model lacks"),
+        ("another model", "step-000001", "Use the same model"),
         "only the earlier run's directory",
         check=_only_prior,
     ),
