@@ -72,3 +72,18 @@ def test_freeze_all_with_gradual_unfreezing_is_allowed(tiny_config):
 def test_named_task_metric_passes(tiny_config):
     """Control for the metric-name refusal: a metric the task reports is accepted."""
     finetune({**tiny_config, "eval_every": 2, "early_stopping": {"metric": "eval_f1"}}, dry_run=True)
+
+
+def test_declared_metric_names_are_what_the_metrics_compute():
+    """`metric_keys` (checked against metric_for_best / early_stopping.metric in pre-flight) are the keys the
+    task's streaming metric really returns. Control: a metric adding or renaming a key fails here."""
+    from nb_finetune.core.tasks.multi_label import MultiLabelClassification, MultiLabelMetric
+    from nb_finetune.core.tasks.regression import Regression, RegressionMetric
+    from nb_finetune.core.tasks.text_classification import ClassificationMetric, TextClassification
+    from nb_finetune.core.tasks.token_classification import EntityMetric, TokenClassification
+
+    assert set(ClassificationMetric(["a", "b"]).compute()) == set(TextClassification.metric_keys)
+    assert set(RegressionMetric().compute()) == set(Regression.metric_keys)
+    assert set(MultiLabelMetric(["a", "b"]).compute()) == set(MultiLabelClassification.metric_keys)
+    ner = set(EntityMetric(["O", "B-PER", "I-PER"]).compute())
+    assert ner == set(TokenClassification.metric_keys) | {"PER_f1"}

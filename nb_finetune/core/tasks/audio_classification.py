@@ -37,6 +37,7 @@ class AudioClassification(Task):
         prefix_cache=False, length_grouping=True, throughput_unit="seconds of audio", mask_4d=False
     )
     default_metric = "eval_accuracy"
+    metric_keys = ("accuracy", "f1")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)

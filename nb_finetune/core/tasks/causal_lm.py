@@ -38,6 +38,7 @@ class CausalLM(Task):
     capabilities = Capabilities(prefix_cache=False, length_grouping=True, throughput_unit="tokens", mask_4d=False)
     lower_is_better = frozenset({"perplexity"})
     default_metric = "eval_loss"
+    metric_keys = ("perplexity", "token_loss")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)

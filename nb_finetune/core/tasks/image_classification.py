@@ -45,6 +45,7 @@ class ImageClassification(Task):
     title = "image classification"
     capabilities = Capabilities(prefix_cache=False, length_grouping=False, throughput_unit="images", mask_4d=False)
     default_metric = "eval_accuracy"
+    metric_keys = ("accuracy", "f1")
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg, **kw)
@@ -281,6 +282,11 @@ class ImageClassification(Task):
 
     def collator(self):
         return PixelCollator(self.mean, self.std)
+
+    def metric_names(self) -> list[str]:
+        """Accuracy and F1, plus top-5 accuracy when there are more than five labels."""
+        top5 = ["eval_top5_accuracy"] if len(self.label_names) > 5 else []
+        return [*super().metric_names(), *top5]
 
     def metric(self, data: Examples):
         return ImageClassificationMetric(self.label_names)
