@@ -67,9 +67,10 @@ wheel: labext
 test-js: labextension/node_modules/.package-lock.json
 	cd labextension && npm test --silent
 
-# Debian's Chromium for the browser tests (never a Playwright browser download); a no-op when it is there
+# Debian's Chromium for the browser tests (never a Playwright browser download) and espeak-ng, which synthesises
+# the spoken words of the audio tests and notebook; a no-op when both are there
 browser-deps:
-	test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	{ test -x /usr/bin/chromium && command -v espeak-ng >/dev/null; } || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium espeak-ng; }
 
 # the Galata / Playwright harness (ui-tests/)
 ui-deps: ui-tests/node_modules/.package-lock.json
@@ -90,7 +91,7 @@ demo-llm: venv assets
 	NB_FT_LLM_MODEL=smollm2 $(VPY) scripts/run_demo.py notebooks/llm.ipynb
 
 test: venv assets venv-colab labext browser-deps ui-deps test-js
-	$(VPY) -m pytest -m "" -q
+	$(VPY) -m pytest -m "" -q --durations=40
 
 test-fast: venv
 	$(VPY) -m pytest -q -m "not slow and not kernel and not browser and not compat"
