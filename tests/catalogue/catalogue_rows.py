@@ -93,6 +93,42 @@ def _df(c, **cols):
     return {"train": c.df.assign(**cols)}
 
 
+def _llama_without_template(c) -> str:
+    from lm_tiny import build_tiny_llama
+
+    return build_tiny_llama(Path(c.tmp) / "llama-no-template", num_layers=1, chat_template=False)
+
+
+def _chats(c):
+    import pandas as pd
+    from lm_tiny import facts
+
+    return {"train": pd.DataFrame(facts(16))}
+
+
+def _tiny_vit(c) -> str:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    d = Path(c.tmp) / "vit"
+    conf = ViTConfig(image_size=24, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ViTForImageClassification(conf).save_pretrained(d)
+    return str(d)
+
+
+def _images_one_truncated(c):
+    """Two class folders of 4 small PNGs each, and one file cut short after the PNG signature (row 7 in order)."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(c.tmp) / "images"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(root / name / f"{i}.png")
+    (root / "dog" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
+    return {"train": str(root)}
+
+
 class _Obj:
     @property
     def computed(self):
@@ -650,6 +686,24 @@ ROWS: list[Row] = [
         lambda c: run(task="audio-classification", data=lambda c: {"train": c.media("wav")})(c),
         "ModelError",
         ("bert", "no audio classification head", "wav2vec2"),
+    ),
+    Row(
+        "causal-lm-chat-without-template",
+        "task: causal-lm",
+        "chat records (`messages`) on a model whose tokenizer has no chat template",
+        lambda c: run(task="causal-lm", model=_llama_without_template(c), data=_chats)(c),
+        "ConfigError",
+        ("data.messages", "no chat template", "chat_template:", "prompt` / `completion"),
+    ),
+    Row(
+        "image-unreadable-file",
+        "task: image-classification",
+        "a truncated image file among the training images, with `on_bad_example: error`",
+        lambda c: run(
+            task="image-classification", model=_tiny_vit(c), data=_images_one_truncated, on_bad_example="error"
+        )(c),
+        "DataError",
+        ("row 7", "9.png", "cannot be read", "on_bad_example: skip"),
     ),
     Row(
         "regression-with-labels",
