@@ -19,7 +19,7 @@ from nb_finetune.core.config import FinetuneConfig  # noqa: E402
 from nb_finetune.core.events import ControlApplied, Controls  # noqa: E402
 from nb_finetune.core.freezing import apply_freeze, build_layer_map  # noqa: E402
 from nb_finetune.core.runs import RunDir, append_command  # noqa: E402
-from nb_finetune.core.tasks.base import Task  # noqa: E402
+from nb_finetune.core.tasks.text_classification import TextClassification  # noqa: E402
 from nb_finetune.core.train.flow import Best, Meter, eval_due  # noqa: E402
 from nb_finetune.core.train.live import CommandDesk, Live, apply_set  # noqa: E402
 from nb_finetune.core.train.masks import mask_inputs  # noqa: E402
@@ -77,7 +77,7 @@ def test_eval_is_due_on_its_interval_and_at_the_last_step():
     assert not eval_due(None, True, 100, True, 1, 100) and not eval_due(5, False, 10, True, 1, 100)
 
 
-class _LowerAccuracy(Task):
+class _LowerAccuracy(TextClassification):
     name = "test-lower"
     lower_is_better = frozenset({"accuracy"})
 

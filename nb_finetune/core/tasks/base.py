@@ -19,6 +19,7 @@ Data flow of one run, seen from the task:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -107,7 +108,7 @@ class StreamingMetric(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
-class Task:
+class Task(ABC):
     """Base class of every task. Subclass, set the class attributes, implement the methods that raise here.
 
     Class attributes:
@@ -155,9 +156,9 @@ class Task:
         return None
 
     # ------------------------------------------------------------ calling thread
+    @abstractmethod
     def preflight(self) -> None:
         """Resolve model config, tokenizer, data, columns and labels; raise a FinetuneError for any user mistake."""
-        raise NotImplementedError
 
     def describe(self) -> list[str]:
         """Lines for the dry run and `RunStarted.task_detail`: the task (and why auto picked it), the head, labels."""
@@ -176,9 +177,9 @@ class Task:
         return len(self.eval) if self.eval is not None else 0
 
     # ------------------------------------------------------------ worker thread
+    @abstractmethod
     def build_model(self, *, meta: bool = False):
         """The model with this task's head. `meta=True`: shapes only, on the meta device (dry run, layer preview)."""
-        raise NotImplementedError
 
     def layer_map(self, model):
         """The model's layer groups for freezing; the generic map unless the task knows better."""
@@ -192,9 +193,9 @@ class Task:
             self.encode(self.eval, role="eval") if self.eval is not None else None
         )
 
+    @abstractmethod
     def encode(self, ds, *, role: str = "eval") -> Examples:
         """Encode a dataset of this task's shape (also `Run.evaluate(data=...)`)."""
-        raise NotImplementedError
 
     def load_eval(self, src) -> Any:
         """Load and check a user-given evaluation source (`Run.evaluate(data=...)`): same columns as train."""
@@ -202,18 +203,18 @@ class Task:
 
         return D.load_source(src, role="eval", trust_remote_code=self.cfg.trust_remote_code)
 
+    @abstractmethod
     def collator(self):
         """A picklable callable: list of `Examples` items -> batch dict of tensors plus the HOST_KEYS."""
-        raise NotImplementedError
 
     def forward(self, model, batch: dict[str, Any]):
         """(loss, outputs) for one batch on the device (host keys removed). Default: the model computes its loss."""
         out = model(**batch)
         return out.loss, out
 
+    @abstractmethod
     def metric(self, data: Examples) -> StreamingMetric:
         """A fresh streaming metric over `data` (the eval examples)."""
-        raise NotImplementedError
 
     def metric_names(self) -> list[str]:
         """Every metric an evaluation of this task reports (`eval_` names); [] when the task does not declare them.
