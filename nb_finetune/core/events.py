@@ -118,7 +118,11 @@ class CheckpointSaved(Event):
 @dataclass
 class ControlApplied(Event):
     """A command was applied (ok) or refused. Gradual unfreezing emits `command="freeze"`, `source="schedule"`,
-    `seq=0`, `args={"spec": [the groups frozen now]}`."""
+    `seq=0`, `args={"spec": [the groups frozen now]}`.
+
+    `previous`: the values before the command, so a change reads "from -> to": a `set` has the live value of each
+    key of `args` (`{"lr": 1e-4}` for `args={"lr": 5e-5}`), a `freeze` the groups frozen before (`{"spec": [...]}`,
+    in layer-map order); empty for other commands and in records written before it existed."""
 
     step: int
     command: str
@@ -127,6 +131,7 @@ class ControlApplied(Event):
     source: str = "api"
     ok: bool = True
     message: str = ""
+    previous: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

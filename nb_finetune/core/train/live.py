@@ -25,6 +25,8 @@ __all__ = [
     "CommandDesk",
     "apply_set",
     "apply_command",
+    "values_before",
+    "frozen_list",
     "set_frozen",
     "train_mode",
     "scheduled_unfreeze",
@@ -173,6 +175,7 @@ def scheduled_unfreeze(parts: Parts, live: Live, step: int, steps_per_epoch: int
     if new is None:  # nothing left above the floor; a later `freeze` command gives the schedule work again
         return None
     opened = ", ".join(g for g in lm.names if g in live.frozen and g not in new)
+    before = frozen_list(lm, live.frozen)
     set_frozen(parts, live, new)
     more = next_unfreeze(lm, live.frozen, live.unfreeze_floor) is not None
     after = f"; next at step {live.unfreeze_at}" if more else "; nothing left to unfreeze"
@@ -184,6 +187,7 @@ def scheduled_unfreeze(parts: Parts, live: Live, step: int, steps_per_epoch: int
         source="schedule",
         message=f"gradual unfreezing: {opened} trainable "
         f"(trainable {parts.trainable:,} of {parts.total_params:,}{after})",
+        previous={"spec": before},
     )
 
 
@@ -254,8 +258,37 @@ def apply_set(values: dict[str, Any], live: Live, optimizer, step: int, steps_pe
     return ", ".join(changes)
 
 
-def apply_command(cmd: Command, parts: Parts, live: Live, step: int, steps_per_epoch: int) -> tuple[bool, str]:
-    """Apply a `set` or `freeze` command between optimizer steps: (ok, message for its acknowledgement)."""
+def frozen_list(lm: LayerMap, frozen: set[str]) -> list[str]:
+    """Frozen group names in layer-map order (embeddings first)."""
+    return [g for g in lm.names if g in frozen]
+
+
+def values_before(cmd: Command, live: Live, lm: LayerMap) -> dict[str, Any]:
+    """What a `set` or `freeze` is about to change, as it is now (`ControlApplied.previous`)."""
+    if cmd.kind == "freeze":
+        return {"spec": frozen_list(lm, live.frozen)}
+    out = {}
+    for key in cmd.args:
+        try:
+            name = canonical_name(key)
+        except (FinetuneError, KeyError, ValueError):
+            continue  # an unknown key: the command is refused, naming it
+        if name != "freeze" and hasattr(live, name):
+            out[key] = getattr(live, name)
+    return out
+
+
+def apply_command(
+    cmd: Command, parts: Parts, live: Live, step: int, steps_per_epoch: int
+) -> tuple[bool, str, dict[str, Any]]:
+    """Apply a `set` or `freeze` command between optimizer steps: (ok, message, the values before) for its
+    acknowledgement."""
+    before = values_before(cmd, live, parts.layer_map)
+    ok, message = _apply(cmd, parts, live, step, steps_per_epoch)
+    return ok, message, before
+
+
+def _apply(cmd: Command, parts: Parts, live: Live, step: int, steps_per_epoch: int) -> tuple[bool, str]:
     try:
         if cmd.kind == "freeze":
             set_frozen(parts, live, resolve_freeze(cmd.args.get("spec"), parts.layer_map))
@@ -321,9 +354,16 @@ class CommandDesk:
             self.ack(cmd, step, ok=False, message=message)
         self.pending.clear()
 
-    def ack(self, cmd: Command, step: int, ok: bool = True, message: str = "") -> None:
+    def ack(self, cmd: Command, step: int, ok: bool = True, message: str = "", previous: dict | None = None) -> None:
         self.emit(
             ControlApplied(
-                step=step, command=cmd.kind, args=cmd.args, seq=cmd.seq, source=cmd.source, ok=ok, message=message
+                step=step,
+                command=cmd.kind,
+                args=cmd.args,
+                seq=cmd.seq,
+                source=cmd.source,
+                ok=ok,
+                message=message,
+                previous=dict(previous or {}),
             )
         )
