@@ -18,8 +18,8 @@ import ipywidgets as W
 
 from ..core.config import FinetuneConfig, check_live_value, live_fields
 from ..errors import FinetuneError
-from .plots import FROZEN, TRAINABLE, PlotSet
-from .state import PanelState, fmt_duration, fmt_value, main_metrics
+from .plots import FROZEN, LAYER_W, TRAINABLE, PlotSet, layer_bar
+from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics
 from .summary import STATE_COLOURS, eval_table_html, metric_label, summary_html, summary_text
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
@@ -89,13 +89,6 @@ def _task_facts(run) -> tuple[str, list[str]]:
     except Exception:  # noqa: BLE001 - a header line must not stop the panel
         detail = []
     return str(getattr(task, "title", "") or getattr(task, "name", "")), detail
-
-
-def _fmt_count(n: int) -> str:
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.1f}{suffix}"
-    return str(n)
 
 
 class Panel:
@@ -283,7 +276,7 @@ class Panel:
                 self.eval_table,
             ],
             layout=W.Layout(width="100%", border="1px solid var(--jp-border-color2, #e0e0e0)", padding="6px"),
-        )
+        )  # the final output has the same frame (transport.FRAME)
         self.box.add_class("nb-finetune-panel")
         if not self.interactive:
             for w in self.controls:
@@ -495,7 +488,7 @@ class Panel:
         if self.layers_model is not None:
             self.layers_model.layout.display = "none"
             # the same width as the live map: the three columns stay three columns
-            self.layers_img = W.HTML(self._layers_html(snap["layers"]), layout=W.Layout(width="330px"))
+            self.layers_img = W.HTML(self._layers_html(snap["layers"]), layout=W.Layout(width=f"{LAYER_W + 30}px"))
             self.box.children = tuple(
                 self.layers_img if c is self.layers_model else c for c in self._replace_layers(self.box.children)
             )
@@ -528,7 +521,7 @@ class Panel:
             facts.append(
                 (
                     "parameters",
-                    f"{_fmt_count(s['params_total'])} total, {_fmt_count(s['params_trainable'])} trainable ({pct:.1f}%)",
+                    f"{fmt_count(s['params_total'])} total, {fmt_count(s['params_trainable'])} trainable ({pct:.1f}%)",
                 )
             )
         if s.get("num_train"):
@@ -587,13 +580,15 @@ class Panel:
         """A static layer map (after the run: no Bokeh widget needed)."""
         if not layers:
             return ""
-        top = max(x["params"] for x in layers) or 1
+        top = max(layer_bar(x["params"]) for x in layers) or 1  # the live map's square-root scale
         rows = "".join(
-            f'<div style="display:flex;align-items:center;gap:6px;font-size:11px;height:14px">'
+            f'<div style="display:flex;align-items:center;gap:6px;font-size:11px;height:14px" '
+            f'title="{html.escape(x["group"])}: {x["params"]:,} parameters, '
+            f'{"trainable" if x["trainable"] else "frozen"}">'
             f'<span style="width:90px;text-align:right;color:{_MUTED}">{html.escape(x["group"])}</span>'
-            f'<span style="display:inline-block;height:10px;width:{max(2, 200 * x["params"] / top):.0f}px;'
+            f'<span style="display:inline-block;height:10px;width:{max(2, 170 * layer_bar(x["params"]) / top):.0f}px;'
             f'background:{TRAINABLE if x["trainable"] else FROZEN}"></span>'
-            f'<span style="color:{_MUTED}">{_fmt_count(x["params"])}</span></div>'
+            f'<span style="color:{_MUTED}">{fmt_count(x["params"])}</span></div>'
             for x in reversed(layers)
         )
         return f'<div style="padding:4px 12px"><b style="font-size:12px">Layer map</b>{rows}</div>'
@@ -623,7 +618,7 @@ class Panel:
                 frozen_params = sum(x["params"] for x in layers if not x["trainable"])
                 self.blocks_label.value = (
                     f'<span style="font-size:11px;color:{_MUTED};padding-left:84px">'
-                    f"of {len(blocks)} blocks · {_fmt_count(frozen_params)} parameters frozen</span>"
+                    f"of {len(blocks)} blocks · {fmt_count(frozen_params)} parameters frozen</span>"
                 )
             self.pause_btn.description = "Resume" if s["state"] == "paused" else "Pause"
             self.pause_btn.icon = "play" if s["state"] == "paused" else "pause"

@@ -7,25 +7,29 @@ never gets here.
 
 from __future__ import annotations
 
+import html
 import math
 import threading
 from typing import Any
 
+from bokeh.core.properties import value
 from bokeh.layouts import column, gridplot, row
 from bokeh.models import (
     ColumnDataSource,
-    CustomJSTickFormatter,
     DataRange1d,
+    Div,
     FactorRange,
     HoverTool,
     Label,
+    LegendItem,
     LinearAxis,
     PrintfTickFormatter,
     Range1d,
 )
 from bokeh.plotting import figure
 
-from .state import Points
+from .state import Points, fmt_count, group_span
+from .summary import extras_table_html
 from .svg import cell_colour, fmt_cell
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
@@ -42,6 +46,19 @@ ROLLOVER = 20_000  # points kept per series in the live plots
 MAX_EVAL_LINES = 10  # lines in the evaluation plot (per-label metrics go to the task's bars, see state.main_metrics)
 MATRIX_TEXT_CELLS = 400  # a matrix with more cells shows colours only (the counts are in the hover)
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+MIN_W, MAX_W = 300, 760  # a time plot's width range: two per row fill the output, never wider than reads well
+LAYER_W = 300  # the layer map keeps one width (it sits between the freezing and hyperparameter columns)
+
+
+def anchor(f):
+    """Two invisible points at (0, 0) and (1, 1) the figure's auto ranges compute from until its first data.
+    BokehJS cannot set a range that has no finite data: it logs "could not set initial ranges" and tries again at
+    every repaint (126 times in one 150-step run). `PlotSet` empties the anchor when the figure's data comes, so
+    it never stretches a range that has data."""
+    src = ColumnDataSource({"x": [0.0, 1.0], "y": [0.0, 1.0]})
+    r = f.scatter("x", "y", source=src, size=1, fill_alpha=0, line_alpha=0)
+    r.level = "underlay"
+    return src, r
 
 
 def is_score(name: str, values) -> bool:
@@ -73,6 +90,11 @@ def matrix_cells(entry: dict[str, Any]) -> dict[str, list]:
     return cells
 
 
+def layer_bar(params) -> float:
+    """A layer group's bar length in the layer map: the square root of its parameter count."""
+    return math.sqrt(max(0.0, float(params or 0)))
+
+
 def bar_rows(entry: dict[str, Any]) -> dict[str, list]:
     labels = [str(x) for x in entry.get("labels") or []]
     values = [_f(v) for v in entry.get("values") or []]
@@ -83,8 +105,11 @@ def bar_rows(entry: dict[str, Any]) -> dict[str, list]:
 def _fig(title: str, *, width: int, height: int, y_label: str = "", **kw):
     f = figure(
         title=title,
-        width=width,
+        width=width,  # the starting width; the figure stretches to its share of the output (MIN_W..MAX_W)
         height=height,
+        sizing_mode="stretch_width",
+        min_width=MIN_W,
+        max_width=MAX_W,
         tools=_TOOLS,
         active_scroll=None,
         toolbar_location="right",
@@ -150,7 +175,9 @@ class PlotSet:
         w, h = width, height
         # ---- loss
         self.loss_src = ColumnDataSource({"step": [], "loss": [], "smooth": []}, name="nbft-loss")
-        self.marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []}, name="nbft-markers")
+        self.marker_src = ColumnDataSource(
+            {"step": [], "y": [], "label": [], "source": [], "text": []}, name="nbft-markers"
+        )
         self.loss = _fig("Training loss", width=w, height=h, y_label="loss")
         raw = self.loss.line("step", "loss", source=self.loss_src, color=RAW, line_width=1, legend_label="raw")
         sm = self.loss.line(
@@ -171,10 +198,14 @@ class PlotSet:
                 tooltips=[("step", "@step"), ("loss", "@loss{0.0000}"), ("smoothed", "@smooth{0.0000}")],
                 mode="vline",
             ),
-            HoverTool(renderers=[mk], tooltips=[("step", "@step"), ("change", "@label"), ("by", "@source")]),
+            HoverTool(renderers=[mk], tooltips=[("", "@text")]),  # "lr 1e-4 → 5e-5, by sidebar, step 40"
         )
         raw.level = "underlay"
         legend_above(self.loss)
+        # ranges before data (see `anchor`); the shared step axis ranges over the losses and the evaluations only
+        self.anchors: dict[str, ColumnDataSource] = {}
+        self.anchors["loss"], loss_anchor = anchor(self.loss)
+        self.loss.x_range.renderers = [raw, sm, loss_anchor]
         # ---- eval
         self.eval_src = ColumnDataSource({"step": []}, name="nbft-eval")
         self.eval = _fig("Evaluation", width=w, height=h, x_range=self.loss.x_range, y_label="metric")
@@ -186,8 +217,9 @@ class PlotSet:
         self.eval.add_layout(self.err_axis, "right")
         self.err_axis.axis_label_text_color = self.err_axis.major_label_text_color = INK
         self.err_axis.axis_line_color = self.err_axis.major_tick_line_color = INK
-        self.eval_hover = HoverTool(tooltips=[("step", "@step")], mode="vline")
+        self.eval_hover = HoverTool(renderers=[], tooltips=[("step", "@step")], mode="vline")  # the metric lines
         self.eval.add_tools(self.eval_hover)
+        self.anchors["eval"], _ = anchor(self.eval)
         self.eval_waiting = Label(
             x=10,
             y=10,
@@ -200,19 +232,29 @@ class PlotSet:
         self.eval.add_layout(self.eval_waiting)
         # ---- learning rate
         self.lr_src = ColumnDataSource({"step": [], "lr": []}, name="nbft-lr")
-        self.lr = _fig("Learning rate", width=w, height=h, x_range=self.loss.x_range, y_label="lr")
+        # learning rates are >= 0: the axis starts at 0 (a constant lr would otherwise get lr +- 1, negative rates)
+        self.lr = _fig(
+            "Learning rate", width=w, height=h, x_range=self.loss.x_range, y_range=DataRange1d(start=0), y_label="lr"
+        )
         self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
+        self.lr.yaxis.visible = False  # until the first learning rate comes
         base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="all groups")
+        self.lr_base = base
         self.lr.add_tools(
             HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
         )
+        # a legend entry (no glyphs) naming the frozen groups: they get no learning rate while frozen
+        self.lr_frozen_line = self.lr.line(x=[], y=[], color=FROZEN, line_width=2, line_dash="dotted")
+        self.lr_frozen_line.visible = False
         legend_above(self.lr)
         self.lr_groups: list[str] = []
-        self.lr_marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": []})
+        self.lr_lines: dict[str, Any] = {}  # group -> its line (drawn where its lr differs from the base)
+        self.lr_colours: dict[str, str] = {}
+        self.frozen: list[str] = []  # the layer groups frozen now, in layer-map order
+        self.lr_marker_src = ColumnDataSource({"step": [], "y": [], "label": [], "source": [], "text": []})
         lm = self.lr.scatter("step", "y", source=self.lr_marker_src, marker="inverted_triangle", size=11, color=MARKER)
-        self.lr.add_tools(
-            HoverTool(renderers=[lm], tooltips=[("step", "@step"), ("change", "@label"), ("by", "@source")])
-        )
+        self.lr.add_tools(HoverTool(renderers=[lm], tooltips=[("", "@text")]))
+        self.anchors["lr"], _ = anchor(self.lr)
         # ---- throughput + memory
         self.speed_src = ColumnDataSource({"step": [], "samples_per_s": [], "tokens_per_s": [], "memory_mb": []})
         self.speed = _fig("Throughput", width=w, height=h, x_range=self.loss.x_range, y_label="samples/s")
@@ -234,45 +276,60 @@ class PlotSet:
         )
         self.speed_hover = HoverTool(renderers=[sp], tooltips=self._speed_tooltips(), mode="vline")
         self.speed.add_tools(self.speed_hover)
+        self.anchors["speed"], _ = anchor(self.speed)
         self._mem_max = 0.0
-        # ---- layer map
+        # ---- layer map: bar lengths on a square-root scale, so a 1k-parameter head still shows next to 10M blocks;
+        # each bar is labelled with its real count (the hover has it exactly)
         self.layer_src = ColumnDataSource(
-            {"group": [], "params": [], "state": [], "color": [], "label": []}, name="nbft-layers"
+            {"group": [], "params": [], "bar": [], "state": [], "color": [], "label": [], "short": []},
+            name="nbft-layers",
         )
         self.layers = figure(
             title="Layer map",
-            width=300,
+            width=LAYER_W,
             height=220,
             y_range=[],
+            x_range=Range1d(0, 1),  # set from the largest group (explicit: BokehJS needs no data to draw it)
             tools="hover",
             tooltips=[("group", "@group"), ("parameters", "@label"), ("", "@state")],
             toolbar_location=None,
-            x_axis_label="parameters",
+            x_axis_label="parameters (√ scale)",
         )
-        self.layers.hbar(y="group", right="params", height=0.8, color="color", source=self.layer_src)
+        self.layers.hbar(y="group", right="bar", height=0.8, color="color", source=self.layer_src)
+        self.layers.text(
+            "bar",
+            "group",
+            text="short",
+            source=self.layer_src,
+            x_offset=3,
+            text_baseline="middle",
+            text_font_size="8pt",
+            text_color=INK,
+        )
         self.layers.title.text_font_size = "11pt"
         self.layers.title.text_font_style = "normal"
-        # engineering units as people read them: 2.0M, 350k (Numeral's "0.0a" writes 2.0m)
-        self.layers.xaxis.formatter = CustomJSTickFormatter(
-            code="const a = Math.abs(tick);"
-            "return a >= 1e9 ? (tick / 1e9).toFixed(1) + 'B' : a >= 1e6 ? (tick / 1e6).toFixed(1) + 'M'"
-            " : a >= 1e3 ? (tick / 1e3).toFixed(a >= 1e4 ? 0 : 1) + 'k' : tick.toFixed(0);"
-        )
         theme_neutral(self.layers)
-        self.layers.xaxis.major_label_text_font_size = self.layers.yaxis.major_label_text_font_size = "8pt"
+        self.layers.xaxis.major_label_text_font_size = "0pt"  # a square-root axis has no readable ticks: the bars
+        self.layers.xaxis.major_tick_line_color = self.layers.xaxis.minor_tick_line_color = None  # carry the counts
+        self.layers.xgrid.grid_line_color = None
+        self.layers.yaxis.major_label_text_font_size = "8pt"
         self.layers.ygrid.grid_line_color = None
         self.layers.outline_line_color = None
-        self.layers.x_range.start = 0
         # a live change: a dashed vertical rule at its step across every time plot (the triangles carry the tooltip)
         for f in (self.loss, self.eval, self.lr, self.speed):
             rule = f.vspan(x="step", source=self.marker_src, line_color=MARKER, line_dash="dashed", line_alpha=0.55)
             rule.level = "underlay"
-        self.grid = gridplot([[self.loss, self.eval], [self.lr, self.speed]], toolbar_location=None, merge_tools=False)
-        self.root = column(self.grid)
+        self.grid = gridplot(
+            [[self.loss, self.eval], [self.lr, self.speed]],
+            toolbar_location=None,
+            merge_tools=False,
+            sizing_mode="stretch_width",
+        )
+        self.root = column(self.grid, sizing_mode="stretch_width")
         # ---- what the task asks to draw (EvalEnded.extras): one figure per entry, below the grid once one comes
         self.extras: dict[str, dict[str, Any]] = {}  # the latest entries drawn, by name
         self.extra_figs: dict[str, tuple[str, Any, ColumnDataSource]] = {}  # name -> (kind, figure, source)
-        self.extras_row = row()
+        self.extras_row = row(sizing_mode="stretch_width")
 
     def _speed_tooltips(self) -> list[tuple[str, str]]:
         tips = [("step", "@step"), ("samples/s", "@samples_per_s{0.0}")]
@@ -287,12 +344,16 @@ class PlotSet:
             return False
         with self.lock:
             if pts.loss:
+                self._drop_anchor("loss")
                 self.loss_src.stream(_columns(pts.loss, ("step", "loss", "smooth")), rollover=ROLLOVER)
             if pts.evals:
+                self._drop_anchor("eval")
                 self._stream_evals(pts.evals)
             if pts.lr:
+                self._drop_anchor("lr")
                 self._stream_lr(pts.lr)
             if pts.speed:
+                self._drop_anchor("speed")
                 cols = _columns(pts.speed, ("step", "samples_per_s", "tokens_per_s", "memory_mb"))
                 mem = [m for m in cols["memory_mb"] if isinstance(m, float) and math.isfinite(m)]
                 if mem and max(mem) > self._mem_max:  # the axis grows in steps: a change re-serialises the plots
@@ -313,6 +374,12 @@ class PlotSet:
                 self.structure += 1
             self.applied += 1
         return True
+
+    def _drop_anchor(self, name: str) -> None:
+        """The figure's first data came: its ranges compute from the data alone from now on."""
+        src = self.anchors[name]
+        if src.data["x"]:
+            src.data = {"x": [], "y": []}
 
     def _stream_evals(self, rows: list[dict[str, Any]]) -> None:
         names = sorted({k for r in rows for k in r if k.startswith("eval_")}, key=lambda k: (k != "eval_loss", k))
@@ -338,6 +405,9 @@ class PlotSet:
                 (self._score_lines if score else self._error_lines).extend([line, dots])
                 self.eval_metrics.append(n)
                 self.eval_hover.tooltips = [*self.eval_hover.tooltips, (label, f"@{n}{{0.0000}}")]
+                self.eval_hover.renderers = [*self.eval_hover.renderers, line]
+                # the step axis covers an evaluation before the first loss (eval_at_start at step 0)
+                self.loss.x_range.renderers = [*self.loss.x_range.renderers, dots]
             # each axis ranges over its own lines (a DataRange1d without renderers would range over all of them)
             both = bool(self._score_lines and self._error_lines)
             self.eval.y_range.renderers = list(self._score_lines) if both else []
@@ -361,6 +431,9 @@ class PlotSet:
                 return math.nan
             return math.nan if abs(v - base) <= 1e-9 * max(abs(base), 1e-30) else float(v)
 
+        if not self.lr.yaxis[0].visible:
+            self.lr.yaxis.visible = True
+            self.structure += 1
         groups = dict.fromkeys(g for r in rows for g in (r.get("group_lrs") or {}))
         new = [g for g in groups if g not in self.lr_groups and any(math.isfinite(split(r, g)) for r in rows)]
         if new:
@@ -372,10 +445,13 @@ class PlotSet:
             self.structure += 1
             for g in new:
                 colour = PALETTE[(len(self.lr_groups) + 1) % len(PALETTE)]
-                self.lr.line("step", f"g:{g}", source=self.lr_src, color=colour, line_width=1.5, legend_label=g)
+                self.lr_lines[g] = self.lr.line(
+                    "step", f"g:{g}", source=self.lr_src, color=colour, line_width=1.5, legend_label=g
+                )
+                self.lr_colours[g] = colour
                 self.lr_groups.append(g)
             legend_above(self.lr)
-            self.lr.legend[0].items[0].label = {"value": "other groups"}
+            self._lr_legend()
         cols = {"step": [r["step"] for r in rows], "lr": [r["lr"] for r in rows]}
         for g in self.lr_groups:
             cols[f"g:{g}"] = [split(r, g) for r in rows]
@@ -396,25 +472,61 @@ class PlotSet:
             "y": [at(steps, losses, m["step"]) for m in markers],
             "label": [m["label"] for m in markers],
             "source": [m.get("source", "") for m in markers],
+            # one readable line for the hover: what changed, from -> to, by whom, when
+            "text": [
+                ", ".join(x for x in (m["label"], f"by {m.get('source') or '?'}", f"step {m['step']}"))
+                for m in markers
+            ],
         }
         self.marker_src.stream(cols, rollover=ROLLOVER)
         lr_cols = dict(cols, y=[at(lr_steps, lrs, m["step"]) for m in markers])
         self.lr_marker_src.stream(lr_cols, rollover=ROLLOVER)
 
     def set_layers(self, layers: list[dict[str, Any]]) -> None:
-        """Redraw the layer map: bars bottom-up from the embeddings to the head, coloured frozen / trainable."""
+        """Redraw the layer map: bars bottom-up from the embeddings to the head, coloured frozen / trainable, their
+        lengths on a square-root scale; the learning-rate plot greys the groups frozen now."""
         with self.lock:
             names = [x["group"] for x in layers]
             self.structure += 1
             self.layers.y_range.factors = names
             self.layers.height = max(160, min(520, 60 + 16 * len(names)))
+            bars = [layer_bar(x["params"]) for x in layers]
+            self.layers.x_range.end = max(bars, default=0.0) * 1.3 or 1.0  # room for the count after the bar
             self.layer_src.data = {
                 "group": names,
                 "params": [x["params"] for x in layers],
+                "bar": bars,
                 "state": ["trainable" if x["trainable"] else "frozen" for x in layers],
                 "color": [TRAINABLE if x["trainable"] else FROZEN for x in layers],
                 "label": [f"{x['params']:,}" for x in layers],
+                "short": [fmt_count(x["params"]) for x in layers],
             }
+            self.frozen = [x["group"] for x in layers if not x["trainable"]]
+            self._lr_legend()
+
+    def _lr_legend(self) -> None:
+        """The learning-rate legend as the groups stand now: a frozen group's own line greyed ("(frozen)"), the base
+        line named for what it stands for, and one grey entry listing the frozen groups (they get no lr)."""
+        lg = self.lr.legend[0]
+        frozen = set(self.frozen)
+        for g, line in self.lr_lines.items():
+            colour = FROZEN if g in frozen else self.lr_colours[g]
+            if line.glyph.line_color != colour:
+                line.glyph.line_color = colour
+            label = f"{g} (frozen)" if g in frozen else g
+            for item in lg.items:
+                if line in item.renderers and item.label != value(label):
+                    item.label = value(label)
+        base = "other groups" if self.lr_groups else "trainable groups" if frozen else "all groups"
+        items = [i for i in lg.items if self.lr_frozen_line not in i.renderers]
+        if items and items[0].label != value(base):
+            items[0].label = value(base)
+        if frozen:
+            note = f"frozen, no lr: {group_span(self.frozen)}"
+            items.append(LegendItem(label=value(note), renderers=[self.lr_frozen_line]))
+        self.lr_frozen_line.visible = bool(frozen)
+        if [i.label for i in items] != [i.label for i in lg.items]:
+            lg.items = items
 
     # ------------------------------------------------------------------ the task's figures
     def set_extras(self, extras: dict[str, dict[str, Any]]) -> None:
@@ -440,28 +552,19 @@ class PlotSet:
                 self.extras[name] = json_copy(entry)
 
     def _draw_table(self, name: str, entry: dict[str, Any]) -> None:
-        """A "table" extras entry ({columns: [...], rows: [[...], ...]}) as a small Bokeh DataTable, updated in place."""
-        from bokeh.models import DataTable, Div, TableColumn
-
-        cols = [str(c) for c in entry.get("columns") or []]
-        rows = entry.get("rows") or []
-        data = {f"c{i}": [str(r[i]) if i < len(r) else "" for r in rows] for i in range(len(cols))}
+        """A "table" extras entry ({columns: [...], rows: [[...], ...]}) as HTML in a Bokeh `Div`, updated in place
+        (a `DataTable` needs BokehJS's tables bundle, which the panel does not load: its model would not build)."""
+        text = f'<div style="font-size:12px;color:{INK}">{html.escape(str(entry.get("title") or name))}</div>'
+        text += extras_table_html(entry)
         have = self.extra_figs.get(name)
-        if have is not None and have[0] == "table" and list(have[2].data) == list(data):
-            have[2].data = data
+        if have is not None and have[0] == "table":
+            if have[1].text != text:
+                have[1].text = text
+                self.structure += 1  # a Div's text is no column: the display transport serialises it again
             return
-        src = ColumnDataSource(data, name=f"nbft-x-{name}")
-        table = DataTable(
-            source=src,
-            columns=[TableColumn(field=f"c{i}", title=c) for i, c in enumerate(cols)],
-            width=680,
-            height=min(60 + 28 * max(1, len(rows)), 260),
-            index_position=None,
-        )
-        box = column(Div(text=str(entry.get("title") or name)), table)
-        old = self.extra_figs.get(name)
-        self.extra_figs[name] = ("table", box, src)
-        children = [c for c in self.extras_row.children if old is None or c is not old[1]]
+        box = Div(text=text, sizing_mode="stretch_width", min_width=MIN_W, max_width=2 * MAX_W)
+        self.extra_figs[name] = ("table", box, None)
+        children = [c for c in self.extras_row.children if have is None or c is not have[1]]
         self.extras_row.children = [*children, box]
         if self.extras_row not in self.root.children:
             self.root.children = [*self.root.children, self.extras_row]
@@ -508,6 +611,7 @@ class PlotSet:
             fig = figure(
                 title=title,
                 y_range=FactorRange(),
+                x_range=Range1d(0, 1),  # set from the values (explicit: no range left for BokehJS to guess)
                 width=340,
                 height=220,
                 tools="hover,save",
@@ -568,9 +672,11 @@ class PlotSet:
             fig.height = max(140, min(520, 70 + 20 * len(data["label"])))
             self.structure += 1
         finite = [v for v in data["value"] if math.isfinite(v)]
-        start = 0 if all(v >= 0 for v in finite) else None  # bars grow from 0; negative values (r2) need room
-        if fig.x_range.start != start:
-            fig.x_range.start = start
+        lo, hi = min([0.0, *finite]), max([0.0, *finite])  # bars grow from 0; negative values (r2) need room
+        hi = hi or (0.0 if lo else 1.0)
+        start, end = lo - 0.05 * (hi - lo) if lo < 0 else 0.0, hi + 0.2 * (hi - lo)  # the value text after the bar
+        if (fig.x_range.start, fig.x_range.end) != (start, end):
+            fig.x_range.update(start=start, end=end)
         src.data = data
         title = str(entry.get("title") or fig.title.text)
         if fig.title.text != title:
@@ -585,7 +691,8 @@ class PlotSet:
             self.lr_marker_src,
             self.speed_src,
             self.layer_src,
-            *(src for _, _, src in self.extra_figs.values()),
+            *self.anchors.values(),
+            *(src for _, _, src in self.extra_figs.values() if src is not None),
         ]
 
     # ------------------------------------------------------------------ snapshots

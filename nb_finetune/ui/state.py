@@ -25,7 +25,17 @@ from ..core.events import (
     StepEnded,
 )
 
-__all__ = ["PanelState", "Points", "fmt_duration", "fmt_value", "smooth", "main_metrics"]
+__all__ = [
+    "PanelState",
+    "Points",
+    "fmt_count",
+    "fmt_duration",
+    "fmt_value",
+    "group_span",
+    "smooth",
+    "main_metrics",
+    "change_label",
+]
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai's smoothed loss
 MAX_CHANGES = 8  # live changes kept in the panel's change log
@@ -223,7 +233,7 @@ class PanelState:
             self.started_at = e.time
             p.layers_changed = True
         elif isinstance(e, ControlApplied):
-            label = _command_label(e)
+            label = change_label(e, [x["group"] for x in self.layers if not x["trainable"]], self._frozen_by(e))
             self.note = f"{label}: {'applied' if e.ok else 'refused'} at step {e.step}" + (
                 f" ({e.message})" if e.message else ""
             )
@@ -261,14 +271,27 @@ class PanelState:
             self._pending.layers_changed = True
             self.version += 1
 
-    def _set_frozen(self, spec) -> None:
-        """Mark the layer groups a freeze spec freezes; uses the core's resolver on a map rebuilt from `layers`."""
+    def _frozen_by(self, e: ControlApplied) -> list[str] | None:
+        """The groups an applied `freeze` leaves frozen, in layer-map order (None: not a freeze, or unknown)."""
+        if not (e.ok and e.command == "freeze") or not self.layers:
+            return None
+        frozen = self._resolve(e.args.get("spec"))
+        return None if frozen is None else [x["group"] for x in self.layers if x["group"] in frozen]
+
+    def _resolve(self, spec) -> set[str] | None:
+        """A freeze spec resolved by the core's resolver on a map rebuilt from `layers`."""
         from ..core.freezing import LayerGroup, LayerMap, resolve_freeze
 
         lm = LayerMap([LayerGroup(x["group"], x["kind"], num_params=x["params"]) for x in self.layers], None)
         try:
-            frozen = resolve_freeze(spec, lm)
+            return resolve_freeze(spec, lm)
         except Exception:  # noqa: BLE001 - the engine accepted it; a display must not fail on it
+            return None
+
+    def _set_frozen(self, spec) -> None:
+        """Mark the layer groups a freeze spec freezes."""
+        frozen = self._resolve(spec)
+        if frozen is None:
             return
         for x in self.layers:
             x["trainable"] = x["group"] not in frozen
@@ -333,19 +356,72 @@ def source_label(source: str) -> str:
     return "CLI" if who == "cli" else _SOURCES.get(who, who)
 
 
-def _command_label(e: ControlApplied) -> str:
+def change_label(e: ControlApplied, frozen_before: list[str] | None = None, frozen_after: list[str] | None = None):
+    """What a live change did, from -> to: "lr 1e-4 → 5e-5", "frozen embeddings → embeddings, blocks.0–3".
+    The value before comes with the acknowledgement (`ControlApplied.previous`); a record written before it existed
+    says only the new value ("lr → 5e-5"). `frozen_before` / `frozen_after`: the panel's own view of a freeze."""
     if e.command == "set":
-        return ", ".join(f"{k}={_short(v)}" for k, v in (e.args or {}).items()) or "set"
+        prev = e.previous or {}
+        parts = [f"{k} {_pair(prev[k], v)}" if k in prev else f"{k} → {_short(v)}" for k, v in (e.args or {}).items()]
+        return "; ".join(parts) or "set"
     if e.command == "freeze":
-        spec = e.args.get("spec")
-        if e.source == "schedule":
-            return "unfreeze"
-        return f"freeze {spec if not isinstance(spec, list) else ','.join(map(str, spec)) or 'none'}"
+        before = e.previous.get("spec") if isinstance(e.previous, dict) and "spec" in e.previous else frozen_before
+        after = frozen_after
+        if after is None:
+            spec = e.args.get("spec")
+            after = spec if isinstance(spec, list) else None
+        what = "unfreeze" if e.source == "schedule" else "frozen"
+        if after is None:
+            return f"freeze {e.args.get('spec')}"
+        return f"{what} {group_span(before) if before is not None else '?'} → {group_span(after)}"
     return e.command
 
 
+def group_span(groups, limit: int = 48) -> str:
+    """Layer groups as people read them: runs of numbered blocks joined ("embeddings, blocks.0–3, head"), "none"
+    for no group, a count past `limit` characters."""
+    groups = [str(g) for g in groups or []]
+    if not groups:
+        return "none"
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        stem, _, num = groups[i].rpartition(".")
+        j = i
+        if stem and num.isdigit():
+            while j + 1 < len(groups) and groups[j + 1] == f"{stem}.{int(num) + (j + 1 - i)}":
+                j += 1
+        out.append(groups[i] if j == i else f"{groups[i]}–{groups[j].rpartition('.')[2]}")
+        i = j + 1
+    text = ", ".join(out)
+    return text if len(text) <= limit else f"{len(groups)} groups"
+
+
+def fmt_count(n) -> str:
+    """A parameter count in engineering units: 2.0M, 350.0k, 1.2B, 800."""
+    n = int(n or 0)
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(n)
+
+
 def _short(v) -> str:
-    return fmt_value(v)
+    return "off" if v is None else fmt_value(v)
+
+
+def _pair(before, after) -> str:
+    """Both sides in the same notation: "1e-3 → 5e-4", never "0.001 → 5e-4"."""
+    a, b = _short(before), _short(after)
+    nums = [v for v in (before, after) if isinstance(v, float) and math.isfinite(v) and v != 0]
+    if len(nums) == 2 and ("e" in a) != ("e" in b):
+        a, b = (_sci(v) for v in nums)
+    return f"{a} → {b}"
+
+
+def _sci(v: float) -> str:
+    mant, exp = f"{v:.2e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def fmt_value(v) -> str:

@@ -15,7 +15,15 @@ from typing import Any
 
 from .state import fmt_duration, fmt_value
 
-__all__ = ["eval_table_html", "summary_html", "summary_text", "fmt_metric", "metric_label", "STATE_COLOURS"]
+__all__ = [
+    "eval_table_html",
+    "extras_table_html",
+    "summary_html",
+    "summary_text",
+    "fmt_metric",
+    "metric_label",
+    "STATE_COLOURS",
+]
 
 STATE_COLOURS = {  # colour-blind-safe (Okabe-Ito): blue running, bluish green finished, vermillion failed
     "queued": "#6b7b8c",
@@ -86,6 +94,53 @@ def eval_table_html(rows: list[dict[str, Any]], *, max_rows: int = 200) -> str:
         f'font-variant-numeric:tabular-nums;margin:4px 0">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
     )
+
+
+def extras_table_html(entry: dict[str, Any], *, max_rows: int = 20, max_chars: int = 600) -> str:
+    """A task's "table" extras entry ({columns, rows}: a causal LM's prompt / first / latest generations) as an HTML
+    table; cells escaped, kept as written (line breaks too), cut at `max_chars`."""
+    cols = [str(c) for c in entry.get("columns") or []]
+    rows = [r for r in entry.get("rows") or [] if isinstance(r, (list, tuple))]
+    if not cols:
+        return ""
+
+    def cell(v) -> str:
+        text = "" if v is None else str(v)
+        return html.escape(text if len(text) <= max_chars else text[: max_chars - 1] + "…")
+
+    td = f'style="text-align:left;vertical-align:top;padding:2px 8px;white-space:pre-wrap;border-bottom:1px solid {_BORDER}"'
+    head = "".join(
+        f'<th style="text-align:left;padding:2px 8px;border-bottom:1px solid {_BORDER};font-weight:600">'
+        f"{html.escape(c)}</th>"
+        for c in cols
+    )
+    body = "".join(
+        '<tr class="nbft-table-row">'
+        + "".join(f"<td {td}>{cell(r[i] if i < len(r) else '')}</td>" for i in range(len(cols)))
+        + "</tr>"
+        for r in rows[:max_rows]
+    )
+    more = (
+        f'<div style="color:{_MUTED};font-size:11px">{len(rows) - max_rows} more rows not shown</div>'
+        if len(rows) > max_rows
+        else ""
+    )
+    return (
+        f'<table class="nb-finetune-table" style="border-collapse:collapse;font-size:12px;color:{_FG};margin:4px 0;'
+        f'width:100%">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+    )
+
+
+def _extras_tables(extras: dict[str, Any] | None) -> str:
+    """The task's tables of the last evaluation (generations), each under its title."""
+    out = []
+    for name, entry in (extras or {}).items():
+        if isinstance(entry, dict) and entry.get("kind") == "table":
+            title = html.escape(str(entry.get("title") or name))
+            out.append(f'<div style="font-size:12px;font-weight:600;margin-top:6px">{title}</div>')
+            out.append(extras_table_html(entry))
+    return "".join(out)
 
 
 def _model_name(model: str) -> str:
@@ -188,5 +243,5 @@ def summary_html(name: str, s: dict[str, Any], *, run_dir: str = "") -> str:
         f'<div style="font-size:12px;margin-top:2px">{html.escape(" · ".join(_facts(s)))}'
         f"{' · ' + where if where else ''}</div>"
         f"{metric_div}{error}"
-        f"{eval_table_html(s.get('eval_rows') or [])}</div>"
+        f"{eval_table_html(s.get('eval_rows') or [])}{_extras_tables(s.get('extras'))}</div>"
     )

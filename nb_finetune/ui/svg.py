@@ -3,7 +3,7 @@
 It is the part of a run's final output that shows everywhere: GitHub, nbviewer, untrusted notebooks, a
 reopened notebook without the kernel. Series are thinned to at most `MAX_POINTS` points per line. The task's
 figures of the last evaluation (`EvalEnded.extras`: a confusion matrix, F1 per entity type) follow the curves,
-two per row.
+two per row; its tables (a causal LM's generations) come last, across the whole width.
 """
 
 from __future__ import annotations
@@ -253,6 +253,44 @@ def _bars(x0, y0, w, h, entry) -> list[str]:
     return out
 
 
+TABLE_ROWS = 12  # rows of a task's table in the snapshot (the HTML summary shows more)
+
+
+def _table_height(entry) -> int:
+    return 24 + 16 * (1 + min(TABLE_ROWS, len(entry.get("rows") or []))) + 8
+
+
+def _table(x0, y0, w, entry) -> list[str]:
+    """A task's "table" entry (generations: prompt / first / latest) as rows of text, one column per field; a cell
+    too long for its column is cut with "…" and keeps its whole text as the hover title."""
+    cols = [str(c) for c in entry.get("columns") or []]
+    rows = [r for r in entry.get("rows") or [] if isinstance(r, (list, tuple))][:TABLE_ROWS]
+    out = [f'<g transform="translate({x0},{y0})">']
+    out.append(f'<text x="8" y="14" font-size="12" fill="#333">{html.escape(str(entry.get("title") or ""))}</text>')
+    if not cols:
+        out.append("</g>")
+        return out
+    left, top = 8, 24
+    col_w = (w - 2 * left) / len(cols)
+    chars = max(4, int(col_w / 5.6))  # 9px sans-serif: about 5.6px a character
+    out.append(f'<line x1="{left}" x2="{w - left}" y1="{top + 8}" y2="{top + 8}" stroke="#ddd"/>')
+    for j, c in enumerate(cols):
+        out.append(
+            f'<text x="{left + j * col_w:.1f}" y="{top + 4}" font-size="9" font-weight="bold" fill="#444">'
+            f"{html.escape(_short(c, chars))}</text>"
+        )
+    for i, r in enumerate(rows):
+        y = top + 4 + 16 * (i + 1)
+        for j in range(len(cols)):
+            text = " ".join(str(r[j] if j < len(r) else "").split())  # one line: line breaks read as spaces
+            out.append(
+                f'<text x="{left + j * col_w:.1f}" y="{y}" font-size="9" fill="#333">'
+                f"<title>{html.escape(text)}</title>{html.escape(_short(text, chars))}</text>"
+            )
+    out.append("</g>")
+    return out
+
+
 def _extras_height(entry) -> int:
     if entry.get("kind") == "matrix":
         n = max(len(entry.get("rows") or []), len(entry.get("cols") or []), 1)
@@ -280,7 +318,8 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
     ]
     rows = [extras[i : i + 2] for i in range(0, len(extras), 2)]
     row_heights = [max(_extras_height(x) for x in r) for r in rows]
-    total = 2 * h + head + sum(row_heights)
+    tables = [x for x in (series.get("extras") or {}).values() if isinstance(x, dict) and x.get("kind") == "table"]
+    total = 2 * h + head + sum(row_heights) + sum(_table_height(t) for t in tables)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{total}" '
         f'viewBox="0 0 {2 * w} {total}" font-family="sans-serif">',
@@ -325,5 +364,8 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
             draw = _matrix if entry["kind"] == "matrix" else _bars
             parts += draw(i * w, y, w, rh, entry)
         y += rh
+    for entry in tables:  # the full width: a causal LM's generations read across
+        parts += _table(0, y, 2 * w, entry)
+        y += _table_height(entry)
     parts.append("</svg>")
     return "".join(parts)

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 RENDERERS = ("auto", "widget", "display", "static")
+FRAME = "border:1px solid var(--jp-border-color2, #e0e0e0);padding:6px"  # the panel box's frame (panel.py)
 RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again at most this often
 CATCH_UP_S = (3.0, 12.0)  # after a new view asked for the state: re-render the views this long after the request
 
@@ -95,8 +96,9 @@ def _embed_json(item: str, eid: str, fallback: str = "") -> str:
         f'<div class="nb-finetune-plots" id="{eid}"></div>{fallback_div}'
         "<script>(function(){var item=" + item + ";var n=0;function go(){"
         "if(window.Bokeh&&window.Bokeh.embed&&window.Bokeh.embed.embed_item){"
-        f"var s=document.getElementById('{eid}-static');if(s)s.style.display='none';"
-        "window.Bokeh.embed.embed_item(item);}"
+        f"var s=document.getElementById('{eid}-static');"
+        # the SVG goes only once the figures are drawn (a model BokehJS lacks would otherwise leave nothing)
+        "Promise.resolve(window.Bokeh.embed.embed_item(item)).then(function(){if(s)s.style.display='none';});}"
         "else if(n++<40){setTimeout(go,100);}}go();})();</script>"
     )
 
@@ -112,7 +114,9 @@ def final_bundle(
     svg = run_svg(plots.series(), title=title, state=state, note=note)
     with plots.lock:
         body = _embed_html(plots.root, fallback=svg)
-    return {"text/html": summary + body, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
+    # framed as the live panel is (its border and padding): the plots keep their width when the run ends
+    html = f'<div class="nb-finetune-final" style="{FRAME}">{summary}{body}</div>'
+    return {"text/html": html, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
 
 
 class _Base:

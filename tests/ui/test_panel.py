@@ -121,8 +121,9 @@ def test_lr_slider_changes_the_optimizer_at_the_next_step(long_run, displays):
     panel = shown(long_run)
     until(lambda: long_run.step > 3, what="training")
     frontend_sets(panel.hparams["lr"], 1e-4)
-    until(lambda: any(x.startswith("lr=") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
+    until(lambda: any(x.startswith("lr ") for x in panel.plots.series()["markers"]["label"]), what="lr marker")
     assert panel.plots.series()["markers"]["source"][-1] == "panel"  # who changed it (not "api")
+    assert panel.plots.series()["markers"]["label"][-1] == "lr 1e-3 → 1e-4"  # from -> to
     step_at_change = long_run.step
     until(lambda: long_run.step > step_at_change + 2)
     # the lr the optimizer used (StepEnded reads optimizer.param_groups) is the new one, scheduler constant
@@ -397,7 +398,7 @@ def test_changes_say_who_made_them():
     st = PanelState("who")
     st.on_event(ControlApplied(step=3, command="set", args={"lr": 7.079457843841373e-05}, seq=1, source="file:cli"))
     (change,) = st.snapshot()["changes"]
-    assert change["source"] == "CLI" and change["label"] == "lr=7.08e-5"
+    assert change["source"] == "CLI" and change["label"] == "lr → 7.08e-5"  # rounded for people
 
 
 def test_a_slider_dragged_across_five_values_sends_one_change(long_run, displays):
@@ -407,7 +408,7 @@ def test_a_slider_dragged_across_five_values_sends_one_change(long_run, displays
     until(lambda: long_run.step > 2, what="training")
     for v in (2e-4, 3e-4, 4e-4, 5e-4, 6e-4):
         frontend_sets(panel.hparams["lr"], v)
-    until(lambda: any(c["label"].startswith("lr=") for c in panel.state.snapshot()["changes"]), what="the change")
+    until(lambda: any(c["label"].startswith("lr ") for c in panel.state.snapshot()["changes"]), what="the change")
     time.sleep(1.0)  # nothing else is on its way
     sets = [r for r in long_run.run_dir.read_metrics() if r.get("event") == "ControlApplied" and r["command"] == "set"]
     assert [r["args"] for r in sets] == [{"lr": 6e-4}]
