@@ -20,7 +20,7 @@ from ..core.config import FinetuneConfig, check_live_value, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, LAYER_W, TRAINABLE, PlotSet, layer_bar
 from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics
-from .summary import STATE_COLOURS, eval_table_html, metric_label, summary_html, summary_text
+from .summary import STATE_COLOURS, eval_table_html, extras_tables_html, metric_label, summary_html, summary_text
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
@@ -265,6 +265,9 @@ class Panel:
         self.eval_table = W.HTML(layout=W.Layout(width="100%", max_height="260px", overflow="auto"))
         self.eval_table.add_class("nb-finetune-eval-table")
         self._eval_rows_seen = -1
+        # the task's tables (a causal LM's generations): HTML, as BokehJS's core bundle has no table or Div model
+        self.task_tables = W.HTML(layout=W.Layout(width="100%", max_height="320px", overflow="auto"))
+        self.task_tables.add_class("nb-finetune-task-tables")
         self.box = W.VBox(
             [
                 self.header,
@@ -274,6 +277,7 @@ class Panel:
                 self.note,
                 *([plots_widget] if plots_widget else []),
                 self.eval_table,
+                self.task_tables,
             ],
             layout=W.Layout(width="100%", border="1px solid var(--jp-border-color2, #e0e0e0)", padding="6px"),
         )  # the final output has the same frame (transport.FRAME)
@@ -441,6 +445,9 @@ class Panel:
                 if rows
                 else ""
             )
+        tables = extras_tables_html(snap.get("extras"))
+        if tables != self.task_tables.value:
+            self.task_tables.value = tables
         if self.run.started and self.start_btn.layout.display != "none":
             self.start_btn.layout.display = "none"
         self.renders += 1
@@ -484,7 +491,8 @@ class Panel:
         if any(getattr(m, "state_requests", 0) for m in models):
             self.transport.finalize(bundle, keep_live=True)
             return
-        self.eval_table.layout.display = "none"  # the summary above the final plots carries the table
+        self.eval_table.layout.display = "none"  # the summary above the final plots carries the tables
+        self.task_tables.layout.display = "none"
         if self.layers_model is not None:
             self.layers_model.layout.display = "none"
             # the same width as the live map: the three columns stay three columns

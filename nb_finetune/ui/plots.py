@@ -7,7 +7,6 @@ never gets here.
 
 from __future__ import annotations
 
-import html
 import math
 import threading
 from typing import Any
@@ -17,7 +16,6 @@ from bokeh.layouts import column, gridplot, row
 from bokeh.models import (
     ColumnDataSource,
     DataRange1d,
-    Div,
     FactorRange,
     HoverTool,
     Label,
@@ -29,7 +27,6 @@ from bokeh.models import (
 from bokeh.plotting import figure
 
 from .state import Points, fmt_count, group_span
-from .summary import extras_table_html
 from .svg import cell_colour, fmt_cell
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
@@ -244,7 +241,8 @@ class PlotSet:
             HoverTool(renderers=[base], tooltips=[("step", "@step"), ("lr", "@lr{0.000e0}")], mode="vline")
         )
         # a legend entry (no glyphs) naming the frozen groups: they get no learning rate while frozen
-        self.lr_frozen_line = self.lr.line(x=[], y=[], color=FROZEN, line_width=2, line_dash="dotted")
+        # (one NaN point: BokehJS draws no legend glyph for a renderer without rows, and a NaN has no bounds)
+        self.lr_frozen_line = self.lr.line(x=[math.nan], y=[math.nan], color=FROZEN, line_width=2, line_dash="dotted")
         self.lr_frozen_line.visible = False
         legend_above(self.lr)
         self.lr_groups: list[str] = []
@@ -308,6 +306,8 @@ class PlotSet:
         )
         self.layers.title.text_font_size = "11pt"
         self.layers.title.text_font_style = "normal"
+        self.layers.xaxis.axis_label_text_font_style = "normal"
+        self.layers.xaxis.axis_label_text_font_size = "9pt"
         theme_neutral(self.layers)
         self.layers.xaxis.major_label_text_font_size = "0pt"  # a square-root axis has no readable ticks: the bars
         self.layers.xaxis.major_tick_line_color = self.layers.xaxis.minor_tick_line_color = None  # carry the counts
@@ -535,8 +535,7 @@ class PlotSet:
         with self.lock:
             for name, entry in extras.items():
                 kind = entry.get("kind") if isinstance(entry, dict) else None
-                if kind == "table":  # generations of a causal LM: prompt / first / latest
-                    self._draw_table(name, entry)
+                if kind == "table":  # generations of a causal LM: HTML beside the plots (panel.py), no Bokeh model
                     self.extras[name] = json_copy(entry)
                     continue
                 if kind not in ("matrix", "bars"):
@@ -550,25 +549,6 @@ class PlotSet:
                 else:
                     self._draw_bars(fig, src, entry)
                 self.extras[name] = json_copy(entry)
-
-    def _draw_table(self, name: str, entry: dict[str, Any]) -> None:
-        """A "table" extras entry ({columns: [...], rows: [[...], ...]}) as HTML in a Bokeh `Div`, updated in place
-        (a `DataTable` needs BokehJS's tables bundle, which the panel does not load: its model would not build)."""
-        text = f'<div style="font-size:12px;color:{INK}">{html.escape(str(entry.get("title") or name))}</div>'
-        text += extras_table_html(entry)
-        have = self.extra_figs.get(name)
-        if have is not None and have[0] == "table":
-            if have[1].text != text:
-                have[1].text = text
-                self.structure += 1  # a Div's text is no column: the display transport serialises it again
-            return
-        box = Div(text=text, sizing_mode="stretch_width", min_width=MIN_W, max_width=2 * MAX_W)
-        self.extra_figs[name] = ("table", box, None)
-        children = [c for c in self.extras_row.children if have is None or c is not have[1]]
-        self.extras_row.children = [*children, box]
-        if self.extras_row not in self.root.children:
-            self.root.children = [*self.root.children, self.extras_row]
-        self.structure += 1
 
     def _add_extra_figure(self, name: str, kind: str, entry: dict[str, Any]) -> None:
         title = str(entry.get("title") or name)
@@ -692,7 +672,7 @@ class PlotSet:
             self.speed_src,
             self.layer_src,
             *self.anchors.values(),
-            *(src for _, _, src in self.extra_figs.values() if src is not None),
+            *(src for _, _, src in self.extra_figs.values()),
         ]
 
     # ------------------------------------------------------------------ snapshots

@@ -18,6 +18,7 @@ from .state import fmt_duration, fmt_value
 __all__ = [
     "eval_table_html",
     "extras_table_html",
+    "extras_tables_html",
     "summary_html",
     "summary_text",
     "fmt_metric",
@@ -132,7 +133,7 @@ def extras_table_html(entry: dict[str, Any], *, max_rows: int = 20, max_chars: i
     )
 
 
-def _extras_tables(extras: dict[str, Any] | None) -> str:
+def extras_tables_html(extras: dict[str, Any] | None) -> str:
     """The task's tables of the last evaluation (generations), each under its title."""
     out = []
     for name, entry in (extras or {}).items():
@@ -243,5 +244,5 @@ def summary_html(name: str, s: dict[str, Any], *, run_dir: str = "") -> str:
         f'<div style="font-size:12px;margin-top:2px">{html.escape(" · ".join(_facts(s)))}'
         f"{' · ' + where if where else ''}</div>"
         f"{metric_div}{error}"
-        f"{eval_table_html(s.get('eval_rows') or [])}{_extras_tables(s.get('extras'))}</div>"
+        f"{eval_table_html(s.get('eval_rows') or [])}{extras_tables_html(s.get('extras'))}</div>"
     )

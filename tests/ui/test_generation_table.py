@@ -1,5 +1,5 @@
-"""A causal LM's `generations` extra (kind "table"): a small prompt / first / latest table in the panel, updated in
-place at each evaluation, and in what a finished run leaves behind (the SVG snapshot and the HTML summary), as the
+"""A causal LM's `generations` extra (kind "table"): a small prompt / first / latest table in the panel (HTML under
+the plots), updated in place at each evaluation, and in what a finished run leaves behind (the SVG snapshot and the HTML summary), as the
 confusion matrix is for classification."""
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import pytest
 
 pytest.importorskip("bokeh")
 
-from bokeh.models import Div  # noqa: E402
+pytest.importorskip("ipywidgets")
 
+from nb_finetune import finetune  # noqa: E402
+from nb_finetune.core.events import EvalEnded  # noqa: E402
+from nb_finetune.ui.panel import Panel  # noqa: E402
 from nb_finetune.ui.plots import PlotSet  # noqa: E402
 from nb_finetune.ui.summary import summary_html  # noqa: E402
 from nb_finetune.ui.svg import run_svg  # noqa: E402
@@ -26,21 +29,29 @@ def table(latest: str):
     }
 
 
-def test_generation_table_is_drawn_and_updated():
-    """Control: a second evaluation replaces the text of the same table (no second table is added). The table is
-    HTML in a Div: a Bokeh DataTable needs the tables bundle of BokehJS, which the panel does not load."""
+def test_generation_table_is_html_in_the_panel_and_updated(tiny_config):
+    """Control: a Bokeh DataTable (and a Div) in the plots: BokehJS's core bundle, the only one the panel loads, has
+    neither model, so the browser refused the whole document ("could not resolve type 'Div'") and every plot went
+    blank at the first evaluation of a causal LM. Now the table is the panel's HTML, updated at each evaluation."""
     plots = PlotSet()
     plots.set_extras({"generations": table("Eight.")})
-    kind, box, _ = plots.extra_figs["generations"]
-    assert kind == "table" and isinstance(box, Div)
-    assert "What is 4 &lt;b&gt;plus&lt;/b&gt; 4?" in box.text and "<b>plus" not in box.text  # escaped
-    assert box in plots.extras_row.children
-    before = plots.structure
-    plots.set_extras({"generations": table("ANSWER: 8 | CONFIDENCE: high")})
-    assert plots.extra_figs["generations"][1] is box and len(plots.extras_row.children) == 1
-    assert "ANSWER: 8 | CONFIDENCE: high" in box.text and plots.structure > before
-    assert plots.extras["generations"]["rows"][0][2].startswith("ANSWER")
-    assert not any(m.__class__.__name__ == "DataTable" for m in plots.root.references())
+    assert plots.extras["generations"]["rows"][0][2] == "Eight."  # kept for the snapshot
+    assert plots.extras_row.children == [] and plots.root.children == [plots.grid]  # no Bokeh model for it
+    assert not any(type(m).__name__ in ("DataTable", "Div") for m in plots.root.references())
+    run = finetune({**tiny_config, "name": "gens"}, start=False)
+    panel = Panel(run, renderer="static")
+    panel.state.on_event(
+        EvalEnded(step=4, epoch=0.5, metrics={"eval_loss": 1.0}, extras={"generations": table("Eight.")})
+    )
+    panel._render_text(force=True)
+    shown = panel.task_tables.value
+    assert "Generations" in shown and "What is 4 &lt;b&gt;plus&lt;/b&gt; 4?" in shown and "<b>plus" not in shown
+    assert shown.count('class="nbft-table-row"') == 1
+    later = table("ANSWER: 8 | CONFIDENCE: high")
+    panel.state.on_event(EvalEnded(step=8, epoch=1.0, metrics={"eval_loss": 0.5}, extras={"generations": later}))
+    panel._render_text(force=True)
+    # the latest column moved on, the first one stays
+    assert "ANSWER: 8 | CONFIDENCE: high" in panel.task_tables.value and panel.task_tables.value.count("Eight.") == 1
 
 
 def test_generations_are_in_the_svg_snapshot_and_the_html_summary():
