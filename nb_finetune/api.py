@@ -910,19 +910,11 @@ def _dry_run(cfg: FinetuneConfig, task) -> DryRunReport:
     total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * spe)
     dev_type = device_type(cfg.device)
     precision = resolve_precision(cfg.precision.value, dev_type)
-    hc = task.hf_config
-    hidden = getattr(hc, "hidden_size", 0) or 0
-    heads = getattr(hc, "num_attention_heads", 0) or 0
-    seq = task.max_length or 0
-    trained_blocks = sum(1 for g in lm.groups if g.kind == "block" and g.name not in frozen)
-    act_bytes = 2 if precision in ("bf16", "fp16") else 4
-    # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
-    per_block = cfg.batch_size * seq * hidden * 17 * act_bytes + cfg.batch_size * heads * seq**2 * 2.5 * act_bytes
     mem = {
         "weights": total * 4,
         "gradients": trainable * 4,
         "optimizer": trainable * 8,
-        "activations": int(per_block * trained_blocks),
+        "activations": task.activation_bytes(model, lm, frozen, cfg.batch_size, precision),
     }
     mem["total"] = sum(mem.values())
     cuda_index = int(cfg.device.split(":")[1]) if cfg.device.startswith("cuda:") else 0

@@ -157,20 +157,16 @@ class BatchChoice:
         )
 
 
-def estimate_bytes(task, cfg, layer_map, frozen: set[str], batch: int, total_params: int, trainable: int) -> int:
-    """The dry run's estimate for one micro-batch of `batch`: weights, gradients, AdamW state, activations."""
+def estimate_bytes(
+    task, cfg, layer_map, frozen: set[str], batch: int, total_params: int, trainable: int, model=None
+) -> int:
+    """The dry run's estimate for one micro-batch of `batch`: weights, gradients, AdamW state, activations (the
+    task's `activation_bytes`)."""
     from .train.device import device_type, resolve_precision
 
     precision = resolve_precision(cfg.precision.value, device_type())
-    hc = task.hf_config
-    hidden = getattr(hc, "hidden_size", 0) or 0
-    heads = getattr(hc, "num_attention_heads", 0) or 0
-    seq = task.max_length or 0
-    trained_blocks = sum(1 for g in layer_map.groups if g.kind == "block" and g.name not in frozen)
-    act = 2 if precision in ("bf16", "fp16") else 4
-    # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
-    per_block = batch * seq * hidden * 17 * act + batch * heads * seq**2 * 2.5 * act
-    return int(total_params * 4 + trainable * 12 + per_block * trained_blocks)
+    activations = task.activation_bytes(model, layer_map, frozen, batch, precision)
+    return int(total_params * 4 + trainable * 12 + activations)
 
 
 def memory_budget(cfg) -> tuple[int, str]:
@@ -230,15 +226,15 @@ def resolve_batch_size(
     if method == "estimate":
         budget, why = memory_budget(cfg)
         b = start
-        while b >= 1 and estimate_bytes(task, cfg, layer_map, frozen, b, total, trainable) > budget:
+        while b >= 1 and estimate_bytes(task, cfg, layer_map, frozen, b, total, trainable, model) > budget:
             b //= 2
         if b < 1:
-            need = estimate_bytes(task, cfg, layer_map, frozen, 1, total, trainable)
+            need = estimate_bytes(task, cfg, layer_map, frozen, 1, total, trainable, model)
             raise FinetuneError(
                 f"batch_size: auto: even one example needs ~{need / 2**30:.2f} GiB, more than {why}. Raise "
                 "max_memory_gb, lower max_length, or freeze more layers (freeze: bottom N)"
             )
-        est = estimate_bytes(task, cfg, layer_map, frozen, b, total, trainable)
+        est = estimate_bytes(task, cfg, layer_map, frozen, b, total, trainable, model)
         bs, ga = _fits(target, b)
         return BatchChoice(bs, ga, "estimate", f"estimate {est / 2**30:.2f} GiB at {b} within {why}")
     fit = probe_batch_size(task, model, train_data, trainable, start, dev)

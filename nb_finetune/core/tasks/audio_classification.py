@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError, ModelError
-from .. import data as D
 from . import common as C
 from .audio_data import audio_values, decode_audio_column, read_audio, resample
 from .base import Capabilities, Examples, Task, register
-from .image_classification import _base_dirs, _encode_labels, _label_col
-from .media import BadFiles, find_media_column, media_kind
+from .media import ActivationEstimate, BadFiles, find_media_column, media_kind, media_preflight, split_labels
 from .text_classification import ClassificationMetric
 from .vision_models import image_layer_map
 
@@ -51,6 +49,7 @@ class AudioClassification(Task):
         self.counts: dict[str, int] = {"resampled": 0, "cropped": 0}
         self._decoded: dict[str, tuple[list, list | None]] = {}
         self._base_dirs: list[Path] = []
+        self._activations = ActivationEstimate()
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:
@@ -90,16 +89,7 @@ class AudioClassification(Task):
                 ) from None
         self.extractor = _feature_extractor(cfg.tokenizer or self.model_id, self.hf_config, cfg.trust_remote_code)
         self.rate = int(getattr(self.extractor, "sampling_rate", 16000) or 16000)
-        train, eval_ = C.load_splits(cfg, self._train_source)
-        self.audio_col = find_media_column(train, cfg.data.audio, "audio", "train")
-        self.label_col = _label_col(train, cfg, self.audio_col)
-        if eval_ is not None:
-            find_media_column(eval_, self.audio_col, "audio", "eval")
-        self._full_train = train
-        self.train, self.eval = C.holdout(cfg, train, eval_)
-        user_eval = self.eval if cfg.data.eval is not None else None
-        self.label_names, self.label_map = D.infer_labels(train, user_eval, self.label_col, cfg.labels)
-        self._base_dirs = _base_dirs(cfg)
+        self.audio_col = media_preflight(self, "audio")
         self._decoded = {}
         self._decode("train", self.train)
         if self.eval is not None:
@@ -124,8 +114,7 @@ class AudioClassification(Task):
         if len(kept) != len(ds):
             ds = ds.select(kept)
             setattr(self, "train" if role == "train" else "eval", ds)
-        labels = _encode_labels(ds, self, role) if self.label_col in ds.column_names else None
-        self._decoded[role] = (clips, labels)
+        self._decoded[role] = (clips, split_labels(self, ds, role))
 
     def describe(self) -> list[str]:
         lines = super().describe()
@@ -169,6 +158,27 @@ class AudioClassification(Task):
     def layer_map(self, model):
         return image_layer_map(model)
 
+    def activation_bytes(self, model, layer_map, frozen: set[str], batch: int, precision: str) -> int:
+        """What autograd keeps per clip as long as the longest training clip (at most `max_duration`) at the
+        extractor's rate, its features as the collator makes them (traced on the meta device), times the batch."""
+        import torch
+
+        samples = self.longest_samples()
+
+        def inputs():
+            feats = self.collator().features([np.zeros(samples, dtype=np.float32)] * 2)
+            return {**feats, "labels": torch.zeros(2, dtype=torch.long)}
+
+        stride = int(np.prod(getattr(self.hf_config, "conv_stride", None) or [320]))
+        return self._activations(model, layer_map, frozen, batch, precision, inputs, samples // stride, self.hf_config)
+
+    def longest_samples(self) -> int:
+        """Samples of the longest clip a training batch can hold (clips are cropped or dropped at `max_duration`)."""
+        clips = self._decoded.get("train", ([], None))[0]
+        if clips:
+            return max(len(c) for c in clips)
+        return int((self.cfg.max_duration or 1.0) * self.rate)
+
     def build_data(self) -> tuple[Examples, Examples | None]:
         self.bad.log("audio")
         tr = self._decoded["train"]
@@ -190,13 +200,23 @@ class AudioClassification(Task):
         )
         if len(kept) != len(ds):
             ds = ds.select(kept)
-        labels = _encode_labels(ds, self, role) if self.label_col in ds.column_names else None
-        return _examples(clips, labels)
+        return _examples(clips, split_labels(self, ds, role))
 
     def load_eval(self, src):
         ds = super().load_eval(src)
         find_media_column(ds, self.audio_col if self.audio_col in ds.column_names else None, "audio", "eval")
         return ds
+
+    def forward(self, model, batch: dict[str, Any]):
+        """The model's loss. wav2vec2 and HuBERT draw their SpecAugment masks from numpy's global RNG, which no
+        seed of the run's and no checkpoint holds: it is seeded from the run's torch stream (which both hold) before
+        each training forward, so the same seed draws the same masks, and a resumed run those it would have drawn."""
+        if model.training:
+            import torch
+
+            np.random.seed(int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64)))
+        out = model(**batch)
+        return out.loss, out
 
     def collator(self):
         return AudioCollator(self.extractor, self.rate)

@@ -176,6 +176,20 @@ class Task(ABC):
     def num_eval(self) -> int:
         return len(self.eval) if self.eval is not None else 0
 
+    def activation_bytes(self, model, layer_map, frozen: set[str], batch: int, precision: str) -> int:
+        """Bytes of activations one training micro-batch of `batch` examples keeps for its backward pass: the dry
+        run's memory estimate and `batch_size: auto` on a CPU. Default: transformer blocks over `max_length` tokens,
+        trained blocks only (a frozen block keeps nothing for the backward pass)."""
+        hc = self.hf_config
+        hidden = getattr(hc, "hidden_size", 0) or 0
+        heads = getattr(hc, "num_attention_heads", 0) or 0
+        seq = self.max_length or 0
+        trained_blocks = sum(1 for g in layer_map.groups if g.kind == "block" and g.name not in frozen)
+        act = 2 if precision in ("bf16", "fp16") else 4
+        # per trained block: ~17 hidden-sized tensors per token plus attention scores (Korthikanti et al. 2022)
+        per_block = batch * seq * hidden * 17 * act + batch * heads * seq**2 * 2.5 * act
+        return int(per_block * trained_blocks)
+
     # ------------------------------------------------------------ worker thread
     @abstractmethod
     def build_model(self, *, meta: bool = False):

@@ -2,8 +2,9 @@
 or any `torch.nn.Module` (its classifier replaced); accuracy, top-5 accuracy, macro-F1 and the confusion matrix.
 
 Data: a folder with one sub-folder per class, a CSV / DataFrame with an image-path column, a `datasets.Dataset` with
-an `Image` feature, a list of PIL images, or `(X, y)` arrays (N, H, W[, C]). Images are decoded once before the run
-(vision_data.py); `augment:` applies to training images in the DataLoader workers.
+an `Image` feature, a list of PIL images, or `(X, y)` arrays (N, H, W[, C]). Pre-flight checks image files without
+decoding them; each is decoded when its example is read, in the DataLoader workers (vision_data.py), and `augment:`
+applies to training images there.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError, DataError, ModelError
-from .. import data as D
 from . import common as C
 from .augment import parse_augment
 from .base import Capabilities, Examples, Task, register
-from .media import BadFiles, find_media_column, media_kind
+from .media import ActivationEstimate, BadFiles, find_media_column, media_kind, media_preflight, split_labels
 from .text_classification import ClassificationMetric
-from .vision_data import ImageExamples, PixelCollator, column_values, decode_column, decode_image, parse_normalize
+from .vision_data import (
+    ImageColumn,
+    ImageExamples,
+    PixelCollator,
+    column_values,
+    decode_image,
+    parse_normalize,
+    prepare_column,
+)
 from .vision_models import (
     ModuleClassifier,
     adapt_channels,
@@ -65,8 +73,10 @@ class ImageClassification(Task):
         self.bad = BadFiles()
         self.head_note = ""
         self.channel_note: str | None = None
-        self._decoded: dict[str, tuple[Any, list[int]]] = {}
+        self._columns: dict[str, tuple[ImageColumn, list[int] | None]] = {}
+        self._examples: list[ImageExamples] = []  # built for the run: their unreadable-file tallies
         self._base_dirs: list[Path] = []
+        self._activations = ActivationEstimate()
 
     @classmethod
     def detect(cls, ds, cfg) -> str | None:
@@ -85,21 +95,12 @@ class ImageClassification(Task):
             prefix_cache=not self.augment, length_grouping=False, throughput_unit="images", mask_4d=False
         )
         self._resolve_model()
-        train, eval_ = C.load_splits(cfg, self._train_source)
-        self.image_col = find_media_column(train, cfg.data.image, "image", "train")
-        self.label_col = _label_col(train, cfg, self.image_col)
-        if eval_ is not None:
-            find_media_column(eval_, self.image_col, "image", "eval")
-        self._full_train = train
-        self.train, self.eval = C.holdout(cfg, train, eval_)
-        user_eval = self.eval if cfg.data.eval is not None else None
-        self.label_names, self.label_map = D.infer_labels(train, user_eval, self.label_col, cfg.labels)
+        self.image_col = media_preflight(self, "image")
         self._resolve_pixels()
-        self._base_dirs = _base_dirs(cfg)
-        self._decoded = {}
-        self._decode("train", self.train)
+        self._columns = {}
+        self.train, self._columns["train"] = self._prepare(self.train, "train", self.bad)
         if self.eval is not None:
-            self._decode("eval", self.eval)
+            self.eval, self._columns["eval"] = self._prepare(self.eval, "eval", self.bad)
         if self.num_train == 0:
             raise DataError("data.train: no readable image is left (every file was skipped)")
 
@@ -165,22 +166,18 @@ class ImageClassification(Task):
         self.channels = int(cfg.channels or self.model_channels)
         self.mean, self.std, self.norm_text = parse_normalize(cfg.normalize, self.channels, default_norm)
 
-    def _decode(self, role: str, ds) -> None:
-        vals = column_values(ds, self.image_col)
+    def _prepare(self, ds, role: str, bad: BadFiles, col: str | None = None):
+        """(ds without its unreadable rows, (ImageColumn, label ids)): files checked, not decoded."""
+        col = col or self.image_col
         err = self.cfg.on_bad_example.value == "error"
-        pixels, kept = decode_column(
-            vals, self.image_size, self.channels, role=role, bad=self.bad, error=err, base_dirs=self._base_dirs
-        )
-        labels = None
-        if self.label_col and self.label_col in ds.column_names:
-            labels = _encode_labels(ds.select(kept) if len(kept) != len(ds) else ds, self, role)
-        self._decoded[role] = (pixels, labels)
+        items, kept = prepare_column(
+            column_values(ds, col), self.image_size, self.channels, role=role, bad=bad, error=err,
+            base_dirs=self._base_dirs,
+        )  # fmt: skip
         if len(kept) != len(ds):
             ds = ds.select(kept)
-            if role == "train":
-                self.train = ds
-            else:
-                self.eval = ds
+        column = ImageColumn(items, kept, self.image_size, self.channels, self._base_dirs, role)
+        return ds, (column, split_labels(self, ds, role))
 
     def describe(self) -> list[str]:
         lines = super().describe()
@@ -198,6 +195,9 @@ class ImageClassification(Task):
         if self.augment:
             lines.append(f"augment (training only): {self.augment.describe()}")
         lines += self.bad.lines("image")
+        late = sum(ex.num_unreadable for ex in self._examples)
+        if late:
+            lines.append(f"skipped {late} more unreadable image file(s) while reading (run.log names them)")
         return lines
 
     def _head_text(self) -> str:
@@ -255,25 +255,32 @@ class ImageClassification(Task):
     def layer_map(self, model):
         return image_layer_map(model)
 
+    def activation_bytes(self, model, layer_map, frozen: set[str], batch: int, precision: str) -> int:
+        """What autograd keeps per image at `image_size` x `channels` (traced on the meta device), times the batch."""
+        import torch
+
+        s, c = self.image_size, self.channels
+
+        def inputs():
+            return {"pixel_values": torch.zeros(2, c, s, s), "labels": torch.zeros(2, dtype=torch.long)}
+
+        patch = getattr(self.hf_config, "patch_size", None)
+        tokens = (s // patch) ** 2 + 1 if isinstance(patch, int) and patch else 0
+        return self._activations(model, layer_map, frozen, batch, precision, inputs, tokens, self.hf_config)
+
     def build_data(self) -> tuple[Examples, Examples | None]:
         self.bad.log("image")
-        tr = self._decoded["train"]
-        train = ImageExamples(tr[0], tr[1], self.augment)
-        ev = self._decoded.get("eval")
-        return train, (ImageExamples(ev[0], ev[1]) if ev is not None else None)
+        err = self.cfg.on_bad_example.value == "error"
+        train = ImageExamples(*self._columns["train"], self.augment, error=err)
+        ev = self._columns.get("eval")
+        evald = ImageExamples(*ev, error=err) if ev is not None else None
+        self._examples = [train, *([evald] if evald is not None else [])]
+        return train, evald
 
     def encode(self, ds, *, role: str = "eval") -> Examples:
         col = find_media_column(ds, self.image_col if self.image_col in ds.column_names else None, "image", role)
-        bad = BadFiles()
-        err = self.cfg.on_bad_example.value == "error"
-        pixels, kept = decode_column(
-            column_values(ds, col), self.image_size, self.channels, role=role, bad=bad, error=err,
-            base_dirs=self._base_dirs,
-        )  # fmt: skip
-        labels = None
-        if self.label_col and self.label_col in ds.column_names:
-            labels = _encode_labels(ds.select(kept) if len(kept) != len(ds) else ds, self, role)
-        return ImageExamples(pixels, labels)
+        _, (column, labels) = self._prepare(ds, role, BadFiles(), col)
+        return ImageExamples(column, labels, error=self.cfg.on_bad_example.value == "error")
 
     def load_eval(self, src):
         ds = super().load_eval(src)
@@ -334,52 +341,6 @@ class ImageClassification(Task):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _label_col(ds, cfg, image_col: str) -> str:
-    cols = [c for c in ds.column_names if c != image_col]
-    if cfg.data.label is not None:
-        if cfg.data.label not in ds.column_names:
-            raise DataError(
-                f"data.label: column '{cfg.data.label}' is not in data.train (columns: {', '.join(ds.column_names)})."
-                f"{D.suggest(cfg.data.label, ds.column_names)}"
-            )
-        return cfg.data.label
-    lower = {c.lower(): c for c in cols}
-    found = next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
-    if found is None and len(cols) == 1:  # the one column beside the images
-        found = cols[0]
-    if found is None:
-        raise DataError(
-            f"data.label: no label column found in data.train (columns: {', '.join(ds.column_names)}); "
-            "name it with `label: <column>` under data:"
-        )
-    return found
-
-
-def _encode_labels(ds, task, role: str) -> list[int]:
-    out = []
-    for row, v in enumerate(ds[task.label_col]):
-        key = v if isinstance(v, str) else int(v) if isinstance(v, (int, np.integer, bool)) or v == int(v) else v
-        try:
-            out.append(task.label_map[key])
-        except (KeyError, TypeError):
-            raise DataError(
-                f"data.label: row {row} of data.{role} has label {v!r}, which is not one of the labels "
-                f"{task.label_names[:20]}"
-            ) from None
-    return out
-
-
-def _base_dirs(cfg) -> list[Path]:
-    """Where relative image paths are looked up: the working directory, then the data files' folders."""
-    dirs = [Path.cwd()]
-    for src in (cfg.data.train, cfg.data.eval):
-        if isinstance(src, (str, Path)):
-            p = Path(str(src).split("[", 1)[0]).expanduser()
-            if p.is_file():
-                dirs.append(p.parent)
-    return dirs
-
-
 def _load_processor(model_id: str):
     try:
         from transformers import AutoImageProcessor

@@ -26,6 +26,12 @@ __all__ = [
     "media_source",
     "media_kind",
     "find_media_column",
+    "label_column",
+    "encode_labels",
+    "base_dirs",
+    "media_preflight",
+    "split_labels",
+    "ActivationEstimate",
     "BadFiles",
 ]
 
@@ -179,6 +185,120 @@ def find_media_column(ds, named: str | None, kind: str, role: str) -> str:
         f"data.{kind}: cannot tell which column of data.{role} holds the {kind}s (columns: {', '.join(cols)}); "
         f"name it with `{kind}: <column>` under data:"
     )
+
+
+def label_column(ds, cfg, media_col: str) -> str:
+    """The label column of `ds`: `data.label` (checked), a usual label name, or the one column beside the media."""
+    from .. import data as D
+
+    cols = [c for c in ds.column_names if c != media_col]
+    if cfg.data.label is not None:
+        if cfg.data.label not in ds.column_names:
+            raise DataError(
+                f"data.label: column '{cfg.data.label}' is not in data.train (columns: {', '.join(ds.column_names)})."
+                f"{D.suggest(cfg.data.label, ds.column_names)}"
+            )
+        return cfg.data.label
+    lower = {c.lower(): c for c in cols}
+    found = next((lower[c] for c in D.LABEL_CANDIDATES if c in lower), None)
+    if found is None and len(cols) == 1:  # the one column beside the media
+        found = cols[0]
+    if found is None:
+        raise DataError(
+            f"data.label: no label column found in data.train (columns: {', '.join(ds.column_names)}); "
+            "name it with `label: <column>` under data:"
+        )
+    return found
+
+
+def encode_labels(values, label_map: dict[Any, int], label_names: list[str], role: str) -> list[int]:
+    """Label ids of a label column's values; a value outside the labels is a DataError naming its row."""
+    out = []
+    for row, v in enumerate(values):
+        key = v if isinstance(v, str) else int(v) if isinstance(v, (int, np.integer, bool)) or v == int(v) else v
+        try:
+            out.append(label_map[key])
+        except (KeyError, TypeError):
+            raise DataError(
+                f"data.label: row {row} of data.{role} has label {v!r}, which is not one of the labels "
+                f"{label_names[:20]}"
+            ) from None
+    return out
+
+
+def base_dirs(cfg) -> list[Path]:
+    """Where relative media paths are looked up: the working directory, then the data files' folders."""
+    dirs = [Path.cwd()]
+    for src in (cfg.data.train, cfg.data.eval):
+        if isinstance(src, (str, Path)):
+            p = Path(str(src).split("[", 1)[0]).expanduser()
+            if p.is_file():
+                dirs.append(p.parent)
+    return dirs
+
+
+def media_preflight(task, kind: str) -> str:
+    """The pre-flight image and audio classification share: load the splits, find the `kind` column (returned) and
+    the label column, hold out `eval_split`, infer the labels. Sets on `task`: `label_col`, `train`, `eval`,
+    `_full_train`, `label_names`, `label_map`, `_base_dirs`."""
+    from .. import data as D
+    from . import common as C
+
+    cfg = task.cfg
+    train, eval_ = C.load_splits(cfg, task._train_source)
+    col = find_media_column(train, getattr(cfg.data, kind), kind, "train")
+    task.label_col = label_column(train, cfg, col)
+    if eval_ is not None:
+        find_media_column(eval_, col, kind, "eval")
+    task._full_train = train
+    task.train, task.eval = C.holdout(cfg, train, eval_)
+    user_eval = task.eval if cfg.data.eval is not None else None
+    task.label_names, task.label_map = D.infer_labels(train, user_eval, task.label_col, cfg.labels)
+    task._base_dirs = base_dirs(cfg)
+    return col
+
+
+def split_labels(task, ds, role: str) -> list[int] | None:
+    """Label ids of `ds` (a split with the task's label column), or None when it has no labels."""
+    if not task.label_col or task.label_col not in ds.column_names:
+        return None
+    return encode_labels(ds[task.label_col], task.label_map, task.label_names, role)
+
+
+class ActivationEstimate:
+    """The media tasks' `activation_bytes`: bytes autograd keeps per example, traced once per model and trainable
+    set on the meta device from the task's own input shape (image size and channels; audio: the longest clip or
+    `max_duration` at the extractor's rate), times the batch; half with bf16 / fp16 autocast. A model whose forward
+    cannot run on the meta device falls back to the transformer formula over the tokens its config gives."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._per_example = 0.0
+
+    def __call__(self, model, layer_map, frozen, batch: int, precision: str, inputs, tokens: int, hf_config) -> int:
+        import weakref
+
+        from .vision_models import saved_activation_bytes
+
+        key = (frozenset(frozen), len(layer_map.groups))
+        if self._key is None or self._key[0]() is not model or self._key[1] != key:
+            rows = inputs()  # two examples: BatchNorm in training mode needs more than one value per channel
+            traced = saved_activation_bytes(model, rows, layer_map, frozen)
+            if traced is not None:
+                self._per_example = traced / 2
+            else:
+                self._per_example = transformer_activations(hf_config, tokens, layer_map, frozen)
+            self._key = (weakref.ref(model), key)
+        scale = 0.5 if precision in ("bf16", "fp16") else 1.0
+        return int(self._per_example * batch * scale)
+
+
+def transformer_activations(hf_config, tokens: int, layer_map, frozen) -> float:
+    """fp32 bytes per example of the trained transformer blocks over `tokens` (Korthikanti et al. 2022)."""
+    hidden = getattr(hf_config, "hidden_size", 0) or 0
+    heads = getattr(hf_config, "num_attention_heads", 0) or 0
+    trained = sum(1 for g in layer_map.groups if g.kind == "block" and g.name not in frozen)
+    return float((tokens * hidden * 17 * 4 + heads * tokens**2 * 2.5 * 4) * trained)
 
 
 @dataclass

@@ -1,14 +1,20 @@
-"""Images into tensors: decode (files, bytes, PIL images, arrays), convert channels, resize, and batch.
+"""Images into tensors: check (files, bytes), decode (files, bytes, PIL images, arrays), convert channels, resize,
+and batch.
 
-Images are decoded once, on the calling thread (so an unreadable file is found before the run starts), into one
-(N, C, S, S) tensor: uint8 for 8-bit images, float32 for float arrays. A training item is one row of it, augmented
-in the DataLoader worker when the run augments; the collator stacks rows and normalises (cheap: one division and
-one subtraction per batch).
+Pre-flight (calling thread) decodes no file: it checks that each file exists and that its header reads (PIL `open`,
+no pixel data), and reads the first `VERIFY_SAMPLE` files of a split through (PIL `verify`, which decodes nothing);
+in-memory images (arrays, PIL images) are converted there once. A file is decoded each time its example is read:
+in the DataLoader workers when there are some. A file that only fails then (truncated after a good header) is left
+out of its batch, logged once (run.log) with the count so far, or stops the run with `on_bad_example: error`; a
+batch left with no image takes the next readable one, so every step still trains. The same file fails the same way
+at every read, so resume and the frozen-prefix cache stay exact. The collator stacks (C, S, S) rows and normalises
+(one division and one subtraction per batch).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,21 @@ from ...errors import ConfigError, DataError
 from .base import Examples
 from .media import BadFiles, short_name
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "decode_image", "decode_column", "ImageExamples", "PixelCollator"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VERIFY_SAMPLE",
+    "decode_image",
+    "check_image",
+    "prepare_column",
+    "ImageColumn",
+    "ImageExamples",
+    "PixelCollator",
+]
+
+log = logging.getLogger("nb_finetune.data")
+
+VERIFY_SAMPLE = 32  # files per split read through in pre-flight (a download that broke every file shows at once)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,43 +135,103 @@ def decode_image(obj, size: int, channels: int, base_dirs: list[Path] = ()):
     return _fit_channels(t, channels)
 
 
+def _channel_problem(c: int, channels: int) -> str | None:
+    """Why an image of `c` channels cannot feed a model reading `channels`, or None when it can."""
+    if c == channels or (c == 4 and channels == 3) or c == 1 or (channels == 1 and c in (3, 4)):
+        return None
+    return f"the image has {c} channels but the model reads {channels}; set `channels: {c}`"
+
+
 def _fit_channels(t, channels: int):
     c = t.shape[0]
+    if (why := _channel_problem(c, channels)) is not None:
+        raise ValueError(why)
     if c == channels:
         return t
     if c == 4 and channels == 3:  # RGBA: drop alpha
         return t[:3]
     if c == 1:
         return t.expand(channels, -1, -1).clone()
-    if channels == 1 and c in (3, 4):
-        import torch
-
-        g = 0.299 * t[0].float() + 0.587 * t[1].float() + 0.114 * t[2].float()
-        return (g.round().clamp(0, 255).to(torch.uint8) if t.dtype == torch.uint8 else g)[None]
-    raise ValueError(f"the image has {c} channels but the model reads {channels}; set `channels: {c}`")
-
-
-def decode_column(values, size: int, channels: int, *, role: str, bad: BadFiles, error: bool, base_dirs=()):
-    """(tensor (N, C, S, S), kept row numbers) for a column of images; unreadable ones are tallied in `bad`."""
     import torch
 
-    out, kept = [], []
+    g = 0.299 * t[0].float() + 0.587 * t[1].float() + 0.114 * t[2].float()
+    return (g.round().clamp(0, 255).to(torch.uint8) if t.dtype == torch.uint8 else g)[None]
+
+
+def file_backed(obj) -> bool:
+    """A path, encoded bytes or a {bytes, path} record: decoded when read, never in pre-flight."""
+    if isinstance(obj, dict):
+        return bool(obj.get("bytes") or obj.get("path"))
+    return isinstance(obj, (str, Path, bytes))
+
+
+def check_image(obj, channels: int, base_dirs=(), verify: bool = False) -> None:
+    """Pre-flight check of a file-backed image without decoding it: it exists, its header reads (PIL `open`) and
+    its bands fit `channels`; `verify`: PIL's `verify()` reads the whole file through too (no pixel decoding)."""
+    img = _open(obj, list(base_dirs))
+    try:
+        bands = len(img.getbands())
+        if channels not in (1, 3):  # 1 and 3 convert from any mode; other counts take L or RGB (others as RGB)
+            why = _channel_problem(bands if img.mode in ("L", "RGB") else 3, channels)
+            if why is not None:
+                raise ValueError(why)
+        if verify:
+            img.verify()
+    finally:
+        img.close()
+
+
+def prepare_column(values, size: int, channels: int, *, role: str, bad: BadFiles, error: bool, base_dirs=()):
+    """(items, kept row numbers) of a column of images for `ImageColumn`: file-backed images checked and kept as
+    they are (decoded when read), in-memory ones decoded now to (C, S, S) tensors. Unreadable ones are tallied in
+    `bad` (a DataError with `error`); a channel count the model cannot read is a DataError."""
+    items, kept, verified = [], [], 0
     for row, obj in enumerate(values):
         try:
-            out.append(decode_image(obj, size, channels, base_dirs))
+            if file_backed(obj):
+                check_image(obj, channels, base_dirs, verify=verified < VERIFY_SAMPLE)
+                verified += 1
+                items.append(obj)
+            else:
+                items.append(decode_image(obj, size, channels, base_dirs))
             kept.append(row)
         except ValueError as e:
             if "channels" in str(e):
                 raise DataError(f"data.{role}: row {row}: {e}") from None
             bad.add(role, row, short_name(obj), str(e).splitlines()[0][:120], error=error, key="on_bad_example")
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, UnidentifiedImageError, ...
-            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
-            bad.add(role, row, short_name(obj), why, error=error, key="on_bad_example")
-    if not out:
-        return torch.zeros((0, channels, size, size), dtype=torch.uint8), kept
-    if len({t.dtype for t in out}) > 1:  # 8-bit files next to float arrays: everything as floats in [0, 1]
-        out = [t if t.dtype.is_floating_point else t.float() / 255.0 for t in out]
-    return torch.stack(out), kept
+            bad.add(role, row, short_name(obj), _why(e), error=error, key="on_bad_example")
+    return items, kept
+
+
+def _why(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:120] or type(e).__name__
+
+
+class ImageColumn:
+    """One split's images: (C, S, S) tensors already converted, or files decoded at each read (`decode(i)`).
+
+    `rows`: each item's row in the split as pre-flight read it (what messages name); `role`: train or eval."""
+
+    def __init__(self, items: list, rows: list[int], size: int, channels: int, base_dirs=(), role: str = "train"):
+        self.items = items
+        self.rows = rows
+        self.size = size
+        self.channels = channels
+        self.base_dirs = list(base_dirs)
+        self.role = role
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def decode(self, i: int):
+        import torch
+
+        v = self.items[i]
+        return v if isinstance(v, torch.Tensor) else decode_image(v, self.size, self.channels, self.base_dirs)
+
+    def name(self, i: int) -> str:
+        return short_name(self.items[i])
 
 
 def column_values(ds, col: str) -> list:
@@ -167,24 +247,78 @@ def column_values(ds, col: str) -> list:
 
 
 class ImageExamples(Examples):
-    """Examples whose `pixel_values` rows are augmented when read (training data only)."""
+    """Examples whose `pixel_values` are decoded when read and augmented then (training data only).
 
-    def __init__(self, pixels, labels, augment=None):
-        super().__init__({"pixel_values": pixels}, labels, lengths=np.ones(len(pixels), dtype=np.int64))
+    An image that fails to decode is marked in `unreadable` (shared memory: DataLoader workers write it, the run
+    reads it) and logged once; its item is a marker `{"idx", "unreadable": True, "fallback"}` that the collator
+    leaves out (`fallback`: the next readable example, for a batch left with none). With `error` it is a
+    DataError naming the row and the file instead."""
+
+    def __init__(self, column: ImageColumn, labels, augment=None, *, error: bool = False):
+        import torch
+
+        super().__init__({"pixel_values": column}, labels, lengths=np.ones(len(column), dtype=np.int64))
+        self.column = column
         self.augment = augment
+        self.error = error
+        self.unreadable = torch.zeros(len(column), dtype=torch.uint8)
+        if len(column):
+            self.unreadable.share_memory_()
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = super().__getitem__(i)
+        try:
+            return self._item(i, self.column.decode(i))
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ... for a damaged file
+            self._note(i, e)
+        return {"idx": i, "unreadable": True, "fallback": self._fallback(i)}
+
+    @property
+    def num_unreadable(self) -> int:
+        """Images found unreadable while reading (in any process), each counted once."""
+        return int(self.unreadable.sum())
+
+    def _item(self, i: int, x) -> dict[str, Any]:
+        item = {"pixel_values": x, "idx": i}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
         if self.augment:
-            x = item["pixel_values"]
             x = x.float() / 255.0 if not x.dtype.is_floating_point else x
             item["pixel_values"] = self.augment(x)
         return item
 
+    def _note(self, i: int, e: BaseException) -> None:
+        col = self.column
+        why, row, name = _why(e), col.rows[i], col.name(i)
+        if self.error:
+            raise DataError(
+                f"data.{col.role}: row {row} ({name}) cannot be read: {why}. Fix or remove the file, or set "
+                "`on_bad_example: skip` to leave such examples out"
+            ) from None
+        if not self.unreadable[i]:
+            self.unreadable[i] = 1
+            log.warning(
+                f"skipped data.{col.role} row {row} ({name}) while reading: {why} "
+                f"({self.num_unreadable} unreadable image file(s) found while reading so far)"
+            )
+
+    def _fallback(self, i: int) -> dict[str, Any]:
+        n = len(self)
+        for j in (*range(i + 1, n), *range(i)):
+            if self.unreadable[j]:
+                continue
+            try:
+                return self._item(j, self.column.decode(j))
+            except Exception as e:  # noqa: BLE001
+                self._note(j, e)
+        raise DataError(f"data.{self.column.role}: no image can be read (every file failed to decode)")
+
 
 class PixelCollator:
     """Stacks (C, S, S) rows and normalises: uint8 rows are scaled to [0, 1] first, float rows are taken as given
-    in that range (augmented rows already are). Host keys: one `length` per image, `num_tokens` = images."""
+    in that range (augmented rows already are). Unreadable items are left out (a batch of only those takes the
+    next readable image). Host keys: one `length` per image, `num_tokens` = images."""
 
     def __init__(self, mean, std):
         self.mean = tuple(mean)
@@ -202,6 +336,7 @@ class PixelCollator:
     def __call__(self, items):
         import torch
 
+        items = [it for it in items if not it.get("unreadable")] or [items[0]["fallback"]]
         out = {"pixel_values": self.pixels([it["pixel_values"] for it in items])}
         if "labels" in items[0]:
             out["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)

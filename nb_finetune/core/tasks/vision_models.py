@@ -8,7 +8,15 @@ from pathlib import Path
 
 from ...errors import ConfigError, ModelError
 
-__all__ = ["ModuleClassifier", "find_head", "replace_head", "adapt_channels", "image_layer_map", "first_conv"]
+__all__ = [
+    "ModuleClassifier",
+    "find_head",
+    "replace_head",
+    "adapt_channels",
+    "image_layer_map",
+    "first_conv",
+    "saved_activation_bytes",
+]
 
 
 def find_head(net, head: str | None):
@@ -241,3 +249,63 @@ def load_named_model(ref: str, num_labels: int, meta: bool = False):
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"model: torchvision has no model {name!r} ({e})") from None
     return net, None
+
+
+def saved_activation_bytes(model, inputs: dict, layer_map, frozen: set[str]) -> int | None:
+    """Bytes autograd keeps for the backward pass of one training forward of `inputs` (a dict of tensors, any
+    device), traced on the meta device: shapes only, nothing computed, the model's own weights and buffers untouched.
+    Trained and frozen groups are set up as the run has them (frozen parameters need no gradient, frozen modules in
+    eval mode); the weights themselves are not counted, and a tensor saved by several operations counts once. None
+    when this model's forward cannot run on the meta device (it reads values of its inputs)."""
+    import numpy as np
+    import torch
+    from torch.func import functional_call
+
+    owner = layer_map.group_of_param()
+    params = {
+        n: torch.empty_like(p, device="meta").requires_grad_(owner.get(n) not in frozen and n not in layer_map.fixed)
+        for n, p in model.named_parameters()
+    }
+    buffers = {n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()}
+    weights = {id(t) for t in params.values()}
+    meta_inputs = {k: torch.empty_like(v, device="meta") for k, v in inputs.items()}
+    seen: dict[int, int] = {}
+    held: list = []  # every packed tensor stays referenced during the trace: no id is reused for another one
+
+    def pack(t):
+        base = t._base if t._base is not None else t
+        held.append(base)
+        if id(base) not in weights and id(base) not in seen:
+            seen[id(base)] = base.numel() * base.element_size()
+        return t
+
+    modes = {n: m.training for n, m in model.named_modules()}
+    mods = dict(model.named_modules())
+    np_state = np.random.get_state()
+    try:
+        model.train()
+        for g in layer_map.groups:
+            if g.name in frozen:
+                for name in g.module_names:
+                    mods[name].eval()
+        for train_mode in (True, False):  # eval mode when code run in training mode reads values of its inputs
+            if not train_mode:
+                model.eval()
+            seen.clear()
+            held.clear()
+            try:
+                # random choices made on the host (LayerDrop's torch.rand, SpecAugment's numpy masks): the same in
+                # every trace, and the run's own streams untouched
+                with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                    torch.default_generator.manual_seed(0)
+                    np.random.seed(0)
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                        functional_call(model, {**params, **buffers}, args=(), kwargs=meta_inputs, strict=False)
+                return sum(seen.values())
+            except Exception:  # noqa: BLE001 - data-dependent code (nonzero, .item(), .tolist()) fails on meta
+                continue
+        return None
+    finally:
+        np.random.set_state(np_state)
+        for n, m in model.named_modules():
+            m.training = modes[n]

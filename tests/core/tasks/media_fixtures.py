@@ -3,9 +3,15 @@ folders (the class is the dominant colour: learnable in a few steps)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[3]
 
 COLOURS = {"red": 0, "green": 1, "blue": 2}
 
@@ -153,3 +159,15 @@ def tiny_ast_dir(d: Path) -> str:
         ASTForAudioClassification(conf).save_pretrained(d)
         ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(d)
     return str(d)
+
+
+def run_py(code: str, env: dict) -> None:
+    """Run `code` in a fresh Python process (the repository importable, one OpenMP thread); it must exit 0."""
+    res = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]

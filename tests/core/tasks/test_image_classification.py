@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from media_fixtures import colour_images, image_folder, small_cnn, tiny_convnext_dir, tiny_vit_dir
+from media_fixtures import colour_images, image_folder, run_py, small_cnn, tiny_convnext_dir, tiny_vit_dir
 from metrics_log import losses_by_step
 
 from nb_finetune import finetune
@@ -144,6 +144,74 @@ def test_unreadable_files_are_counted_and_skipped_or_an_error_naming_the_file(vi
     run = finetune(base_cfg(vit_dir, str(root), tmp_path, max_steps=1, data={"train": str(root)}), wait=True)
     assert run.status == "finished", run.error
     assert "skipped 2 unreadable image file(s)" in (run.run_dir.path / "run.log").read_text()
+
+
+def test_preflight_reads_headers_only_and_images_are_decoded_when_read(vit_dir, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from nb_finetune.core.tasks import vision_data
+
+    root = image_folder(tmp_path / "train", n_per_class=4)
+    calls = {"load": 0, "decode": 0}
+    load, decode = ImageFile.ImageFile.load, vision_data.decode_image
+
+    def counting_load(self):
+        calls["load"] += 1
+        return load(self)
+
+    def counting_decode(*a, **k):
+        calls["decode"] += 1
+        return decode(*a, **k)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    monkeypatch.setattr(vision_data, "decode_image", counting_decode)
+    task = img_task(vit_dir, str(root))
+    train, ev = task.build_data()
+    assert calls == {"load": 0, "decode": 0}  # 12 files checked and verified, not one decoded
+    assert task.num_train + task.num_eval == 12
+    x = train[0]["pixel_values"]
+    assert calls["decode"] == 1 and calls["load"] >= 1  # control: reading an example decodes its file
+    assert torch.equal(x, decode(task.train[0]["image"], 24, 3))  # the same pixels as a direct decode
+
+
+def _truncated_folder(root: Path) -> Path:
+    image_folder(root, n_per_class=6)
+    good = (root / "green" / "006.png").read_bytes()
+    (root / "green" / "truncated.png").write_bytes(good[: len(good) // 2])  # its header still reads
+    return root
+
+
+def test_a_file_that_fails_only_when_decoded_is_left_out_and_counted_once(vit_dir, tmp_path, monkeypatch):
+    from nb_finetune.core.tasks import vision_data
+
+    root = _truncated_folder(tmp_path / "train")
+    cfg = {"data": {"train": str(root), "eval_split": 0}}
+    assert img_task(vit_dir, str(root), **cfg).num_train == 18  # control: in the verified sample pre-flight finds it
+    monkeypatch.setattr(vision_data, "VERIFY_SAMPLE", 0)  # headers only: it passes pre-flight
+    task = img_task(vit_dir, str(root), **cfg)
+    assert task.num_train == 19
+    bad = next(i for i, p in enumerate(task.train["image"]) if p.endswith("truncated.png"))
+    train, _ = task.build_data()
+    item = train[bad]
+    assert item["unreadable"] and train.num_unreadable == 1
+    collate = task.collator()
+    assert collate([train[bad - 1], item])["idx"] == [bad - 1]  # left out of its batch
+    alone = collate([item])  # a batch with no readable image takes the next readable one
+    assert alone["idx"] == [(bad + 1) % 19] and alone["pixel_values"].shape == (1, 3, 24, 24)
+    assert "skipped 1 more unreadable image file(s) while reading" in task.describe()[-1]
+
+    # a whole run, the file read in a DataLoader worker process at each of 2 epochs: logged once, counted once
+    over = dict(epochs=2, batch_size=4, num_workers=1, save_every=None, data={"train": str(root)})
+    run = finetune(base_cfg(vit_dir, str(root), tmp_path, **over), wait=True)
+    assert run.status == "finished", run.error
+    log = (run.run_dir.path / "run.log").read_text()
+    assert log.count("(truncated.png) while reading") == 1, log
+    assert "1 unreadable image file(s) found while reading so far" in log
+    assert any("skipped 1 more unreadable image file(s) while reading" in x for x in run.task.describe())
+    over["num_workers"] = 0  # in the calling process the error is the run's error as it is
+    run = finetune(base_cfg(vit_dir, str(root), tmp_path, **over, on_bad_example="error"), wait=True)
+    assert run.status == "failed"
+    assert re.search(r"data.train: row \d+ \(truncated.png\) cannot be read", run.error), run.error
 
 
 def test_columns_are_named_or_found(vit_dir, tmp_path):
@@ -295,15 +363,74 @@ def test_training_lowers_the_loss_and_predict_returns_top_k(vit_dir, folder, tmp
     assert "head: new 3-way classifier" in str(report) and "blocks" in report.layer_map_text
 
 
-def _run_py(code: str, env: dict) -> None:
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+def _heap_bytes() -> int | None:
+    """Bytes glibc's malloc has handed out and not taken back (mallinfo2: heap chunks in use + mmapped chunks), or
+    None without glibc. torch's CPU allocator takes every tensor from malloc, so this sees what a forward keeps."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        ] + [("keepcost", ctypes.c_size_t)]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+    m = fn()
+    return m.uordblks + m.hblkhd
+
+
+def test_the_dry_run_counts_image_activations_by_size_batch_and_freezing(vit_dir, folder, tmp_path):
+    def activations(model, **over):
+        report = finetune(base_cfg(model, str(folder), tmp_path, save_every=None, **over), dry_run=True)
+        return report.memory_bytes["activations"], str(report)
+
+    act, text = activations(small_cnn(), image_size=32, batch_size=8)
+    assert act > 0 and "activations ~" in text
+    assert activations(small_cnn(), image_size=64, batch_size=8)[0] == pytest.approx(4 * act, rel=0.05)  # pixels
+    assert activations(small_cnn(), image_size=32, batch_size=16)[0] == pytest.approx(2 * act, abs=2)
+    frozen = ["embeddings", "blocks.0", "blocks.1"]
+    assert activations(small_cnn(), image_size=32, batch_size=8, freeze=frozen)[0] < 0.6 * act  # keep nothing
+    vit, _ = activations(vit_dir, batch_size=8)
+    assert 0 < activations(vit_dir, batch_size=8, freeze=["embeddings", "blocks.0"])[0] < vit
+    assert activations(vit_dir, batch_size=8, precision="bf16")[0] == pytest.approx(vit / 2, abs=2)
+
+
+@pytest.mark.skipif(_heap_bytes() is None, reason="measures with glibc's mallinfo2")
+def test_the_activation_estimate_is_within_2x_of_what_a_forward_keeps_for_backward(folder):
+    """Measured: the bytes malloc holds after a training forward minus before it (saved activations, the logits and
+    the loss), after a warm-up step so that gradients and library scratch space are already allocated."""
+    from nb_finetune.core.freezing import apply_freeze, set_frozen_eval
+    from nb_finetune.core.tasks.base import HOST_KEYS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for frozen in (set(), {"embeddings", "blocks.0"}):
+            task = img_task(small_cnn(), str(folder), image_size=64)
+            model = task.build_model()
+            lm = task.layer_map(model)
+            apply_freeze(model, lm, frozen)
+            est = task.activation_bytes(model, lm, frozen, 12, "fp32")
+            train, _ = task.build_data()
+            batch = task.collator()([train[i] for i in range(12)])
+            for k in HOST_KEYS:
+                batch.pop(k)
+            model.train()
+            set_frozen_eval(model, lm, frozen)
+            model(**batch).loss.backward()  # warm-up: gradients allocated, kept (zeroed, not freed)
+            model.zero_grad(set_to_none=False)
+            before = _heap_bytes()
+            out = model(**batch)
+            kept = _heap_bytes() - before
+            out.loss.backward()
+            assert kept > 2**20, kept  # control: the measurement sees megabytes, far above its noise
+            assert 0.5 < est / kept < 2, (frozen, est, kept)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(vit_dir, tmp_path):
@@ -311,7 +438,7 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(vit_dir
     cfg = base_cfg(vit_dir, str(root), tmp_path, epochs=3, batch_size=4, grad_accum=2, seed=5, save_every=None)
     cfg["data"]["eval_split"] = 0.25
     env = {"NB_FT_CFG": json.dumps(cfg)}
-    _run_py(
+    run_py(
         """
         import json, os
         from nb_finetune import finetune
@@ -337,7 +464,7 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(vit_dir
         """,
         env,
     )
-    _run_py(
+    run_py(
         """
         import json, os
         from nb_finetune import finetune
