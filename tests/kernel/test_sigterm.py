@@ -15,8 +15,6 @@ from metrics_log import losses_by_step
 from nb_finetune.core.runs import read_json
 from nb_finetune.core.train.checkpoints import verify_checkpoint
 
-pytestmark = pytest.mark.kernel
-
 TESTS = Path(__file__).resolve().parents[1]
 
 # a fixed model directory, so the restarted kernel trains the very same model; constant lr and no warm-up, so a run
@@ -47,6 +45,7 @@ def _ok(r) -> None:
     assert r.reply["status"] == "ok", r.text
 
 
+@pytest.mark.kernel
 def test_sigterm_stops_the_run_with_a_checkpoint_and_resume_continues_exactly(kernel, tmp_path):
     """Control cases: the run was still training when the signal came (a million steps, no interval checkpoints:
     only the handler's stop writes one); the kernel still dies of the signal, as without the extension; the losses
@@ -87,3 +86,33 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_resume_continues_exactly(ke
     assert sorted(a) == sorted(b) == list(range(1, total + 1))
     assert [b[s] for s in range(stopped + 1, total + 1)] == [a[s] for s in range(stopped + 1, total + 1)]
     assert [b[s] for s in range(1, stopped + 1)] == [a[s] for s in range(1, stopped + 1)]
+
+
+def test_the_handler_chains_the_previous_one_and_unloads(tiny_config):
+    """In this process (pytest's main thread): a live run is stopped with reason SIGTERM, then the handler that was
+    there before runs; installing twice keeps one link in the chain; uninstalling puts the previous one back.
+    Control: the previous handler is called exactly once per signal, so it is not skipped nor called twice."""
+    from nb_finetune import finetune
+    from nb_finetune.magics import finetune_magic as fm
+
+    calls = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        assert fm.install_sigterm_handler() and fm.install_sigterm_handler()  # %reload_ext: still one link
+        run = finetune({**tiny_config, "name": "sig", "max_steps": 1_000_000, "save_every": None})
+        while run.step < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)  # the handler runs on this (the main) thread between bytecodes
+        assert calls == [signal.SIGTERM]
+        assert (run.status, run.reason) == ("stopped", "SIGTERM") and len(run.checkpoints) == 1
+        assert read_json(run.dir / "status.json")["reason"] == "SIGTERM"
+        fm.uninstall_sigterm_handler()
+        assert signal.getsignal(signal.SIGTERM) is not fm._on_sigterm
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        assert calls == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
