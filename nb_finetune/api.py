@@ -403,10 +403,11 @@ class Run:
         if self.done:
             raise RunStateError(f"cannot {what}: run '{self.name}' has already {self.status}")
 
-    def stop(self, save: bool = True) -> Run:
-        """Stop at the next micro-batch; with `save`, write a checkpoint of the last optimizer step first."""
+    def stop(self, save: bool = True, reason: str = "user") -> Run:
+        """Stop at the next micro-batch; with `save`, write a checkpoint of the last optimizer step first. `reason` is
+        what `run.reason` and status.json record (the SIGTERM handlers say "SIGTERM")."""
         if not self.done:
-            self.controls.stop(save=save)
+            self.controls.stop(save=save, reason=reason)
         return self
 
     def abort(self) -> Run:
@@ -683,7 +684,7 @@ class Run:
                     pass
 
         if self.controls.stop_requested:  # stopped while queued
-            emit(RunFinished(state="stopped", reason="user", step=0))
+            emit(RunFinished(state="stopped", reason=self.controls.stop_reason, step=0))
             self._done.set()
             return
         self._state = "starting"

@@ -116,7 +116,7 @@ def _stop_on_sigterm(run) -> None:
 
     def handler(signum, frame):
         print(f"SIGTERM: stopping run '{run.name}' after a checkpoint", file=sys.stderr, flush=True)
-        run.stop(save=True)
+        run.stop(save=True, reason="SIGTERM")
 
     signal.signal(signal.SIGTERM, handler)
 

@@ -83,6 +83,7 @@ class Controls:
         self.stop_event = threading.Event()
         self.abort_event = threading.Event()
         self.stop_save = True
+        self.stop_reason = "user"  # why the run stops, as status.json records it ("user", "SIGTERM", ...)
 
     def send(self, kind: str, source: str = "api", seq: int | None = None, **args) -> Command:
         if kind not in COMMANDS:
@@ -91,6 +92,7 @@ class Controls:
         # stop/abort/pause/resume take effect at once, so the loop sees them mid-accumulation
         if kind == "stop":
             self.stop_save = bool(args.get("save", True))
+            self.stop_reason = str(args.get("reason") or "user")
             self.stop_event.set()
             self._resumed.set()
         elif kind == "abort":
@@ -105,8 +107,10 @@ class Controls:
         return cmd
 
     # convenience
-    def stop(self, save: bool = True, source: str = "api") -> Command:
-        return self.send("stop", source, save=save)
+    def stop(self, save: bool = True, source: str = "api", reason: str = "user") -> Command:
+        """Stop at the next micro-batch (with `save`, after a checkpoint); `reason` is what status.json records."""
+        args = {"save": save} if reason == "user" else {"save": save, "reason": reason}
+        return self.send("stop", source, **args)
 
     def pause(self, source: str = "api") -> Command:
         return self.send("pause", source)

@@ -137,7 +137,7 @@ class ControlApplied(Event):
 @dataclass
 class RunFinished(Event):
     state: str  # "finished" | "stopped" | "failed"
-    reason: str  # "completed" | "user" | "early_stopping" | "error" | "abort"
+    reason: str  # "completed" | "user" | "SIGTERM" | "early_stopping" | "error" | "abort"
     step: int
     error: str | None = None
     best_metric: float | None = None

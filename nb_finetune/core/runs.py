@@ -86,11 +86,16 @@ def replace_or_copy(src: Path, dst: Path, *, last: str | None = None) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    replace_or_copy(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        replace_or_copy(tmp, path)
+    except BaseException:  # a full disk: the old file stays whole and no half-written copy is left beside it
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def check_output_dir(output_dir: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """IPython magics: `%%finetune` starts a run, `%finetune` steers runs. Thin: parse, resolve, delegate."""
 
-from .finetune_magic import FinetuneMagic
+from .finetune_magic import FinetuneMagic, install_sigterm_handler, uninstall_sigterm_handler
 
 __all__ = ["FinetuneMagic", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -10,6 +10,7 @@ def load_ipython_extension(ipython):
     from .completion import install
 
     install(ipython)  # completion of config keys and values inside `%%finetune` cells
+    install_sigterm_handler()  # a runtime going away stops live runs with a checkpoint first
 
 
 def unload_ipython_extension(ipython):
@@ -18,3 +19,4 @@ def unload_ipython_extension(ipython):
     from .completion import uninstall
 
     uninstall(ipython)
+    uninstall_sigterm_handler()

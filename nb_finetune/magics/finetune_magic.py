@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -261,3 +264,56 @@ def _runs_table():
         print("no runs yet")
         return None
     return table
+
+
+# ---------------------------------------------------------------- SIGTERM
+SIGTERM_GRACE_S = 60.0  # at most this long for the live runs' checkpoints before the kernel goes on to exit
+_previous_sigterm = None  # the handler ours replaced (chained after the runs have stopped)
+
+
+def install_sigterm_handler() -> bool:
+    """SIGTERM (what a container or a Colab runtime sends before it goes) asks every live run of this kernel to stop
+    with a checkpoint, waits for them, then hands the signal on to the handler that was there before: by default
+    the kernel then ends as it would have. Signal handlers only exist on the main thread, which the extension's
+    loading runs on; the core only exposes the stop request. Installed once, however often the extension loads."""
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _on_sigterm:
+        _previous_sigterm = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
+def uninstall_sigterm_handler() -> None:
+    """Put back the handler `install_sigterm_handler` replaced (`%unload_ext nb_finetune`)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _previous_sigterm if _previous_sigterm is not None else signal.SIG_DFL)
+
+
+def _on_sigterm(signum, frame) -> None:
+    stop_live_runs("SIGTERM", SIGTERM_GRACE_S)
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:  # the default (or a handler set outside Python): end as the signal would
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_live_runs(reason: str, grace_s: float) -> list[str]:
+    """Ask every live run of this process to stop after a checkpoint (status.json records `reason`) and wait up to
+    `grace_s` seconds in all for them. Returns the names of the runs asked."""
+    live = api.active_runs()
+    for run in live:
+        # fd 2, not sys.stderr: a signal handler must not take the kernel's output-stream locks
+        os.write(2, f"nb_finetune: {reason}: stopping run '{run.name}' after a checkpoint\n".encode())
+        run.stop(save=True, reason=reason)
+    deadline = time.monotonic() + grace_s
+    for run in live:
+        try:
+            run.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except (FinetuneError, TimeoutError):  # never started (--paused), or its checkpoint takes too long
+            pass
+    return [run.name for run in live]

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
-from catalogue_rows import ROWS, no_run_dir
+from catalogue_rows import ROWS, no_run_dir, record_message, recorded_messages
 from conftest import build_tiny_model, tiny_bert, tiny_llama
 
 from nb_finetune.errors import FinetuneError
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_CHARS = 600  # one screen: a few lines of at most a couple of hundred characters
+RECORD = os.environ.get("NB_FT_RECORD_MESSAGES") == "1"  # rewrite messages.json from this run's messages
 
 
 class Ctx:
@@ -170,6 +173,29 @@ def test_row(row, ctx):
     assert len(msg.splitlines()) <= row.max_lines and len(msg) <= MAX_CHARS, msg
     assert "Traceback" not in msg
     (row.check or no_run_dir)(ctx)
+    shown = as_shown(msg, ctx)
+    if RECORD:
+        record_message(row.id, shown)
+    else:
+        recorded = recorded_messages().get(row.id)
+        if row.varies and recorded is not None:
+            shown, recorded = (re.sub(row.varies, "…", m, flags=re.S) for m in (shown, recorded))
+        assert recorded == shown, (
+            f"the message changed: {shown!r}\nre-record: NB_FT_RECORD_MESSAGES=1 pytest "
+            "tests/catalogue/test_catalogue.py -k test_row, then python scripts/update_readme.py"
+        )
+
+
+def as_shown(msg: str, ctx: Ctx) -> str:
+    """The message with this test's temporary paths written as `<tmp>` and `<tiny-bert>` (the rest is as raised)."""
+    for path, name in ((ctx.tmp, "<tmp>"), (Path(ctx.model_dir), "<tiny-bert>")):
+        msg = msg.replace(str(path.resolve()), name).replace(str(path), name)
+    return msg
+
+
+def test_every_row_has_its_message_recorded():
+    """messages.json holds one message per row, no more (a renamed or removed row leaves none behind)."""
+    assert list(recorded_messages()) == [r.id for r in ROWS]
 
 
 def test_catalogue_doc_is_current():

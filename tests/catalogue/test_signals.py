@@ -67,7 +67,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def _check_sigterm(proc, run_dir: Path) -> None:
-    """SIGTERM mid-run: exit code 0, status stopped (user), a checkpoint of the last step. Control: the run was still
+    """SIGTERM mid-run: exit code 0, status stopped (SIGTERM), a checkpoint of the last step. Control: the run was still
     training when the signal came (it was set to a million steps)."""
     _until(proc, lambda: len(_steps_done(run_dir)) >= 3, "three logged steps")
     proc.send_signal(signal.SIGTERM)
@@ -75,7 +75,7 @@ def _check_sigterm(proc, run_dir: Path) -> None:
     assert proc.returncode == 0, err[-2000:]
     assert "SIGTERM: stopping run 'term'" in err and "Traceback" not in err
     st = read_json(run_dir / "status.json")
-    assert (st["state"], st["reason"]) == ("stopped", "user") and st["step"] < 1_000_000
+    assert (st["state"], st["reason"]) == ("stopped", "SIGTERM") and st["step"] < 1_000_000
     assert _checkpoint_steps(run_dir)[-1] == st["step"]
 
 

@@ -62,13 +62,23 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         _write_files(tmp, model, optimizer, state, rng, config)
         _publish(tmp, final)
-    except OSError as e:  # disk full, quota, permissions: say so; what was there before stays as it was
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half checkpoint behind
-        raise CheckpointError(_write_failed(run_dir, final, e)) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os_error = e if isinstance(e, OSError) else _os_error_inside(e)
+        if os_error is None:
+            raise
+        # disk full, quota, permissions: say so; what was there before stays as it was
+        raise CheckpointError(_write_failed(run_dir, final, os_error)) from None
     return final
+
+
+def _os_error_inside(e: BaseException) -> OSError | None:
+    """The OS error behind a writer's own exception: safetensors reports a failed write (a full disk: ENOSPC) as a
+    SafetensorError whose text ends in "(os error N)"."""
+    import re
+
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
 def remove_stale_partials(run_dir: RunDir) -> list[str]:

@@ -209,8 +209,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                     parts.optimizer.zero_grad(set_to_none=True)
                     desk.acknowledge(pos.step)
                     desk.refuse_pending(pos.step, "not applied: the run stopped first")
-                    state, reason, done = "stopped", "abort" if controls.abort_event.is_set() else "user", True
-                    if reason == "user" and controls.stop_save and pos.last_ckpt != pos.step:
+                    aborted = controls.abort_event.is_set()
+                    state, reason, done = "stopped", "abort" if aborted else controls.stop_reason, True
+                    if not aborted and controls.stop_save and pos.last_ckpt != pos.step:
                         emit(_checkpoint("stop", job, parts, live, best, pos, pos.epoch, cycle.start, cycle.rng))
                     break
 
