@@ -183,7 +183,13 @@ class RunGroup {
   }
 
   update(label: string, n: number): void {
-    setLine(this.where, label, this.dir);
+    // the label is cut at its start (`…older/runs`): the end of a path is what tells two folders apart
+    if (this.where.textContent !== label) {
+      const text = document.createElement('bdi');
+      text.textContent = label;
+      this.where.replaceChildren(text);
+    }
+    this.where.title = this.dir;
     this.count.textContent = String(n);
     this.count.title = `${plural(n, 'run')} in ${this.dir}`;
   }
