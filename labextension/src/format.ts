@@ -191,26 +191,67 @@ export function leftAlone(n: number): string {
     : `${n} runs of other processes (a terminal, another server or user) are left alone.`;
 }
 
-/**
- * Where a run lives, short enough for the sidebar: the directory holding the run directory, as its last `parts`
- * components (`…/proj_a/runs`). Shown beside runs that share a name; the whole path is the tooltip.
- */
-export function runLocation(runDir: string, parts = 2): string {
-  const segs = runDir.replace(/\\/g, '/').replace(/\/+$/, '').split('/').filter(Boolean);
-  const parent = segs.slice(0, -1);
-  if (parent.length === 0) {
-    return '/';
-  }
-  const tail = parent.slice(-parts).join('/');
-  return parent.length > parts ? `…/${tail}` : `/${tail}`;
+/** A path with `/` separators and no trailing slash ("/" stays "/"). */
+function normPath(path: string): string {
+  const p = path.replace(/\\/g, '/').replace(/\/+/g, '/');
+  return p.length > 1 ? p.replace(/\/$/, '') : p;
 }
 
-/** The names that more than one run in `runs` carries. */
-export function sharedNames(runs: ReadonlyArray<{ name: string }>): Set<string> {
-  const seen = new Set<string>();
-  const shared = new Set<string>();
-  for (const r of runs) {
-    (seen.has(r.name) ? shared : seen).add(r.name);
+/** The output directory of a run: the directory that holds its run directory (`…/runs` for `…/runs/exp1`). */
+export function runParent(runDir: string): string {
+  const p = normPath(runDir);
+  const cut = p.lastIndexOf('/');
+  return cut <= 0 ? '/' : p.slice(0, cut);
+}
+
+/**
+ * A location as the sidebar shows it: relative to the Jupyter server's root when it lies inside it (`runs`,
+ * `proj_a/runs`), else its last `parts` components (`…/proj_b/runs`); a path of more than `parts + 1` components
+ * is shortened the same way inside the root too. The whole path is the tooltip.
+ */
+export function locationLabel(dir: string, root = '', parts = 2): string {
+  const d = normPath(dir);
+  const r = root ? normPath(root) : '';
+  let segs: string[];
+  if (r && (d === r || d.startsWith(r === '/' ? '/' : `${r}/`))) {
+    if (d === r) {
+      return r === '/' ? '/' : `${r.split('/').pop()} (server root)`;
+    }
+    segs = d.slice(r === '/' ? 1 : r.length + 1).split('/');
+    if (segs.length <= parts + 1) {
+      return segs.join('/');
+    }
+  } else {
+    segs = d.split('/').filter(Boolean);
+    if (segs.length <= parts) {
+      return `/${segs.join('/')}`;
+    }
   }
-  return shared;
+  return `…/${segs.slice(-parts).join('/')}`;
+}
+
+export interface IRunGroup {
+  /** The output directory (the full path: the heading's tooltip and the group's key). */
+  dir: string;
+  /** The directory as the heading shows it (`locationLabel`). */
+  label: string;
+  runs: IRun[];
+}
+
+/**
+ * The runs grouped by output directory, so runs of the same name in two folders sit under two headings. Groups
+ * come in the order of their newest run and keep the runs' order (`runs` is newest first).
+ */
+export function groupRuns(runs: ReadonlyArray<IRun>, root = ''): IRunGroup[] {
+  const groups = new Map<string, IRunGroup>();
+  for (const run of runs) {
+    const dir = runParent(run.run_dir);
+    let group = groups.get(dir);
+    if (!group) {
+      group = { dir, label: locationLabel(dir, root), runs: [] };
+      groups.set(dir, group);
+    }
+    group.runs.push(run);
+  }
+  return [...groups.values()];
 }

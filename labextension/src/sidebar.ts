@@ -1,6 +1,7 @@
 /** The "Fine-tune runs" sidebar: a list of runs with progress, a loss sparkline and Stop / Pause / Resume / Set LR. */
 import { JupyterFrontEnd, JupyterFrontEndPlugin, ILayoutRestorer } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { PageConfig } from '@jupyterlab/coreutils';
 import { Widget } from '@lumino/widgets';
 import type { IRun } from './api';
 import { CATEGORY, CommandIDs, PluginIDs, SIDEBAR_ID } from './constants';
@@ -10,10 +11,10 @@ import {
   formatMetric,
   formatNumber,
   formatStep,
+  groupRuns,
   isOwn,
+  plural,
   progressFraction,
-  runLocation,
-  sharedNames,
   sparklinePath,
   stateBadge
 } from './format';
@@ -36,12 +37,17 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, className: string, te
   return node;
 }
 
+/** Sets the text of a one-line element and, while it has any, the same text as its tooltip (shown when cut). */
+function setLine(node: HTMLElement, text: string, title = text): void {
+  node.textContent = text;
+  node.title = text ? title : '';
+}
+
 /** One run in the list; its DOM is built once and updated in place, so clicks are never lost to a re-render. */
 class RunRow {
   readonly node = el('li', 'nbf-Run');
   private _run: IRun;
   private name = el('span', 'nbf-Run-name');
-  private where = el('div', 'nbf-Run-where');
   private badge = el('span', 'nbf-Badge');
   private owner = el('span', 'nbf-Run-owner', 'other process');
   private step = el('span', 'nbf-Run-step');
@@ -99,7 +105,7 @@ class RunRow {
     add('panel', 'Open panel', 'Insert and run `%finetune show NAME` in the current notebook', () => {
       void this.commands.execute(CommandIDs.openPanel, { name: this._run.name });
     });
-    this.node.append(head, this.where, line, this.bar, stats, actions, this.ack, this.error);
+    this.node.append(head, line, this.bar, stats, actions, this.ack, this.error);
     this.update(run);
   }
 
@@ -111,32 +117,32 @@ class RunRow {
     }
   }
 
-  update(run: IRun, sameName = false): void {
+  update(run: IRun): void {
     this._run = run;
-    // runs of the same name (another folder, another notebook) told apart by where they live
-    this.where.textContent = sameName ? runLocation(run.run_dir) : '';
-    this.where.title = sameName ? run.run_dir : '';
-    this.where.style.display = sameName ? '' : 'none';
     const state = effectiveState(run);
     const badge = stateBadge(run);
     this.node.dataset.state = state;
-    this.name.textContent = run.name;
-    this.name.title = run.run_dir;
+    // one line each: a long name, number or path is cut with an ellipsis, the whole of it on hover
+    setLine(this.name, run.name, `${run.name}\n${run.run_dir}`);
     this.badge.textContent = badge.label;
     this.badge.title = badge.title;
     this.badge.className = `nbf-Badge nbf-Badge-${badge.kind}`;
-    this.step.textContent = `step ${formatStep(run.step, run.total_steps)}`;
-    const eta = formatEta(run.eta_s);
-    this.eta.textContent = eta && state === 'training' ? `ETA ${eta}` : '';
     const frac = progressFraction(run.step, run.total_steps);
+    const step = `step ${formatStep(run.step, run.total_steps)}`;
+    setLine(this.step, step, frac === null ? step : `${step} (${(frac * 100).toFixed(1)}%)`);
+    const eta = formatEta(run.eta_s);
+    setLine(this.eta, eta && state === 'training' ? `ETA ${eta}` : '');
     this.bar.style.display = frac === null ? 'none' : '';
     this.fill.style.width = `${((frac ?? 0) * 100).toFixed(1)}%`;
     this.bar.title = frac === null ? '' : `${(frac * 100).toFixed(1)}%`;
-    this.loss.textContent = typeof run.loss === 'number' ? `loss ${formatNumber(run.loss)}` : '';
-    this.lr.textContent = typeof run.lr === 'number' ? `lr ${formatLr(run.lr, 3)}` : '';
-    this.lr.title = typeof run.lr === 'number' ? `last logged learning rate ${formatLr(run.lr)}` : '';
+    setLine(this.loss, typeof run.loss === 'number' ? `loss ${formatNumber(run.loss)}` : '', `last logged training loss ${run.loss}`);
+    setLine(
+      this.lr,
+      typeof run.lr === 'number' ? `lr ${formatLr(run.lr, 3)}` : '',
+      typeof run.lr === 'number' ? `last logged learning rate ${formatLr(run.lr)}` : ''
+    );
     const metric = formatMetric(run.best_metric);
-    this.metric.textContent = metric ? `best ${metric}` : '';
+    setLine(this.metric, metric ? `best ${metric}` : '', `best ${run.best_metric?.name} ${run.best_metric?.value}`);
     const d = sparklinePath(run.loss_history, SPARK_W, SPARK_H, 2);
     this.path.setAttribute('d', d);
     this.spark.style.display = d ? '' : 'none';
@@ -162,15 +168,57 @@ class RunRow {
   }
 }
 
+/** The runs of one output directory under a heading: the directory, shortened, the whole path on hover. */
+class RunGroup {
+  readonly node = el('li', 'nbf-Group');
+  readonly list = el('ul', 'nbf-Group-runs');
+  private where = el('span', 'nbf-Group-where');
+  private count = el('span', 'nbf-Group-count');
+
+  constructor(readonly dir: string) {
+    this.node.dataset.dir = dir;
+    const head = el('div', 'nbf-Group-head');
+    head.append(this.where, this.count);
+    this.node.append(head, this.list);
+  }
+
+  update(label: string, n: number): void {
+    // the label is cut at its start (`…older/runs`): the end of a path is what tells two folders apart
+    if (this.where.textContent !== label) {
+      const text = document.createElement('bdi');
+      text.textContent = label;
+      this.where.replaceChildren(text);
+    }
+    this.where.title = this.dir;
+    this.count.textContent = String(n);
+    this.count.title = `${plural(n, 'run')} in ${this.dir}`;
+  }
+}
+
+/** Puts `nodes` into `parent` in this order, moving only what is out of place (rows keep focus and clicks). */
+function placeChildren(parent: HTMLElement, nodes: HTMLElement[]): void {
+  nodes.forEach((node, i) => {
+    if (parent.children[i] !== node) {
+      parent.insertBefore(node, parent.children[i] ?? null);
+    }
+  });
+  while (parent.children.length > nodes.length) {
+    parent.lastElementChild!.remove();
+  }
+}
+
 export class RunsSidebar extends Widget {
   private list = el('ul', 'nbf-RunList');
   private empty = el('div', 'nbf-Empty', 'No fine-tune runs yet. Start one with a %%finetune cell.');
   private error = el('div', 'nbf-Error');
   private rows = new Map<string, RunRow>();
+  private groups = new Map<string, RunGroup>();
 
+  /** `root`: the Jupyter server's root directory (locations inside it are shown relative to it). */
   constructor(
     private model: RunsModel,
-    private commands: JupyterFrontEnd['commands']
+    private commands: JupyterFrontEnd['commands'],
+    private root = ''
   ) {
     super();
     this.id = SIDEBAR_ID;
@@ -196,25 +244,38 @@ export class RunsSidebar extends Widget {
     this.error.style.display = this.model.error ? '' : 'none';
     this.empty.style.display = runs.length || !this.model.loaded ? 'none' : '';
     const seen = new Set<string>();
-    const shared = sharedNames(runs);
-    runs.forEach((run, i) => {
-      seen.add(run.id);
-      let row = this.rows.get(run.id);
-      if (row) {
-        row.update(run, shared.has(run.name));
-      } else {
-        row = new RunRow(run, this.model, this.commands);
-        row.update(run, shared.has(run.name));
-        this.rows.set(run.id, row);
+    const groupNodes: HTMLElement[] = [];
+    for (const g of groupRuns(runs, this.root)) {
+      let group = this.groups.get(g.dir);
+      if (!group) {
+        group = new RunGroup(g.dir);
+        this.groups.set(g.dir, group);
       }
-      if (this.list.children[i] !== row.node) {
-        this.list.insertBefore(row.node, this.list.children[i] ?? null);
-      }
-    });
+      group.update(g.label, g.runs.length);
+      groupNodes.push(group.node);
+      const rowNodes = g.runs.map(run => {
+        seen.add(run.id);
+        let row = this.rows.get(run.id);
+        if (row) {
+          row.update(run);
+        } else {
+          row = new RunRow(run, this.model, this.commands);
+          this.rows.set(run.id, row);
+        }
+        return row.node;
+      });
+      placeChildren(group.list, rowNodes);
+    }
+    placeChildren(this.list, groupNodes);
     for (const [id, row] of this.rows) {
       if (!seen.has(id)) {
         row.node.remove();
         this.rows.delete(id);
+      }
+    }
+    for (const [dir, group] of this.groups) {
+      if (!groupNodes.includes(group.node)) {
+        this.groups.delete(dir);
       }
     }
   }
@@ -246,7 +307,7 @@ export const sidebarPlugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null
   ) => {
-    const sidebar = new RunsSidebar(model, app.commands);
+    const sidebar = new RunsSidebar(model, app.commands, PageConfig.getOption('serverRoot'));
     app.shell.add(sidebar, 'left', { rank: 850 });
     restorer?.add(sidebar, SIDEBAR_ID);
     app.commands.addCommand(CommandIDs.showRuns, {

@@ -1,6 +1,7 @@
 /**
  * The status bar item (JupyterLab only): the name, step / total and ETA of the active run of this server's kernels;
- * hidden without one. Runs of other processes (a terminal, another server or user) are never shown here.
+ * hidden without one. Runs of other processes (a terminal, another server or user) are never shown here. Its colours
+ * are the theme's (light, dark, high contrast): JupyterLab CSS variables only (style/base.css).
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { IStatusBar } from '@jupyterlab/statusbar';
@@ -14,15 +15,21 @@ import { IRunsModel } from './tokens';
 export class RunStatus extends Widget {
   private icon = document.createElement('span');
   private text = document.createElement('span');
+  private bar = document.createElement('span');
+  private fill = document.createElement('span');
   private current: string | null = null; // the run shown: kept while it is active
 
   constructor(private model: RunsModel) {
     super();
     this.addClass('nbf-Status');
+    this.addClass('jp-mod-highlighted'); // the status bar's own hover for clickable items
     this.icon.className = 'nbf-Status-icon';
     finetuneIcon.element({ container: this.icon, height: '14px', width: '14px' });
     this.text.className = 'nbf-Status-text';
-    this.node.append(this.icon, this.text);
+    this.bar.className = 'nbf-Status-bar';
+    this.fill.className = 'nbf-Status-fill';
+    this.bar.append(this.fill);
+    this.node.append(this.icon, this.text, this.bar);
     model.changed.connect(this.refresh, this);
     this.refresh();
   }
@@ -36,6 +43,9 @@ export class RunStatus extends Widget {
     this.current = run?.id ?? null;
     this.text.textContent = run ? statusText(run) : '';
     const frac = run ? progressFraction(run.step, run.total_steps) : null;
+    this.bar.style.display = frac === null ? 'none' : '';
+    this.fill.style.width = `${((frac ?? 0) * 100).toFixed(1)}%`;
+    this.node.dataset.state = run?.state ?? '';
     this.node.title = run ? `${run.name}: ${run.state}${frac === null ? '' : `, ${(frac * 100).toFixed(0)}%`}` : '';
     this.node.dataset.runId = run?.id ?? '';
   }

@@ -133,3 +133,32 @@ export function trainCell(name: string, flags = ''): string {
     'output_dir: runs'
   ].join('\n');
 }
+
+/** The column `column` of the BokehJS ColumnDataSource named `name`, from any Bokeh document on the page. */
+export async function bokehColumn(page: Page, name: string, column: string): Promise<unknown[] | null> {
+  return page.evaluate(
+    ([name, column]) => {
+      const B = (window as any).Bokeh;
+      if (!B) return null;
+      const docs = new Set<any>();
+      for (const d of B.documents ?? []) docs.add(d);
+      const index = B.index;
+      const views: any[] = index == null ? [] : typeof index[Symbol.iterator] === 'function' ? [...index] : Object.values(index);
+      for (const v of views) {
+        const doc = (v as any)?.model?.document;
+        if (doc) docs.add(doc);
+      }
+      let best: unknown[] | null = null;
+      for (const d of docs) {
+        const m = d.get_model_by_name?.(name);
+        const col = m?.data?.[column];
+        if (col != null) {
+          const arr = Array.from(col as ArrayLike<unknown>);
+          if (best == null || arr.length > best.length) best = arr;
+        }
+      }
+      return best;
+    },
+    [name, column] as const
+  );
+}

@@ -7,38 +7,18 @@
 import { expect, test } from '@jupyterlab/galata';
 import type { IJupyterLabPageFixture } from '@jupyterlab/galata';
 import type { Locator, Page } from '@playwright/test';
-import { createNotebook, NOTEBOOK7, notebook7Url, openNotebook, setupCell, trainCell, uniqueName } from './helpers';
+import {
+  bokehColumn,
+  createNotebook,
+  NOTEBOOK7,
+  notebook7Url,
+  openNotebook,
+  setupCell,
+  trainCell,
+  uniqueName
+} from './helpers';
 
 const PANEL = '.nb-finetune-panel';
-
-/** The column `column` of the BokehJS ColumnDataSource named `name`, from any Bokeh document on the page. */
-async function bokehColumn(page: Page, name: string, column: string): Promise<unknown[] | null> {
-  return page.evaluate(
-    ([name, column]) => {
-      const B = (window as any).Bokeh;
-      if (!B) return null;
-      const docs = new Set<any>();
-      for (const d of B.documents ?? []) docs.add(d);
-      const index = B.index;
-      const views: any[] = index == null ? [] : typeof index[Symbol.iterator] === 'function' ? [...index] : Object.values(index);
-      for (const v of views) {
-        const doc = (v as any)?.model?.document;
-        if (doc) docs.add(doc);
-      }
-      let best: unknown[] | null = null;
-      for (const d of docs) {
-        const m = d.get_model_by_name?.(name);
-        const col = m?.data?.[column];
-        if (col != null) {
-          const arr = Array.from(col as ArrayLike<unknown>);
-          if (best == null || arr.length > best.length) best = arr;
-        }
-      }
-      return best;
-    },
-    [name, column] as const
-  );
-}
 
 async function lossPoints(page: Page): Promise<number> {
   return ((await bokehColumn(page, 'nbft-loss', 'step')) ?? []).length;
@@ -59,16 +39,8 @@ function contiguous(steps: number[]): boolean {
   return steps.length > 0 && steps.every((s, i) => s === i + 1);
 }
 
-/**
- * A second view of the running panel: the page reloaded, then Notebook 7 opened on the same running kernel. Each
- * shows every point logged before it (loss steps 1..n, none missing; evaluations, lr, the layer map) and then
- * keeps streaming.
- */
-async function secondViews(page: Page, path: string, shots: string) {
-  await expect
-    .poll(async () => (await history(page)).evals, { timeout: 90000, message: 'two evaluations before the reload' })
-    .toBeGreaterThanOrEqual(2);
-  // saved as a user does (the panel's outputs keep the notebook dirty, so no wait for a clean state)
+/** Saves the notebook as a user does (the panel's outputs keep it dirty, so no wait for a clean state). */
+async function saveWithPanel(page: Page, path: string) {
   await page.evaluate(() => (window as any).jupyterapp.commands.execute('docmanager:save'));
   await expect
     .poll(
@@ -79,11 +51,24 @@ async function secondViews(page: Page, path: string, shots: string) {
       { timeout: 30000, message: 'the notebook is saved with the panel in it' }
     )
     .toBe(true);
+}
+
+/**
+ * The page reloaded while the run trains (JupyterLab or Notebook 7): once the notebook is saved with the panel in it,
+ * the new page shows every point logged before the reload (loss steps 1..n, none missing; evaluations, lr, the layer
+ * map), then keeps streaming. Returns the history seen after the reload.
+ */
+async function reloadKeepsHistory(page: Page, path: string, shots: string) {
+  await expect
+    .poll(async () => (await history(page)).evals, { timeout: 90000, message: 'two evaluations before the reload' })
+    .toBeGreaterThanOrEqual(2);
+  await saveWithPanel(page, path);
   const before = await history(page);
+  expect(before.steps.length, 'points before the reload').toBeGreaterThan(0);
   // the browser's own reload (Galata's `page.reload()` waits for a tab state this page never reaches)
   await page.evaluate(() => window.location.reload());
   await page.waitForSelector('.jp-Notebook', { timeout: 60000 });
-  const panel = page.locator(PANEL).first(); // the workspace reopens the notebook, its outputs from the saved file
+  const panel = page.locator(PANEL).first(); // the notebook reopens, its outputs from the saved file
   await expect(panel).toBeVisible({ timeout: 60000 });
   // every point before the reload is in the state the new page gets; the few streamed while the page built its
   // view come with the one re-render the kernel sends once the view answers
@@ -105,6 +90,16 @@ async function secondViews(page: Page, path: string, shots: string) {
     .toBeGreaterThan(after.steps.length);
   await panel.scrollIntoViewIfNeeded();
   await page.screenshot({ path: test.info().outputPath(`${shots}-reloaded.png`) });
+  return { before, after };
+}
+
+/**
+ * A second view of the running panel: the page reloaded, then Notebook 7 opened on the same running kernel. Each
+ * shows every point logged before it (loss steps 1..n, none missing; evaluations, lr, the layer map) and then
+ * keeps streaming.
+ */
+async function secondViews(page: Page, path: string, shots: string) {
+  const { before, after } = await reloadKeepsHistory(page, path, shots);
 
   // Notebook 7 on the same server and running kernel, in a second tab
   const nb7 = await page.context().newPage();
@@ -264,7 +259,11 @@ test.describe('nb_finetune panel in JupyterLab', () => {
 test.describe('nb_finetune panel in Notebook 7', () => {
   test.use(NOTEBOOK7);
 
-  test('loss plot grows, freezing, Stop; the exported notebook shows the summary', async ({ page, tmpPath }) => {
+  test('a reload mid-run shows the whole run so far; loss grows, freezing, Stop; the export shows the summary', async ({
+    page,
+    tmpPath
+  }) => {
+    test.setTimeout(240000);
     const name = uniqueName('panel_nb7');
     const cell = trainCell(name).replace('eval_split: 0', 'eval_split: 0.25\neval_every: 8');
     const path = await createNotebook(page, `${tmpPath}/panel7.ipynb`, [setupCell(), cell]);
@@ -282,6 +281,16 @@ test.describe('nb_finetune panel in Notebook 7', () => {
     });
     await page.locator('.jp-Cell .cm-content').nth(1).click();
     await page.keyboard.press('Shift+Enter');
+    await expect(page.locator(PANEL).first()).toContainText('training', { timeout: 60000 });
+    // a Notebook 7 page reloaded mid-run shows the whole history, then streams (counted in BokehJS's data). It is a
+    // second tab: a reloaded page never gets the final output, which goes to the display id of the first page's
+    // output, so the export below is of the first page's notebook.
+    await saveWithPanel(page, path);
+    const second = await page.context().newPage();
+    await second.goto(notebook7Url(path));
+    await expect(second.locator(PANEL).first()).toContainText('training', { timeout: 90000 });
+    await reloadKeepsHistory(second, path, 'nb7-panel');
+    await second.close();
     await panelFlow(page, page.locator(PANEL).first(), name, 'nb7-panel');
     await exported(page, path, name, 'nb7-panel');
   });

@@ -1,8 +1,9 @@
 import type { IRun } from '../api';
 import {
   activeRun,
-  runLocation,
-  sharedNames,
+  groupRuns,
+  locationLabel,
+  runParent,
   effectiveState,
   formatDuration,
   formatEta,
@@ -154,13 +155,44 @@ describe('stop all', () => {
 });
 
 
-describe('runs of the same name', () => {
-  it('shows where each lives', () => {
-    expect(runLocation('/home/ann/proj_a/runs/exp1')).toBe('…/proj_a/runs');
-    expect(runLocation('/home/ann/proj_b/runs/exp1')).toBe('…/proj_b/runs');
-    expect(runLocation('/runs/exp1')).toBe('/runs');
+describe('runs grouped by location', () => {
+  const root = '/home/ann/work';
+
+  it("takes a run's output directory as its location", () => {
+    expect(runParent('/home/ann/work/runs/exp1')).toBe('/home/ann/work/runs');
+    expect(runParent('/home/ann/work/runs/exp1/')).toBe('/home/ann/work/runs');
+    expect(runParent('C:\\Users\\ann\\runs\\exp1')).toBe('C:/Users/ann/runs');
+    expect(runParent('/exp1')).toBe('/');
   });
-  it('finds the shared names', () => {
-    expect([...sharedNames([{ name: 'a' }, { name: 'b' }, { name: 'a' }])]).toEqual(['a']);
+
+  it('shows a location relative to the server root, else by its last two folders', () => {
+    expect(locationLabel('/home/ann/work/runs', root)).toBe('runs');
+    expect(locationLabel('/home/ann/work/proj_a/runs', root)).toBe('proj_a/runs');
+    expect(locationLabel('/home/ann/work/a/b/c/runs', root)).toBe('…/c/runs');
+    expect(locationLabel('/home/ann/work', root)).toBe('work (server root)');
+    // a sibling whose name starts like the root is outside it
+    expect(locationLabel('/home/ann/workshop/runs', root)).toBe('…/workshop/runs');
+    expect(locationLabel('/tmp/x/runs', root)).toBe('…/x/runs');
+    expect(locationLabel('/runs', root)).toBe('/runs');
+    expect(locationLabel('/home/ann/work/runs', `${root}/`)).toBe('runs');
+    expect(locationLabel('/srv/runs', '/')).toBe('srv/runs');
+    expect(locationLabel('/srv/runs')).toBe('/srv/runs');
+  });
+
+  it('puts runs of the same name in two folders under two headings, newest group first', () => {
+    const runs = [
+      run({ id: '1', name: 'exp', run_dir: '/home/ann/work/proj_b/runs/exp' }),
+      run({ id: '2', name: 'exp', run_dir: '/home/ann/work/proj_a/runs/exp' }),
+      run({ id: '3', name: 'other', run_dir: '/home/ann/work/proj_b/runs/other' }),
+      run({ id: '4', name: 'exp-2', run_dir: '/home/ann/work/proj_a/runs/exp-2' })
+    ];
+    const groups = groupRuns(runs, root);
+    expect(groups.map(g => [g.dir, g.label, g.runs.map(r => r.id)])).toEqual([
+      ['/home/ann/work/proj_b/runs', 'proj_b/runs', ['1', '3']],
+      ['/home/ann/work/proj_a/runs', 'proj_a/runs', ['2', '4']]
+    ]);
+    // control: one folder is one group, whatever the names
+    expect(groupRuns([runs[0], runs[2]], root)).toHaveLength(1);
+    expect(groupRuns([], root)).toEqual([]);
   });
 });
