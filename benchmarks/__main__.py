@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import ROOT, Spec, flop_bound, prepare
+from .common import ROOT, Spec, flop_bound, machine_info, prepare, require_cuda, run_interleaved, write_results
 
 ARMS = ("B0", "B1", "B2", "N")
 NAMES = {
@@ -44,77 +39,20 @@ def _plan(spec: Spec, quick: bool, arms: tuple[str, ...] = ARMS, ks: tuple[int, 
     return [(k, a) for k, a in plan if a in arms and (ks is None or k in ks)]
 
 
-def run_all(spec: Spec, quick: bool, reps: int, out: Path, arms: tuple[str, ...] = ARMS, ks=None) -> dict:
+def run_all(
+    spec: Spec, quick: bool, reps: int, out: Path, arms: tuple[str, ...] = ARMS, ks=None, keep_going: bool = False
+) -> dict:
     prepare(spec)
     plan = _plan(spec, quick, arms, ks)
     if not plan:
         raise SystemExit("nothing to run: --arms / --k select no arm of this plan")
-    runs = []
-    tmp = Path(tempfile.mkdtemp())
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "NB_FINETUNE_INDEX_DIR": str(tmp / "index"),
-    }
-    t0 = time.time()
-    for rep in range(reps):
-        for k, arm in plan:  # interleaved: every repetition runs every arm once, in the same order
-            s = Spec(**{**asdict(spec), "k": k})
-            spec_file, res_file = tmp / f"spec-{k}.json", tmp / f"{arm}-{k}-{rep}.json"
-            spec_file.write_text(s.to_json())
-            started = time.time()
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.arms", arm, str(spec_file), str(res_file)],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"arm {arm} (k={k}) failed")
-            res = json.loads(res_file.read_text())
-            res["rep"] = rep
-            runs.append(res)
-            print(
-                f"[{time.time() - t0:6.0f}s] rep {rep} k={k} {arm:<2} wall {res['wall_s']:6.1f}s "
-                f"({time.time() - started:.0f}s with start-up)",
-                file=sys.stderr,
-                flush=True,
-            )
-    doc = {
-        "spec": asdict(spec),
-        "quick": quick,
-        "reps": reps,
-        "machine": _machine(),
-        "runs": runs,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    specs = {k: Spec(**{**asdict(spec), "k": k}).to_json() for k, _ in plan}
+    runs = run_interleaved(
+        ["-m", "benchmarks.arms"], [(arm, specs[k], f"k={k}") for k, arm in plan], reps, keep_going=keep_going
+    )
+    doc = {"spec": asdict(spec), "quick": quick, "reps": reps, "machine": machine_info(), "runs": runs}
+    write_results(out, doc)
     return doc
-
-
-def _machine() -> dict:
-    import torch
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def summarize(doc: dict) -> tuple[str, str]:
@@ -122,8 +60,10 @@ def summarize(doc: dict) -> tuple[str, str]:
     spec = doc["spec"]
     L, E = spec["layers"], spec["epochs"]
     groups: dict[tuple[int, str], list[dict]] = {}
+    failed = [r for r in doc["runs"] if r.get("failed")]
     for r in doc["runs"]:
-        groups.setdefault((r["k"], r["arm"]), []).append(r)
+        if not r.get("failed"):
+            groups.setdefault((r["k"], r["arm"]), []).append(r)
 
     def med(k, arm, key):
         vals = [r[key] for r in groups.get((k, arm), []) if r.get(key) is not None]
@@ -161,6 +101,7 @@ def summarize(doc: dict) -> tuple[str, str]:
                 f"{med(k, arm, 'syncs_per_100_steps'):.0f} | {med(k, arm, 'train_loss'):.4f} | "
                 f"{med(k, arm, 'accuracy'):.3f} | {ratio} |"
             )
+    lines += [f"{r['arm']} ({r['label']}) rep {r['rep']} failed: {r['failed']}" for r in failed]
     deep = max(ks) if ks else 0
     parts = []
     if (0, "B1") in summary:
@@ -203,6 +144,10 @@ def main(argv=None) -> int:
     else:
         spec = Spec(work_dir=args.work_dir, n_train=512 if args.quick else 1024)
         if args.gpu:
+            require_cuda()
+            from .gpu_bootstrap import ensure
+
+            ensure()
             spec = Spec(
                 work_dir=args.work_dir,
                 n_train=2048 if args.quick else 8192,
@@ -217,7 +162,7 @@ def main(argv=None) -> int:
         reps = args.reps or (2 if args.quick else 3)
         kind = "gpu" if args.gpu else "cpu"
         out = args.out or ROOT / "benchmarks" / "results" / f"{kind}{'-quick' if args.quick else ''}.json"
-        doc = run_all(spec, args.quick, reps, out, arms, ks)
+        doc = run_all(spec, args.quick, reps, out, arms, ks, keep_going=args.gpu)
         print(f"raw results: {out}")
     table, line = summarize(doc)
     print(table)

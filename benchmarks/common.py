@@ -3,12 +3,141 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_env(tmp: Path) -> dict:
+    """The environment of every arm's process: this checkout first on the path (then whatever the caller's
+    PYTHONPATH holds, e.g. the GPU bootstrap's packages), the hub offline, a private run index."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NB_FINETUNE_INDEX_DIR": str(tmp / "index"),
+    }
+
+
+def run_interleaved(
+    child: list[str],
+    plan: list[tuple[str, str, str]],
+    reps: int,
+    *,
+    show: Callable[[dict], str] = lambda res: f"wall {res['wall_s']:6.1f}s",
+    keep_going: bool = False,
+    tmp: Path | None = None,
+) -> list[dict]:
+    """Run each (arm, spec JSON, label) of `plan` once per repetition, in plan order (A B C A B C ...), each in a
+    fresh process `python <child...> ARM SPEC_FILE OUT_FILE`; returns the arms' JSON results with `rep` added.
+
+    A failed arm ends the benchmark, unless `keep_going`: then it is recorded as {arm, rep, label, failed: last line
+    of its error} and the other arms go on (the GPU runs: one arm's missing library must not cost the others)."""
+    tmp = Path(tmp or tempfile.mkdtemp())
+    env = bench_env(tmp)
+    spec_files: dict[str, Path] = {}
+    runs, t0 = [], time.time()
+    for rep in range(reps):
+        for arm, spec_json, label in plan:
+            if spec_json not in spec_files:
+                spec_files[spec_json] = tmp / f"spec-{len(spec_files)}.json"
+                spec_files[spec_json].write_text(spec_json)
+            res_file = tmp / f"{arm}-{spec_files[spec_json].stem}-{rep}.json"
+            res_file.unlink(missing_ok=True)
+            started = time.time()
+            proc = subprocess.run(
+                [sys.executable, *child, arm, str(spec_files[spec_json]), str(res_file)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            where = f"{arm} ({label})" if label else arm
+            if proc.returncode != 0 or not res_file.is_file():
+                print(proc.stderr[-3000:], file=sys.stderr)
+                if not keep_going:
+                    raise SystemExit(f"arm {where} failed")
+                last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+                runs.append({"arm": arm, "rep": rep, "label": label, "failed": last[0][:300]})
+                print(f"[{time.time() - t0:6.0f}s] rep {rep} {where} FAILED: {last[0][:200]}", file=sys.stderr)
+                continue
+            res = json.loads(res_file.read_text())
+            res["rep"] = rep
+            runs.append(res)
+            print(
+                f"[{time.time() - t0:6.0f}s] rep {rep} {where:<8} {show(res)} ({time.time() - started:.0f}s with "
+                "start-up)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return runs
+
+
+def write_results(out: Path, doc: dict) -> None:
+    doc["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def require_cuda() -> None:
+    """`--gpu` on a machine without CUDA: one line, exit status 1, before anything is installed or built."""
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("--gpu: torch is not installed here; install a CUDA build of torch first") from None
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            f"--gpu: no CUDA device here (torch {torch.__version__} sees none); run it on a machine with an NVIDIA "
+            "GPU, or leave out --gpu for the CPU benchmark"
+        )
+
+
+def tokenizer_dir() -> str:
+    """MiniLM's tokenizer: from the installed default-model package, else from the GPU bootstrap's assets."""
+    sys.path.insert(0, str(ROOT))
+    from nb_finetune import examples
+    from nb_finetune.errors import FinetuneError
+
+    try:
+        return examples.default_model_path()
+    except FinetuneError:
+        from .gpu_bootstrap import ASSETS
+
+        carried = ASSETS / "minilm-tokenizer"
+        if (carried / "tokenizer_config.json").is_file():
+            return str(carried)
+        raise
 
 
 @dataclass
@@ -64,7 +193,7 @@ def prepare(spec: Spec) -> None:
 
     Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
     if not (spec.model_dir / "config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(examples.default_model_path())
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir())
         cfg = BertConfig(
             vocab_size=tok.vocab_size,
             hidden_size=spec.hidden,

@@ -1,6 +1,6 @@
 """One arm of the LLM benchmark in this (fresh) process; writes its measurements as JSON.
 
-    python -m benchmarks.llm_arms {T0,T1,P,N} SPEC_JSON OUT_JSON
+    python -m benchmarks.llm_arms {T0,T1,P,N,PQ,NQ} SPEC_JSON OUT_JSON
 
 T0  TRL SFTTrainer with LoRA, padded batches (no packing).
 T1  TRL SFTTrainer with LoRA and packing (best-fit decreasing, padding-free): one packed row per micro-batch,
@@ -8,9 +8,12 @@ T1  TRL SFTTrainer with LoRA and packing (best-fit decreasing, padding-free): on
     attention is quadratic on a CPU, so batch 1 is its fair setting).
 P   a plain PEFT + Accelerate loop over the same packed rows as N (block-diagonal mask, restarting positions).
 N   nb_finetune.finetune with `packing: true` and the same LoRA settings.
+PQ, NQ  P and N with QLoRA (the --gpu workload): the base in 4-bit NF4 through bitsandbytes (double quantisation,
+    bf16 compute), as nb_finetune's `quantization: 4bit` loads it, and PEFT's prepare_model_for_kbit_training.
 
-Every arm: the same prompt / completion records, completion-only loss, fp32 on the CPU, gradient checkpointing
-off, the same LoRA config, seed, lr and one epoch over the same examples (the same real tokens trained).
+Every arm: the same prompt / completion records, completion-only loss, gradient checkpointing off, the same LoRA
+config, seed, lr and one epoch over the same examples (the same real tokens trained); fp32 on the CPU, and on a GPU
+(--gpu) bf16 autocast over fp32 master weights for LoRA (what nb_finetune does with `precision: bf16`).
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def _packed_rows(spec: LLMSpec, tok):
     return L.pack(enc.input_ids, enc.labels, spec.max_length, spec.seed)
 
 
-def _plain(spec: LLMSpec, counter: SyncCounter) -> dict:
+def _plain(spec: LLMSpec, counter: SyncCounter, quantized: bool = False) -> dict:
     import torch
     from accelerate import Accelerator
     from peft import get_peft_model
@@ -136,7 +139,22 @@ def _plain(spec: LLMSpec, counter: SyncCounter) -> dict:
     tok = AutoTokenizer.from_pretrained(spec.model_dir, **spec.gguf_kw())
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=torch.float32, **spec.gguf_kw())
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.model_dir, quantization_config=q, device_map={"": 0}, dtype=torch.bfloat16, **spec.gguf_kw()
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=torch.float32, **spec.gguf_kw())
     model = get_peft_model(model, lora_config(spec))
     ids, labels, pos, segs, _ = _packed_rows(spec, tok)
     items = [
@@ -144,7 +162,7 @@ def _plain(spec: LLMSpec, counter: SyncCounter) -> dict:
         for i in range(len(ids))
     ]
     collate = L.PackedCollator(tok.pad_token_id)
-    acc = Accelerator(cpu=True)
+    acc = Accelerator(cpu=spec.device == "cpu", mixed_precision="bf16" if spec.precision == "bf16" else "no")
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=0.01, fused=True
     )
@@ -161,6 +179,7 @@ def _plain(spec: LLMSpec, counter: SyncCounter) -> dict:
         real += batch.pop("num_tokens")
         batch.pop("lengths"), batch.pop("idx")
         batch["attention_mask"] = batch.pop("packed_mask")
+        batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
         width_sum += batch["input_ids"].numel()
         loss = model(**batch).loss
         acc.backward(loss)
@@ -183,11 +202,14 @@ def _plain(spec: LLMSpec, counter: SyncCounter) -> dict:
     }
 
 
-def _ours(spec: LLMSpec, counter: SyncCounter) -> dict:
+def _ours(spec: LLMSpec, counter: SyncCounter, quantized: bool = False) -> dict:
+    import torch
+
     from nb_finetune import finetune
     from nb_finetune.core.events import RunStarted, StepEnded
 
     seen = {"reads": 0}
+    cuda = spec.device == "cuda"
 
     class Meter:
         def on_event(self, e):
@@ -196,6 +218,12 @@ def _ours(spec: LLMSpec, counter: SyncCounter) -> dict:
                 counter.install()
             elif isinstance(e, StepEnded):  # reads up to the last step: the final checkpoint's copies are not steps
                 seen["reads"] = counter.reads
+                if cuda and e.step >= e.total_steps:
+                    # the loop times its last step when it is queued; the plain loop's clock stops after its last
+                    # read of the device, so wait here for the GPU to finish that step too
+                    t = time.perf_counter()
+                    torch.cuda.synchronize()
+                    seen["wall"] = e.elapsed + time.perf_counter() - t
 
     cfg = {
         "model": str(spec.model_dir),
@@ -209,7 +237,10 @@ def _ours(spec: LLMSpec, counter: SyncCounter) -> dict:
         "epochs": 1,
         "lr": spec.lr,
         "warmup": spec.warmup_steps,
-        "precision": "fp32",
+        "precision": spec.precision,
+        "device": spec.device,
+        "quantization": "4bit" if quantized else "none",
+        "gradient_checkpointing": False,
         "seed": spec.seed,
         "log_every": 10,
         "eval_every": None,
@@ -232,7 +263,7 @@ def _ours(spec: LLMSpec, counter: SyncCounter) -> dict:
     batches = epoch_batches(lens, spec.rows_per_step, spec.seed, 0, True)  # the loop's batches: rows padded to
     padded = sum(len(b) * int(lens[list(b)].max()) for b in batches)  # the widest row of their batch
     return {
-        "wall_s": t["loop_s"],
+        "wall_s": seen.get("wall", t["loop_s"]),
         "cpu_s": t["loop_cpu_s"],
         "steps": run.step,
         "model_tokens": padded,
@@ -255,10 +286,10 @@ def main(argv=None) -> int:
         res = _trl(spec, False, counter)
     elif arm == "T1":
         res = _trl(spec, True, counter)
-    elif arm == "P":
-        res = _plain(spec, counter)
-    elif arm == "N":
-        res = _ours(spec, counter)
+    elif arm in ("P", "PQ"):
+        res = _plain(spec, counter, quantized=arm == "PQ")
+    elif arm in ("N", "NQ"):
+        res = _ours(spec, counter, quantized=arm == "NQ")
     else:
         raise SystemExit(f"unknown arm {arm}")
     res.update(
@@ -267,6 +298,8 @@ def main(argv=None) -> int:
         padding_share=1 - res["real_tokens"] / max(1, res["model_tokens"]),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
+    if spec.device == "cuda":
+        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(out_file).write_text(json.dumps(res))
     return 0
 

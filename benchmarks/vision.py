@@ -21,14 +21,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .common import ROOT, run_interleaved, write_results
+
 ARMS = ("T", "P", "N")
 NAMES = {"T": "HF Trainer + image collator", "P": "plain PyTorch loop", "N": "nb_finetune"}
 BLOCKS = 16
@@ -270,36 +270,15 @@ def _child(arm: str, spec_file: str, out_file: str) -> None:
 
 def run_all(spec: VSpec, reps: int, out: Path) -> dict:
     prepare(spec)
-    tmp = Path(tempfile.mkdtemp())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "NB_FINETUNE_INDEX_DIR": str(tmp / "i")}
-    runs, bounds, t0 = [], {}, time.time()
+    bounds = {}
     for k in (0, BLOCKS - 1):
         bounds[k] = cache_bound(group_flops(VSpec(**{**asdict(spec), "k": k})), spec.epochs) if k else 1.0
-    for rep in range(reps):
-        for k in (0, BLOCKS - 1):
-            s = VSpec(**{**asdict(spec), "k": k})
-            sf = tmp / f"spec-{k}.json"
-            sf.write_text(json.dumps(asdict(s)))
-            for arm in ARMS:
-                rf = tmp / f"{arm}-{k}-{rep}.json"
-                proc = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.vision", "--child", arm, str(sf), str(rf)],
-                    cwd=ROOT,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                if proc.returncode != 0:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"arm {arm} (k={k}) failed")
-                res = json.loads(rf.read_text())
-                res["rep"] = rep
-                runs.append(res)
-                print(
-                    f"[{time.time() - t0:5.0f}s] rep {rep} k={k:<2} {arm} {res['images_per_s']:7.1f} images/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    plan = [
+        (arm, json.dumps(asdict(VSpec(**{**asdict(spec), "k": k}))), f"k={k}") for k in (0, BLOCKS - 1) for arm in ARMS
+    ]
+    runs = run_interleaved(
+        ["-m", "benchmarks.vision", "--child"], plan, reps, show=lambda r: f"{r['images_per_s']:7.1f} images/s"
+    )
     import torch
 
     doc = {
@@ -308,10 +287,8 @@ def run_all(spec: VSpec, reps: int, out: Path) -> dict:
         "bounds": {str(k): v for k, v in bounds.items()},
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
         "runs": runs,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    write_results(out, doc)
     return doc
 
 
