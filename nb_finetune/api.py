@@ -403,11 +403,11 @@ class Run:
         if self.done:
             raise RunStateError(f"cannot {what}: run '{self.name}' has already {self.status}")
 
-    def stop(self, save: bool = True, reason: str = "user") -> Run:
+    def stop(self, save: bool = True, reason: str = "user", _source: str = "api") -> Run:
         """Stop at the next micro-batch; with `save`, write a checkpoint of the last optimizer step first. `reason` is
         what `run.reason` and status.json record (the SIGTERM handlers say "SIGTERM")."""
         if not self.done:
-            self.controls.stop(save=save, reason=reason)
+            self.controls.stop(save=save, source=_source, reason=reason)
         return self
 
     def abort(self) -> Run:
@@ -416,15 +416,15 @@ class Run:
             self.controls.send("abort")
         return self
 
-    def pause(self) -> Run:
+    def pause(self, _source: str = "api") -> Run:
         self._check_active("pause")
-        self.controls.pause()
+        self.controls.pause(_source)
         return self
 
-    def resume(self) -> Run:
+    def resume(self, _source: str = "api") -> Run:
         """Un-pause a paused run. (To continue a finished run from a checkpoint, use `resume_from: last`.)"""
         self._check_active("resume")
-        self.controls.resume()
+        self.controls.resume(_source)
         return self
 
     def set(self, _source: str = "api", **values) -> Run:
@@ -466,10 +466,10 @@ class Run:
         self.controls.freeze(spec, source=_source)
         return self
 
-    def checkpoint(self) -> Run:
+    def checkpoint(self, _source: str = "api") -> Run:
         """Write a checkpoint at the next optimizer step."""
         self._check_active("checkpoint")
-        self.controls.checkpoint()
+        self.controls.checkpoint(_source)
         return self
 
     # ------------------------------------------------------------ starting later

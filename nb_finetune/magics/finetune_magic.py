@@ -158,19 +158,19 @@ class FinetuneMagic(Magics, Configurable):
             return None
         run = target
         if cmd.command == "stop":
-            run.stop(save=cmd.options.get("save", True))
+            run.stop(save=cmd.options.get("save", True), _source="magic")
         elif cmd.command == "abort":
             run.abort()
         elif cmd.command == "pause":
-            run.pause()
+            run.pause(_source="magic")
         elif cmd.command == "resume":
-            run.resume()
+            run.resume(_source="magic")
         elif cmd.command == "set":
             run.set(_source="magic", **cmd.options)
         elif cmd.command == "freeze":
             run.freeze(cmd.options["spec"], _source="magic")
         elif cmd.command == "checkpoint":
-            run.checkpoint()
+            run.checkpoint(_source="magic")
         elif cmd.command == "wait":
             run.wait()
         return None

@@ -12,6 +12,7 @@ import html
 import math
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import ipywidgets as W
@@ -727,18 +728,18 @@ class Panel:
 
     def _on_pause(self) -> None:
         if self.state.state == "paused":
-            self._guard(self.run.resume, "resume")
+            self._guard(partial(self.run.resume, _source="panel"), "resume")
             self._say("resume sent")
         else:
-            self._guard(self.run.pause, "pause")
+            self._guard(partial(self.run.pause, _source="panel"), "pause")
             self._say("pause sent: the run pauses at the next micro-batch")
 
     def _on_stop(self) -> None:
-        self.run.stop(save=True)
+        self.run.stop(save=True, _source="panel")
         self._say("stop sent: a checkpoint is written, then the run stops")
 
     def _on_checkpoint(self) -> None:
-        self._guard(self.run.checkpoint, "checkpoint")
+        self._guard(partial(self.run.checkpoint, _source="panel"), "checkpoint")
         self._say("checkpoint requested for the next optimizer step")
 
 

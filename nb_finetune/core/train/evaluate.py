@@ -12,7 +12,7 @@ from .masks import mask_inputs
 __all__ = ["evaluate"]
 
 
-def evaluate(model, data, task, cfg, device, mask_4d: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate(model, data, task, cfg, device, mask_4d=None) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, extras) of `model` on `data` (the task's `Examples`).
 
     Metrics are `eval_loss` (when the model returns a loss) and the task metric's values with an `eval_` prefix;

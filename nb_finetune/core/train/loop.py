@@ -155,7 +155,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         torch.manual_seed(cfg.seed)  # dropout stream; the data order has its own generator
         random.seed(cfg.seed)
 
-    mask_4d = task.capabilities.mask_4d and probe_4d_mask(model, job.train_data, collate, device)
+    mask_4d = probe_4d_mask(model, job.train_data, collate, device) if task.capabilities.mask_4d else None
     param_dtype = next(unwrapped.parameters()).dtype
     parts.cache, cache_note = _prefix_cache(job, parts, live, spe, collate, device, precision)
     # torch.compile for the training forward only (evaluation keeps the eager module: no recompiles for eval mode)
@@ -339,7 +339,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _evaluate(job: Job, parts: Parts, live: Live, device, mask_4d: bool):
+def _evaluate(job: Job, parts: Parts, live: Live, device, mask_4d):
     """Evaluate on the eval data (an out-of-memory halves the eval batch), then back to training mode."""
     metrics, extras = evaluate_shrinking(evaluate, parts.model, job.eval_data, job.task, job.config, device, mask_4d)
     train_mode(parts, live.frozen)
