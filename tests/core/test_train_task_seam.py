@@ -58,7 +58,8 @@ class Plain(TextClassification):
             if mask is None:
                 lengths = [batch["input_ids"].shape[1]] * len(batch["labels"])
             else:
-                lengths = (mask[:, 0, 0, :] if mask.dim() == 4 else mask).sum(-1).tolist()
+                # the 4D mask is additive (0 where a key is attended), the 2D one 1 / 0
+                lengths = ((mask[:, 0, 0, :] == 0) if mask.dim() == 4 else mask).sum(-1).tolist()
             self.seen.append((lengths, tuple(mask.shape) if mask is not None else None))
         return super().forward(model, batch)
 
