@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError, DataError, FinetuneError
 
 __all__ = [
     "Capabilities",
@@ -243,7 +243,11 @@ class Task(ABC):
         return "loss" not in short and short not in self.lower_is_better
 
     def predict(self, model, *args, **kwargs):
-        raise NotImplementedError(f"{self.name}: predict is not available for this task")
+        """Optional: a task without its own `predict` says so, naming the fix (built-in tasks all have one)."""
+        raise FinetuneError(
+            f"task {self.name!r} has no predict(): define `predict(self, model, inputs)` on its class, "
+            "or call run.model directly"
+        )
 
     def save(self, model, path: Path) -> None:
         """Write the model (safetensors) and its tokenizer / processor so `from_pretrained(path)` loads them."""

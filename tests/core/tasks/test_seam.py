@@ -181,3 +181,16 @@ def test_unknown_task_suggests_the_closest():
     with pytest.raises(ConfigError, match="Did you mean 'text-classification'"):
         FinetuneConfig.from_dict({"task": "text-clasification"})
     assert "text-classification" in registry()
+
+
+def test_a_task_without_predict_says_how_to_add_one():
+    """The base class's default; control: CountSevens defines its own and returns predictions (test above)."""
+    from nb_finetune.errors import FinetuneError
+
+    class NoPredict(CountSevens):
+        name = "test-no-predict"
+        predict = Task.predict
+
+    task = NoPredict.__new__(NoPredict)
+    with pytest.raises(FinetuneError, match=r"'test-no-predict' has no predict\(\): define `predict"):
+        task.predict(None, [1, 2])
