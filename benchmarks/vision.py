@@ -9,6 +9,8 @@ under the work directory) and the same hyperparameters:
   T  the Hugging Face `Trainer` with an image collator as its image-classification guide writes it
      (per-example normalisation in the dataset, `torch.stack` in the collator);
   P  a plain PyTorch loop (DataLoader over the tensors, AdamW, a linear schedule), the data order of nb_finetune;
+  M  the same plain loop with freed CPU memory kept in the process, as nb_finetune does on a CPU run
+     (`keep_cpu_memory`, core/train/cpu_memory.py): N / M is nb_finetune's own overhead over the bare loop;
   N  nb_finetune: `finetune()` with the network as `{{net}}`.
 k = 0 trains everything; k = "last stage" freezes the stem and blocks 0-14 (of 16) in every arm (frozen BatchNorm
 in eval mode in P and N). The bound for k > 0 is what skipping the frozen prefix after the first epoch would give,
@@ -29,8 +31,13 @@ from pathlib import Path
 
 from .common import ROOT, run_interleaved, write_results
 
-ARMS = ("T", "P", "N")
-NAMES = {"T": "HF Trainer + image collator", "P": "plain PyTorch loop", "N": "nb_finetune"}
+ARMS = ("T", "P", "M", "N")
+NAMES = {
+    "T": "HF Trainer + image collator",
+    "P": "plain PyTorch loop",
+    "M": "plain loop + kept CPU memory",
+    "N": "nb_finetune",
+}
 BLOCKS = 16
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -263,19 +270,24 @@ def _child(arm: str, spec_file: str, out_file: str) -> None:
     if spec.threads:
         torch.set_num_threads(spec.threads)  # nb_finetune's worker thread re-applies a count set by the user
     torch.manual_seed(spec.seed)
-    res = {"T": arm_trainer, "P": arm_plain, "N": arm_nb}[arm](spec)
+    if arm == "M":
+        from nb_finetune.core.train.cpu_memory import keep_cpu_memory
+
+        with keep_cpu_memory() as kept:
+            res = arm_plain(spec)
+        res["kept_cpu_memory"] = kept
+    else:
+        res = {"T": arm_trainer, "P": arm_plain, "N": arm_nb}[arm](spec)
     res.update(arm=arm, k=spec.k, images_per_s=spec.n_train * spec.epochs / res["loop_s"])
     Path(out_file).write_text(json.dumps(res))
 
 
-def run_all(spec: VSpec, reps: int, out: Path) -> dict:
+def run_all(spec: VSpec, reps: int, out: Path, arms=ARMS, ks=(0, BLOCKS - 1)) -> dict:
     prepare(spec)
     bounds = {}
-    for k in (0, BLOCKS - 1):
+    for k in ks:
         bounds[k] = cache_bound(group_flops(VSpec(**{**asdict(spec), "k": k})), spec.epochs) if k else 1.0
-    plan = [
-        (arm, json.dumps(asdict(VSpec(**{**asdict(spec), "k": k}))), f"k={k}") for k in (0, BLOCKS - 1) for arm in ARMS
-    ]
+    plan = [(arm, json.dumps(asdict(VSpec(**{**asdict(spec), "k": k}))), f"k={k}") for k in ks for arm in arms]
     runs = run_interleaved(
         ["-m", "benchmarks.vision", "--child"], plan, reps, show=lambda r: f"{r['images_per_s']:7.1f} images/s"
     )
@@ -319,12 +331,17 @@ def summarize(doc: dict) -> tuple[str, str]:
                 ratio = f"bound {doc['bounds'][str(k)]:.2f}x over P"
             label = "0" if k == 0 else f"{k} (last stage trains)"
             lines.append(f"| {label} | {arm} {NAMES[arm]} | {med:.1f} | {min(vals):.1f}-{max(vals):.1f} | {ratio} |")
+        if not all((k, a) in groups for a in ("P", "T")):
+            continue
         p, t = statistics.median(groups[(k, "P")]), statistics.median(groups[(k, "T")])
+        own = f", N/M {n / statistics.median(groups[(k, 'M')]):.2f}x" if (k, "M") in groups else ""
         if k == 0:
-            parts.append(f"k=0: N/P {n / p:.2f}x (target >= 0.97), N/T {n / t:.2f}x (target >= 1.2)")
+            parts.append(f"k=0: N/P {n / p:.2f}x (target >= 0.97), N/T {n / t:.2f}x (target >= 1.2){own}")
         else:
             bound = doc["bounds"][str(k)]
-            parts.append(f"k={k}: N/P {n / p:.2f}x = {n / p / bound:.2f} of the bound {bound:.2f}x (target >= 0.9)")
+            parts.append(
+                f"k={k}: N/P {n / p:.2f}x = {n / p / bound:.2f} of the bound {bound:.2f}x (target >= 0.9){own}"
+            )
     return "\n".join(lines), " | ".join(parts)
 
 
@@ -337,6 +354,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--quick", action="store_true", help="128 images x 2 epochs, 2 repetitions")
     p.add_argument("--reps", type=int)
+    p.add_argument("--arms", default=",".join(ARMS), help="a subset, e.g. P,M,N (default: all)")
+    p.add_argument("--k", type=int, action="append", help=f"only this k (0 or {BLOCKS - 1}); repeatable")
     p.add_argument("--out", type=Path)
     p.add_argument("--table", type=Path, help="only print the table of an existing raw results file")
     p.add_argument("--work-dir", default=str(ROOT / "benchmarks" / ".work"))
@@ -347,7 +366,10 @@ def main(argv=None) -> int:
         spec = VSpec(work_dir=args.work_dir, n_train=128 if args.quick else 512, epochs=2 if args.quick else 3)
         reps = args.reps or (2 if args.quick else 3)
         out = args.out or ROOT / "benchmarks" / "results" / f"vision{'-quick' if args.quick else ''}.json"
-        doc = run_all(spec, reps, out)
+        arms = tuple(a for a in args.arms.split(",") if a)
+        if unknown := [a for a in arms if a not in ARMS]:
+            p.error(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
+        doc = run_all(spec, reps, out, arms, tuple(args.k or (0, BLOCKS - 1)))
         print(f"raw results: {out}")
     table, line = summarize(doc)
     print(table)

@@ -636,6 +636,13 @@ class FinetuneConfig(_Strict):
         None, "Continue from a checkpoint: `last`, `best`, or a checkpoint directory.", aliases=("resume",)
     )
     num_workers: int = _field(0, "DataLoader worker processes.", ge=0)
+    keep_cpu_memory: bool = _field(
+        True,
+        "On a CPU run under Linux (glibc), freed memory stays in the process while it trains, so each step reuses "
+        "its buffers instead of faulting in fresh pages (measured: 10-20% faster steps, and steadier); glibc's "
+        "defaults come back, and the memory goes back to the OS, when the run ends. false: glibc's defaults "
+        "throughout. Not applied on GPUs, under another allocator or with MALLOC_* tuning set.",
+    )
 
     # ---------------------------------------------------------------- experiments (core/track, lr_find, batch_size, sweep)
     track: list[str] | None = _field(

@@ -25,6 +25,7 @@ from ..flops import FlopModel, peak_flops
 from ..freezing import LayerMap, apply_freeze
 from ..runs import RunDir
 from ..tasks.base import HOST_KEYS, Examples
+from . import cpu_memory
 from .checkpoints import (
     load_checkpoint,
     prune,
@@ -168,6 +169,8 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         emit(refusal)
     desk = CommandDesk(controls, rd, emit)
 
+    # freed CPU memory stays in the process while it trains (no fresh pages per step); see cpu_memory.py
+    kept_memory = cpu_memory.hold(cfg.keep_cpu_memory, device.type)
     try:
         # ---------------------------------------------------------------- epochs
         train_mode(parts, live.frozen)
@@ -333,6 +336,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
         }
         return RunResult(state, reason, pos.step, best.value, str(best_ck) if best_ck else None, timings=timings)
     finally:
+        cpu_memory.release(kept_memory)
         guard.release(parts.optimizer.optimizer)
         if parts.cache is not None:
             parts.cache.remove()  # the user's model gets its own forward methods back
