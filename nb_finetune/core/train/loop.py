@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..batch_size import BatchPlan, evaluate_shrinking, is_oom, oom_error
 from ..cache import setup_cache
 from ..config import FinetuneConfig
@@ -154,6 +156,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     else:
         torch.manual_seed(cfg.seed)  # dropout stream; the data order has its own generator
         random.seed(cfg.seed)
+        np.random.seed(cfg.seed)  # what a model or collator drawing from numpy's global generator reads
 
     mask_4d = probe_4d_mask(model, job.train_data, collate, device) if task.capabilities.mask_4d else None
     param_dtype = next(unwrapped.parameters()).dtype
