@@ -272,7 +272,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 epoch_end = pos.batch >= n_batches
                 if pos.step % live.log_every == 0 or pos.step >= live.total_steps(spe) or epoch_end:
                     mem = memory_mb(device)
-                    emit(meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak))
+                    ev = meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak)
+                    ev.unreadable = _unreadable(job)
+                    emit(ev)
                     guard.check(rd.checkpoints())  # on_nonfinite: stop ends the run here, naming the step
 
                 # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
@@ -342,6 +344,11 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _unreadable(job: Job) -> int:
+    """Examples left out so far because their file failed to decode when read (DataLoader workers count them too)."""
+    return job.train_data.num_unreadable + (job.eval_data.num_unreadable if job.eval_data is not None else 0)
+
+
 def _evaluate(job: Job, parts: Parts, live: Live, device, mask_4d):
     """Evaluate on the eval data (an out-of-memory halves the eval batch), then back to training mode."""
     metrics, extras = evaluate_shrinking(evaluate, parts.model, job.eval_data, job.task, job.config, device, mask_4d)
