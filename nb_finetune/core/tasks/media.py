@@ -312,6 +312,7 @@ class BadFiles:
     dropped: list[tuple[str, int, str]] = field(default_factory=list)  # (split, row, why): e.g. too long
 
     def add(self, role: str, row: int, name: str, why: str, *, error: bool, key: str) -> None:
+        why = why.rstrip(".")  # the decoder's sentence ends here: one full stop, not two
         if error:
             raise DataError(
                 f"data.{role}: row {row} ({name}) cannot be read: {why}. Fix or remove the file, or set "
