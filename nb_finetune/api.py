@@ -21,7 +21,7 @@ from .core.events import ControlApplied, EvalEnded, Event, Logged, RunFinished, 
 from .core.freezing import resolve_freeze
 from .core.preflight import check_resume, check_run, out_of_memory_message
 from .core.runs import RegistryCallback, RunDir, validate_name
-from .errors import ConfigError, FinetuneError, RunStateError
+from .errors import ConfigError, FinetuneError, RunStateError, as_raised
 
 __all__ = ["finetune", "lr_find", "Run", "DryRunReport", "active_runs", "get_run"]
 
@@ -729,6 +729,7 @@ class Run:
                 RunFinished(state=result.state, reason=result.reason, step=result.step, best_metric=result.best_metric)
             )
         except FinetuneError as e:
+            e = as_raised(e)  # raised in a DataLoader worker: its own message, not torch's wrapped traceback
             self._exc = _without_frames(e)
             emit(RunFinished(state="failed", reason="error", step=self.step, error=str(e)))
         except BaseException as e:  # noqa: BLE001 - a failed run must be recorded, whatever failed

@@ -44,6 +44,8 @@ class TextProgress:
                 speed += f"  {e.tokens_per_s:9,.0f} {self.unit}/s"
             self.nonfinite += e.nonfinite_steps
             skipped = f"  {self.nonfinite} NaN/Inf steps skipped" if self.nonfinite else ""
+            if e.unreadable:
+                skipped += f"  {e.unreadable:,} unreadable file{'' if e.unreadable == 1 else 's'} skipped"
             print(
                 f"step {e.step:>6}  epoch {e.epoch:6.2f}  loss {e.loss:.4f}  lr {e.lr:.2e}  {speed}{skipped}",
                 file=self.out,

@@ -31,3 +31,23 @@ class FinetuneWarning(UserWarning):
 
 class NonFiniteLossError(FinetuneError):
     """The loss became NaN or Inf and `on_nonfinite: stop` stopped the run (the step and batch are named)."""
+
+
+def as_raised(e: FinetuneError) -> FinetuneError:
+    """`e` with the message it was raised with. torch re-raises an exception from a DataLoader worker process as the
+    same class built from the worker's whole traceback text ("Caught DataError in DataLoader worker process 0.
+    Original Traceback ..."); the last line of that text is the original `module.Class: message`. Any other error is
+    returned as it is."""
+    text = str(e)
+    if not (text.startswith("Caught ") and "DataLoader worker" in text.split("\n", 1)[0]):
+        return e
+    cls = type(e)
+    prefix = f"{cls.__module__}.{cls.__qualname__}: "
+    lines = text.rstrip("\n").split("\n")
+    for k in range(len(lines) - 1, 0, -1):
+        if lines[k].startswith(prefix):
+            try:
+                return cls("\n".join([lines[k][len(prefix) :], *lines[k + 1 :]]))
+            except TypeError:  # a subclass that takes other arguments: keep torch's text
+                return e
+    return e

@@ -95,6 +95,9 @@ class Logged(Event):
     # lr of each trainable layer group at the last step ({"embeddings": ..., "blocks.0": ..., "head": ...}):
     # base lr x schedule factor x the group's multiplier (layer_lr_decay, group_lr); frozen groups are absent
     group_lrs: dict[str, float] = field(default_factory=dict)
+    # examples left out so far (run total, train and eval) because their file failed to decode when read: images or
+    # audio decoded lazily (files found unreadable in pre-flight are in RunStarted.task_detail instead)
+    unreadable: int = 0
 
 
 @dataclass

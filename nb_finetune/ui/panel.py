@@ -20,7 +20,7 @@ import ipywidgets as W
 from ..core.config import FinetuneConfig, check_live_value, live_fields
 from ..errors import FinetuneError
 from .plots import FROZEN, LAYER_W, TRAINABLE, PlotSet, layer_bar
-from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics
+from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics, unreadable_text
 from .summary import STATE_COLOURS, eval_table_html, extras_tables_html, metric_label, summary_html, summary_text
 from .transport import bokehjs_bundle, final_bundle, make_transport
 
@@ -571,6 +571,8 @@ class Panel:
             parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
         if s.get("nonfinite_steps"):
             parts.append(f"{s['nonfinite_steps']:,} NaN/Inf steps skipped")
+        if s.get("unreadable"):
+            parts.append(unreadable_text(s["unreadable"]))
         metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
         if metrics:
             parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))

@@ -13,7 +13,7 @@ import time
 
 from ..core.controls import next_state
 from ..core.events import ControlApplied, EvalEnded, Logged, RunFinished, RunStarted, StepEnded
-from .state import main_metrics
+from .state import main_metrics, unreadable_text
 
 _COLOURS = {"finished": "#2e7d32", "stopped": "#ef6c00", "failed": "#c62828", "paused": "#6a1b9a"}
 
@@ -45,6 +45,7 @@ class ProgressView:
         self.metrics: dict[str, float] = {}
         self.extras: dict = {}
         self.note = ""
+        self.unreadable = 0
         self.cache = ""
         self.renders = 0
         self._dirty = True
@@ -58,6 +59,7 @@ class ProgressView:
             self.step, self.total, self.epoch, self.elapsed = e.step, e.total_steps, e.epoch, e.elapsed
         elif isinstance(e, Logged):
             self.loss, self.lr, self.sps = e.loss, e.lr, e.samples_per_s
+            self.unreadable = e.unreadable
         elif isinstance(e, EvalEnded):
             self.metrics = dict(e.metrics)
             self.extras = dict(e.extras) or self.extras
@@ -87,6 +89,8 @@ class ProgressView:
         if self.state in ("training", "paused") and self.total and self.step > self.start_step:
             rate = (self.step - self.start_step) / max(self.elapsed, 1e-9)
             parts.append(f"ETA {_fmt_time((self.total - self.step) / rate)}")
+        if self.unreadable:
+            parts.append(unreadable_text(self.unreadable))
         line = " | ".join(parts)
         if self.cache:
             line += f" | frozen-prefix cache {self.cache.split(' (')[0]}"

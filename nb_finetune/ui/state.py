@@ -139,6 +139,7 @@ class PanelState:
         self.tokens_per_s: float | None = None
         self.memory_mb: float | None = None
         self.nonfinite_steps = 0  # steps whose loss was NaN / Inf (skipped under on_nonfinite: skip)
+        self.unreadable = 0  # examples whose file failed to decode when read, so far (Logged.unreadable)
         self.metrics: dict[str, float] = {}
         self.extras: dict[str, dict[str, Any]] = {}  # the latest evaluation's task figures
         self.best: dict[str, Any] | None = None
@@ -186,6 +187,7 @@ class PanelState:
             self.samples_per_s, self.tokens_per_s = e.samples_per_s, e.tokens_per_s
             self.memory_mb = e.memory_mb
             self.nonfinite_steps += getattr(e, "nonfinite_steps", 0) or 0
+            self.unreadable = getattr(e, "unreadable", 0) or 0
             p.lr.append({"step": e.step, "lr": e.lr, "group_lrs": dict(getattr(e, "group_lrs", None) or {})})
             p.speed.append(
                 {
@@ -395,6 +397,11 @@ def group_span(groups, limit: int = 48) -> str:
         i = j + 1
     text = ", ".join(out)
     return text if len(text) <= limit else f"{len(groups)} groups"
+
+
+def unreadable_text(n: int) -> str:
+    """What the progress line says of the files that failed to decode while the run read them."""
+    return f"{n:,} unreadable file{'' if n == 1 else 's'} skipped"
 
 
 def fmt_count(n) -> str:

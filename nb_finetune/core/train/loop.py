@@ -17,6 +17,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..batch_size import BatchPlan, evaluate_shrinking, is_oom, oom_error
 from ..cache import setup_cache
 from ..config import FinetuneConfig
@@ -155,6 +157,7 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
     else:
         torch.manual_seed(cfg.seed)  # dropout stream; the data order has its own generator
         random.seed(cfg.seed)
+        np.random.seed(cfg.seed)  # what a model or collator drawing from numpy's global generator reads
 
     mask_4d = probe_4d_mask(model, job.train_data, collate, device) if task.capabilities.mask_4d else None
     param_dtype = next(unwrapped.parameters()).dtype
@@ -272,7 +275,9 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 epoch_end = pos.batch >= n_batches
                 if pos.step % live.log_every == 0 or pos.step >= live.total_steps(spe) or epoch_end:
                     mem = memory_mb(device)
-                    emit(meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak))
+                    ev = meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak)
+                    ev.unreadable = _unreadable(job)
+                    emit(ev)
                     guard.check(rd.checkpoints())  # on_nonfinite: stop ends the run here, naming the step
 
                 # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
@@ -343,6 +348,11 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _unreadable(job: Job) -> int:
+    """Examples left out so far because their file failed to decode when read (DataLoader workers count them too)."""
+    return job.train_data.num_unreadable + (job.eval_data.num_unreadable if job.eval_data is not None else 0)
+
+
 def _evaluate(job: Job, parts: Parts, live: Live, device, mask_4d):
     """Evaluate on the eval data (an out-of-memory halves the eval batch), then back to training mode."""
     metrics, extras = evaluate_shrinking(evaluate, parts.model, job.eval_data, job.task, job.config, device, mask_4d)

@@ -208,10 +208,14 @@ def test_a_file_that_fails_only_when_decoded_is_left_out_and_counted_once(vit_di
     assert log.count("(truncated.png) while reading") == 1, log
     assert "1 unreadable image file(s) found while reading so far" in log
     assert any("skipped 1 more unreadable image file(s) while reading" in x for x in run.task.describe())
-    over["num_workers"] = 0  # in the calling process the error is the run's error as it is
-    run = finetune(base_cfg(vit_dir, str(root), tmp_path, **over, on_bad_example="error"), wait=True)
-    assert run.status == "failed"
-    assert re.search(r"data.train: row \d+ \(truncated.png\) cannot be read", run.error), run.error
+    errors = {}
+    for workers in (0, 1):  # the same message from a DataLoader worker process (control: torch's "Caught DataError")
+        over["num_workers"] = workers
+        run = finetune(base_cfg(vit_dir, str(root), tmp_path, **over, on_bad_example="error"), wait=True)
+        assert run.status == "failed"
+        errors[workers] = run.error
+    assert re.fullmatch(r"data.train: row \d+ \(truncated.png\) cannot be read: .*on_bad_example: skip.*", errors[0])
+    assert errors[1] == errors[0], errors
 
 
 def test_columns_are_named_or_found(vit_dir, tmp_path):
