@@ -35,6 +35,7 @@ __all__ = [
     "smooth",
     "main_metrics",
     "change_label",
+    "change_line",
 ]
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai's smoothed loss
@@ -375,6 +376,13 @@ def change_label(e: ControlApplied, frozen_before: list[str] | None = None, froz
             return f"freeze {e.args.get('spec')}"
         return f"{what} {group_span(before) if before is not None else '?'} → {group_span(after)}"
     return e.command
+
+
+def change_line(e: ControlApplied) -> str:
+    """A live change as one line of text (the CLI, the text renderer): from -> to and who asked,
+    "lr 1e-4 → 5e-5 (panel) applied at step 40"."""
+    line = f"{change_label(e)} ({source_label(e.source)}) {'applied' if e.ok else 'refused'} at step {e.step}"
+    return line + (f": {e.message}" if e.message else "")
 
 
 def group_span(groups, limit: int = 48) -> str:
