@@ -26,15 +26,14 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from .state import Points, fmt_count, group_span
-from .svg import cell_colour, fmt_cell
+from .state import Points, fmt_count, lr_legend
+from .svg import FROZEN, cell_colour, fmt_cell
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
 
 # Okabe-Ito, a colour-blind-safe palette; every colour reads on JupyterLab's light and dark backgrounds
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#999999")
 TRAINABLE = "#009e73"
-FROZEN = "#9aa5ad"
 RAW = "#56b4e9"
 SMOOTH = "#0072b2"
 MARKER = "#d55e00"
@@ -505,26 +504,24 @@ class PlotSet:
             self._lr_legend()
 
     def _lr_legend(self) -> None:
-        """The learning-rate legend as the groups stand now: a frozen group's own line greyed ("(frozen)"), the base
-        line named for what it stands for, and one grey entry listing the frozen groups (they get no lr)."""
+        """The learning-rate legend as the groups stand now (`state.lr_legend`): a frozen group's own line greyed,
+        the base line named for what it stands for, and one grey entry listing the frozen groups (they get no lr)."""
         lg = self.lr.legend[0]
         frozen = set(self.frozen)
+        base, names, note = lr_legend(self.lr_groups, self.frozen)
         for g, line in self.lr_lines.items():
             colour = FROZEN if g in frozen else self.lr_colours[g]
             if line.glyph.line_color != colour:
                 line.glyph.line_color = colour
-            label = f"{g} (frozen)" if g in frozen else g
             for item in lg.items:
-                if line in item.renderers and item.label != value(label):
-                    item.label = value(label)
-        base = "other groups" if self.lr_groups else "trainable groups" if frozen else "all groups"
+                if line in item.renderers and item.label != value(names[g]):
+                    item.label = value(names[g])
         items = [i for i in lg.items if self.lr_frozen_line not in i.renderers]
         if items and items[0].label != value(base):
             items[0].label = value(base)
-        if frozen:
-            note = f"frozen, no lr: {group_span(self.frozen)}"
+        if note:
             items.append(LegendItem(label=value(note), renderers=[self.lr_frozen_line]))
-        self.lr_frozen_line.visible = bool(frozen)
+        self.lr_frozen_line.visible = bool(note)
         if [i.label for i in items] != [i.label for i in lg.items]:
             lg.items = items
 
