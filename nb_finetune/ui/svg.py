@@ -13,7 +13,7 @@ import math
 
 from .state import lr_legend
 
-__all__ = ["run_svg", "fmt_cell", "cell_colour", "nice_ticks", "tick_labels", "FROZEN"]
+__all__ = ["run_svg", "fmt_cell", "cell_colour", "nice_ticks", "tick_labels", "title_lines", "FROZEN"]
 
 MAX_POINTS = 400
 FROZEN = "#9aa5ad"  # a frozen layer group, in the layer map and the learning-rate plot (live and here)
@@ -172,6 +172,26 @@ def _legend(entries, x0: float, y0: float, right: float) -> list[str]:
     return out
 
 
+def title_lines(title: str, chars: int) -> list[str]:
+    """A figure title as lines of at most `chars` characters, cut at words: a parenthesised explanation goes to its
+    own lines ("Confusion matrix", "rows: true, columns: predicted"), so a narrow figure never cuts its title."""
+    title = " ".join(str(title).split())
+    head, sep, rest = title.partition(" (")
+    parts = [head, rest[:-1] if rest.endswith(")") else rest] if sep else [title]
+    lines: list[str] = []
+    for part in parts:
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        if line:
+            lines.append(line)
+    return lines or [""]
+
+
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -202,16 +222,19 @@ def _matrix(x0, y0, w, h, entry) -> list[str]:
     cols = [str(c) for c in entry.get("cols") or []]
     values = entry.get("values") or []
     out = [f'<g transform="translate({x0},{y0})">']
-    out.append(
-        f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">'
-        f"{html.escape(str(entry.get('title') or ''))}</text>"
-    )
+    head, *sub = title_lines(str(entry.get("title") or ""), int(w / 6.5))
+    out.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">{html.escape(head)}</text>')
+    for i, line in enumerate(sub):  # the explanation, smaller, under the title
+        out.append(
+            f'<text x="{w / 2}" y="{26 + 11 * i}" text-anchor="middle" font-size="9" fill="#666">'
+            f"{html.escape(line)}</text>"
+        )
     if not rows or not cols:
         out.append("</g>")
         return out
     y_label, x_label = str(entry.get("y_label") or ""), str(entry.get("x_label") or "")
     left = min(100, 12 + 6 * max(len(r) for r in rows)) + (14 if y_label else 0)
-    top, bottom = 24, 46 + (12 if x_label else 0)
+    top, bottom = 24 + 11 * len(sub), 46 + (12 if x_label else 0)
     cell = max(2.0, min((w - left - 10) / len(cols), (h - top - bottom) / len(rows), 40.0))
     grid = [
         [_num(line[j]) if isinstance(line, list) and j < len(line) else math.nan for j in range(len(cols))]
@@ -338,7 +361,8 @@ def _table(x0, y0, w, entry) -> list[str]:
 def _extras_height(entry) -> int:
     if entry.get("kind") == "matrix":
         n = max(len(entry.get("rows") or []), len(entry.get("cols") or []), 1)
-        return int(min(420, max(160, 90 + 28 * n)))
+        sub = len(title_lines(str(entry.get("title") or ""), int(460 / 6.5))) - 1
+        return int(min(420, max(160, 90 + 28 * n))) + 11 * sub
     return int(min(420, max(100, 40 + 18 * len(entry.get("labels") or []))))
 
 

@@ -93,7 +93,9 @@ def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, display
     final = displays.outputs[-1]
     assert "image/svg+xml" in final and "<svg" in final["text/html"] and "embed_item" in final["text/html"]
     ET.fromstring(final["image/svg+xml"])  # well-formed
-    assert "finished" in final["image/svg+xml"] and html.escape(fig.title.text) in final["image/svg+xml"]
+    assert (
+        "finished" in final["image/svg+xml"] and html.escape(fig.title.text.split("\n")[0]) in final["image/svg+xml"]
+    )
     # BokehJS is loaded inline (no CDN) before the plots
     assert any(
         "Bokeh" in o.get("text/html", "") and "cdn.bokeh.org" not in o.get("text/html", "")
