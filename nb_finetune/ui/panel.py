@@ -22,7 +22,7 @@ from ..errors import FinetuneError
 from .plots import FROZEN, LAYER_W, TRAINABLE, PlotSet, layer_bar
 from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics
 from .summary import STATE_COLOURS, eval_table_html, extras_tables_html, metric_label, summary_html, summary_text
-from .transport import bokehjs_bundle, final_bundle, make_transport
+from .transport import FRAME, bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
@@ -437,6 +437,11 @@ class Panel:
         self.note.value = (
             f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
         ) + log
+        # without a widget manager the box above shows nothing: the display output carries the same lines
+        self.transport.set_status(
+            f'<div style="{FRAME};margin-bottom:4px">{self.header.value}{self.status.value}{self.note.value}</div>',
+            self._status_text(snap, note),
+        )
         self._sync_controls(snap)
         rows = snap.get("eval_rows") or []
         if len(rows) != self._eval_rows_seen:
@@ -549,11 +554,10 @@ class Panel:
             f'<span style="font-size:12px">{items}</span></div>'
         )
 
-    def _status_html(self, s: dict[str, Any]) -> str:
+    def _status_parts(self, s: dict[str, Any]) -> list[str]:
+        """The status line's facts: step, epoch, ETA, train loss, lr, throughput, memory, the latest metrics."""
         total = s.get("total_steps") or 0
         step = s.get("step") or 0
-        pct = 100 * step / total if total else 0
-        colour = _STATE_COLOURS.get(s["state"], "#546e7a")
         parts = [f"step {step:,}/{total:,}" if total else f"step {step:,}", f"epoch {s.get('epoch', 0):.2f}"]
         eta = self.state.eta_seconds() if s["state"] in ("training", "paused") else None
         if eta is not None:
@@ -574,6 +578,13 @@ class Panel:
         metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
         if metrics:
             parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))
+        return parts
+
+    def _status_html(self, s: dict[str, Any]) -> str:
+        total = s.get("total_steps") or 0
+        pct = 100 * (s.get("step") or 0) / total if total else 0
+        colour = _STATE_COLOURS.get(s["state"], "#546e7a")
+        parts = self._status_parts(s)
         return (
             '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
             'font-size:12px">'
@@ -583,6 +594,12 @@ class Panel:
             f'<span class="nb-finetune-status" title="{html.escape(" · ".join(parts))}" style="white-space:nowrap;'
             f'overflow:hidden;text-overflow:ellipsis;min-width:0">{html.escape(" · ".join(parts))}</span></div>'
         )
+
+    def _status_text(self, s: dict[str, Any], note: str = "") -> str:
+        """The header and status line as plain text (a frontend that shows only text/plain)."""
+        state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
+        line = f"{self.run.name}: {state} · " + " · ".join(self._status_parts(s))
+        return line + (f"\n{note}" if note else "")
 
     @staticmethod
     def _layers_html(layers: list[dict[str, Any]]) -> str:

@@ -39,6 +39,12 @@ RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again
 CATCH_UP_S = (3.0, 12.0)  # after a new view asked for the state: re-render the views this long after the request
 
 
+# where the panel's widget box renders (VS Code, Colab with widgets) it shows the state line itself: not twice
+_HIDE_STATUS = (
+    "<style>body:has(.nb-finetune-panel .nb-finetune-status) .nb-finetune-display-status{display:none}</style>"
+)
+
+
 def detect_frontend() -> str:
     """Best guess of the frontend: 'colab', 'vscode', or 'jupyter' (JupyterLab / Notebook 7 / other)."""
     if "google.colab" in sys.modules:
@@ -127,6 +133,12 @@ class _Base:
         self.plots = plots
         self.renders = 0
         self.handle = None
+        self.status_html = ""  # the run's state line above the live plots (display mode: no widget shows it)
+        self.status_text = ""
+
+    def set_status(self, html: str, text: str) -> None:
+        """The panel's header and status line, for transports that show them themselves (`DisplayTransport`)."""
+        self.status_html, self.status_text = html, text
 
     def widget(self):  # the widget to put inside the panel, if any
         return None
@@ -170,6 +182,13 @@ class DisplayTransport(_Base):
         self.serialisations = 0
         self._serialised_at = 0.0
 
+    def set_status(self, html: str, text: str) -> None:
+        """A page without a widget manager (VS Code, Colab without widgets) shows no panel box: the run's state line
+        travels above the plots, re-rendered with them (a paused run's new state too)."""
+        if (html, text) != (self.status_html, self.status_text):
+            super().set_status(html, text)
+            self._dirty = True
+
     def show(self) -> None:
         from IPython.display import display
 
@@ -197,9 +216,15 @@ class DisplayTransport(_Base):
                     ref["entries"] = [[k, [_plain(x) for x in v]] for k, v in src.data.items()]
             self._item["target_id"] = eid
             item = json.dumps(self._item)
+        status = (
+            f'{_HIDE_STATUS}<div class="nb-finetune-display-status">{self.status_html}</div>'
+            if self.status_html
+            else ""
+        )
         return {
-            "text/html": _embed_json(item, eid),
-            "text/plain": "(live plots: they need a frontend that runs JavaScript)",
+            "text/html": status + _embed_json(item, eid),
+            "text/plain": (self.status_text + "\n" if self.status_text else "")
+            + "(live plots: they need a frontend that runs JavaScript)",
         }
 
     def refresh(self, changed: bool, now: float) -> None:
@@ -321,6 +346,11 @@ class AutoTransport(WidgetTransport):
         super().show()
         self._shown_at = time.monotonic()
 
+    def set_status(self, html: str, text: str) -> None:
+        super().set_status(html, text)
+        if self._fallback is not None:
+            self._fallback.set_status(html, text)
+
     def refresh(self, changed: bool, now: float) -> None:
         if self.mode != "display":
             self.model.catch_up(now)
@@ -332,6 +362,7 @@ class AutoTransport(WidgetTransport):
                 self.model.layout.display = "none"
                 self._fallback = DisplayTransport(self.plots, self.interval)
                 self._fallback.handle = self.handle
+                self._fallback.set_status(self.status_html, self.status_text)
                 changed = True
         if self._fallback is not None:
             self._fallback.refresh(changed, now)

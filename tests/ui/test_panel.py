@@ -430,3 +430,25 @@ def test_lr_groups_that_coincide_are_drawn_once():
     plots.apply(Points(lr=[{"step": 3, "lr": 1e-3, "group_lrs": {**same, "embeddings": 5e-4}}]))
     assert plots.lr_groups == ["embeddings"]  # split off where it differs, drawn only there
     assert plots.series()["lr"]["g:embeddings"][2:] == [5e-4] and math.isnan(plots.series()["lr"]["g:embeddings"][0])
+
+
+def test_the_display_renderer_carries_the_state_line_above_the_live_plots(tiny_config, displays):
+    """Without a widget manager (VS Code, Colab without widgets) the panel's box shows nothing: the display output
+    has the run's header and status line, as HTML and as plain text. Control: it had only the plots and the text
+    "(live plots: they need a frontend that runs JavaScript)"."""
+    run = finetune({**tiny_config, "name": "shown_plain", "max_steps": 40, "log_every": 2}, start=False)
+    panel = shown(run, renderer="display", plot_interval=0.05)
+    run.wait(60)
+    panel._thread.join(10)
+    live = [
+        c["data"]
+        for c in displays.calls
+        if c["update"] and "nb-finetune-display-status" in c["data"].get("text/html", "")
+    ]
+    assert live, "a live render with the state line"
+    html_, text = live[-1]["text/html"], live[-1]["text/plain"]
+    assert "shown_plain" in html_ and "train loss" in html_ and "step " in html_ and "nb-finetune-plots" in html_
+    assert text.startswith("shown_plain: training · step ") and "train loss" in text
+    assert html_.index("nb-finetune-display-status") < html_.index("nb-finetune-plots")  # above the plots
+    final = displays.outputs[-1]
+    assert "nb-finetune-summary" in final["text/html"]  # then the run's summary replaces it
