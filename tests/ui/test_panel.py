@@ -452,3 +452,37 @@ def test_the_display_renderer_carries_the_state_line_above_the_live_plots(tiny_c
     assert html_.index("nb-finetune-display-status") < html_.index("nb-finetune-plots")  # above the plots
     final = displays.outputs[-1]
     assert "nb-finetune-summary" in final["text/html"]  # then the run's summary replaces it
+
+
+def test_every_view_of_the_box_shows_the_final_summary_and_plots(tiny_config, displays):
+    """A page reloaded mid-run (or opened after the run) renders the widgets' state, never the display update that
+    carries the final output: the summary and the final plots must be widget state. Control: the summary lived only
+    in the display update (a reloaded page kept "training" plots and no summary), and the display renderer (no
+    widget views) keeps it there."""
+    run = finetune({**tiny_config, "name": "every_view", "max_steps": 24, "eval_every": 8}, start=False)
+    panel = shown(run, renderer="widget")
+    run.wait(60)
+    panel._thread.join(10)
+    # what a new view gets: the box's children and their state
+    assert panel.summary_view in panel.box.children and panel.summary_view.layout.display != "none"
+    state = panel.summary_view.get_state()
+    assert "nb-finetune-summary" in state["value"] and state["value"].count('class="nbft-eval-row') == 3
+    assert "every_view" in state["value"] and "finished" in state["value"]
+    plots = panel.transport.model
+    assert plots in panel.box.children and plots.layout.display != "none"  # the final plots, in the box
+    assert _bundle_column(plots.get_state(), "nbft-loss", "step") == list(range(1, 25))  # every point
+    assert panel.done_class in panel.box._dom_classes
+    # the display output, for saved notebooks, hides itself where this box renders (no second copy in the page)
+    final = displays.outputs[-1]["text/html"]
+    assert f"body:has(.{panel.done_class}) .nb-finetune-final.{panel.done_class}-copy" in final
+    assert f"document.querySelector('.{panel.done_class}')" in final and "nb-finetune-summary" in final
+
+    other = finetune({**tiny_config, "name": "plain_display", "max_steps": 6}, start=False)
+    control = shown(other, renderer="display", plot_interval=0.05)
+    other.wait(60)
+    control._thread.join(10)
+    assert control.summary_view.layout.display == "none" and control.done_class not in control.box._dom_classes
+    assert (
+        "nb-finetune-summary" in displays.outputs[-1]["text/html"]
+        and "body:has(" not in displays.outputs[-1]["text/html"]
+    )
