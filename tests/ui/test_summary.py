@@ -76,6 +76,9 @@ def test_eval_table_marks_the_best_row_and_names_losses_apart():
     assert out.count("<tr class") == 2 and "train loss" in out and "eval loss" in out
     best_row = [r for r in out.split("<tr") if "★" in r]
     assert len(best_row) == 1 and "0.7000" in best_row[0]
+    # a see-through tint under the theme's own text colour (control: --jp-brand-color3 is a light blue in the dark
+    # theme too, under its light text)
+    assert re.search(r"background:rgba\(0, 114, 178, 0\.\d+\)", best_row[0]) and "brand-color3" not in out
 
 
 def test_svg_ticks_are_round_and_cover_the_data():
