@@ -55,11 +55,9 @@ class TextProgress:
             ms = "  ".join(f"{n.removeprefix('eval_')} {v:.4f}" for n, v in e.metrics.items())
             print(f"eval at step {e.step}: {ms}{'  (best)' if e.is_best else ''}", file=self.out, flush=True)
         elif k == "ControlApplied":
-            print(
-                f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step} {e.message}",
-                file=self.out,
-                flush=True,
-            )
+            from .ui.state import change_line  # plain text helpers: no widget or plotting library
+
+            print(change_line(e), file=self.out, flush=True)
         elif k == "CheckpointSaved":
             print(f"checkpoint ({e.reason}): {e.path}", file=self.out, flush=True)
         elif k == "RunFinished":

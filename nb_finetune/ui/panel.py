@@ -12,6 +12,7 @@ import html
 import math
 import threading
 import time
+import uuid
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..errors import FinetuneError
 from .plots import FROZEN, LAYER_W, TRAINABLE, PlotSet, layer_bar
 from .state import PanelState, fmt_count, fmt_duration, fmt_value, main_metrics, unreadable_text
 from .summary import STATE_COLOURS, eval_table_html, extras_tables_html, metric_label, summary_html, summary_text
-from .transport import bokehjs_bundle, final_bundle, make_transport
+from .transport import FRAME, bokehjs_bundle, final_bundle, make_transport
 
 __all__ = ["Panel", "IPYWIDGETS_8"]
 
@@ -269,6 +270,11 @@ class Panel:
         # the task's tables (a causal LM's generations): HTML, as BokehJS's core bundle has no table or Div model
         self.task_tables = W.HTML(layout=W.Layout(width="100%", max_height="320px", overflow="auto"))
         self.task_tables.add_class("nb-finetune-task-tables")
+        # the run's summary once it ends (header, final state, metrics, evaluation and task tables): widget state,
+        # so every view of the box shows it, a page reloaded mid-run too
+        self.summary_view = W.HTML(layout=W.Layout(width="100%", display="none"))
+        self.summary_view.add_class("nb-finetune-final-summary")
+        self.done_class = f"nb-finetune-done-{uuid.uuid4().hex[:12]}"  # set on the box when the run ends
         self.box = W.VBox(
             [
                 self.header,
@@ -276,6 +282,7 @@ class Panel:
                 self.buttons,
                 self.status,
                 self.note,
+                self.summary_view,
                 *([plots_widget] if plots_widget else []),
                 self.eval_table,
                 self.task_tables,
@@ -437,6 +444,11 @@ class Panel:
         self.note.value = (
             f'<span style="color:{colour};font-size:12px">{html.escape(note)}</span>' if note else ""
         ) + log
+        # without a widget manager the box above shows nothing: the display output carries the same lines
+        self.transport.set_status(
+            f'<div style="{FRAME};margin-bottom:4px">{self.header.value}{self.status.value}{self.note.value}</div>',
+            self._status_text(snap, note),
+        )
         self._sync_controls(snap)
         rows = snap.get("eval_rows") or []
         if len(rows) != self._eval_rows_seen:
@@ -476,6 +488,30 @@ class Panel:
         )
         snap["metrics"] = metrics
         run_dir = _relative_dir(getattr(getattr(self.run, "run_dir", None), "path", None))
+        if self._widget_views():
+            # Every view of the box (this page, a page reloaded mid-run, Notebook 7 opened on the kernel, one opened
+            # after the run) renders the widgets' state, never a display update made after it loaded (the display id
+            # is not saved): so the final view lives there. The summary above the live plots, which keep every point;
+            # the display output carries the same for saved notebooks (nbconvert, GitHub) and hides itself wherever
+            # this box renders (no second copy in this page).
+            self.summary_view.value = bundle_summary = summary_html(self.run.name, snap, run_dir=run_dir)
+            self.summary_view.layout.display = None
+            self.eval_table.layout.display = "none"  # the summary carries the evaluation and task tables
+            self.task_tables.layout.display = "none"
+            self._static_layers(snap)
+            self.box.add_class(self.done_class)
+            self.transport.model.resync()  # views made from now on in a page that has the model render every point
+            bundle = final_bundle(
+                self.plots,
+                title=title,
+                state=state,
+                note=note,
+                text=summary_text(self.run.name, snap),
+                summary=bundle_summary,
+                hide_where=self.done_class,
+            )
+            self.transport.finalize(bundle, keep_live=True)
+            return
         bundle = final_bundle(
             self.plots,
             title=title,
@@ -484,24 +520,24 @@ class Panel:
             text=summary_text(self.run.name, snap),
             summary=summary_html(self.run.name, snap, run_dir=run_dir),
         )
-        # A view made after the run began (a reload, Notebook 7 on the same kernel) shows outputs read from the
-        # notebook file: display updates never reach those (the display id is not saved), widget state does. Then the
-        # live plots, layer map and table stay as the run's final view; the display update serves the first view
-        # and the saved notebook.
-        models = [m for m in (getattr(self.transport, "model", None), self.layers_model) if m is not None]
-        if any(getattr(m, "state_requests", 0) for m in models):
-            self.transport.finalize(bundle, keep_live=True)
-            return
         self.eval_table.layout.display = "none"  # the summary above the final plots carries the tables
         self.task_tables.layout.display = "none"
-        if self.layers_model is not None:
-            self.layers_model.layout.display = "none"
-            # the same width as the live map: the three columns stay three columns
-            self.layers_img = W.HTML(self._layers_html(snap["layers"]), layout=W.Layout(width=f"{LAYER_W + 30}px"))
-            self.box.children = tuple(
-                self.layers_img if c is self.layers_model else c for c in self._replace_layers(self.box.children)
-            )
+        self._static_layers(snap)
         self.transport.finalize(bundle)
+
+    def _widget_views(self) -> bool:
+        """Whether the plots reach the page through widgets (not the display handle of a frontend without them)."""
+        return self.transport.widget() is not None and getattr(self.transport, "mode", "widget") != "display"
+
+    def _static_layers(self, snap: dict[str, Any]) -> None:
+        """The finished layer map as HTML (no Bokeh widget needed), the live map's width: three columns stay three."""
+        if self.layers_model is None:
+            return
+        self.layers_model.layout.display = "none"
+        self.layers_img = W.HTML(self._layers_html(snap["layers"]), layout=W.Layout(width=f"{LAYER_W + 30}px"))
+        self.box.children = tuple(
+            self.layers_img if c is self.layers_model else c for c in self._replace_layers(self.box.children)
+        )
 
     def _replace_layers(self, children):
         out = []
@@ -549,11 +585,10 @@ class Panel:
             f'<span style="font-size:12px">{items}</span></div>'
         )
 
-    def _status_html(self, s: dict[str, Any]) -> str:
+    def _status_parts(self, s: dict[str, Any]) -> list[str]:
+        """The status line's facts: step, epoch, ETA, train loss, lr, throughput, memory, the latest metrics."""
         total = s.get("total_steps") or 0
         step = s.get("step") or 0
-        pct = 100 * step / total if total else 0
-        colour = _STATE_COLOURS.get(s["state"], "#546e7a")
         parts = [f"step {step:,}/{total:,}" if total else f"step {step:,}", f"epoch {s.get('epoch', 0):.2f}"]
         eta = self.state.eta_seconds() if s["state"] in ("training", "paused") else None
         if eta is not None:
@@ -576,6 +611,13 @@ class Panel:
         metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
         if metrics:
             parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))
+        return parts
+
+    def _status_html(self, s: dict[str, Any]) -> str:
+        total = s.get("total_steps") or 0
+        pct = 100 * (s.get("step") or 0) / total if total else 0
+        colour = _STATE_COLOURS.get(s["state"], "#546e7a")
+        parts = self._status_parts(s)
         return (
             '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
             'font-size:12px">'
@@ -585,6 +627,12 @@ class Panel:
             f'<span class="nb-finetune-status" title="{html.escape(" · ".join(parts))}" style="white-space:nowrap;'
             f'overflow:hidden;text-overflow:ellipsis;min-width:0">{html.escape(" · ".join(parts))}</span></div>'
         )
+
+    def _status_text(self, s: dict[str, Any], note: str = "") -> str:
+        """The header and status line as plain text (a frontend that shows only text/plain)."""
+        state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
+        line = f"{self.run.name}: {state} · " + " · ".join(self._status_parts(s))
+        return line + (f"\n{note}" if note else "")
 
     @staticmethod
     def _layers_html(layers: list[dict[str, Any]]) -> str:

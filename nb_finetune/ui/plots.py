@@ -26,21 +26,21 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from .state import Points, fmt_count, group_span
-from .svg import cell_colour, fmt_cell
+from .state import Points, fmt_count, lr_legend
+from .svg import FROZEN, cell_colour, fmt_cell, title_lines
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
 
 # Okabe-Ito, a colour-blind-safe palette; every colour reads on JupyterLab's light and dark backgrounds
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#999999")
 TRAINABLE = "#009e73"
-FROZEN = "#9aa5ad"
 RAW = "#56b4e9"
 SMOOTH = "#0072b2"
 MARKER = "#d55e00"
 INK = "#808080"  # axis, tick and title text: mid grey reads on white and on JupyterLab's dark theme alike
 ROLLOVER = 20_000  # points kept per series in the live plots
 MAX_EVAL_LINES = 10  # lines in the evaluation plot (per-label metrics go to the task's bars, see state.main_metrics)
+EVAL_MIN_SPAN = 0.02  # an evaluation axis spans at least this share of its largest value (see PlotSet._eval_spans)
 MATRIX_TEXT_CELLS = 400  # a matrix with more cells shows colours only (the counts are in the hover)
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 MIN_W, MAX_W = 300, 760  # a time plot's width range: two per row fill the output, never wider than reads well
@@ -209,8 +209,11 @@ class PlotSet:
         self.eval_metrics: list[str] = []
         self._score_lines: list = []  # renderers on the 0-1 axis / on the losses-and-errors axis
         self._error_lines: list = []
+        self._score_names: list[str] = []  # the metrics on each axis
+        self._error_names: list[str] = []
         self.eval.extra_y_ranges = {"err": DataRange1d()}
         self.err_axis = LinearAxis(y_range_name="err", axis_label="loss / error", visible=False)  # once both kinds
+        self.err_axis.ticker.desired_num_ticks = self.eval.yaxis[0].ticker.desired_num_ticks = 4  # fewer, rounder
         self.eval.add_layout(self.err_axis, "right")
         self.err_axis.axis_label_text_color = self.err_axis.major_label_text_color = INK
         self.err_axis.axis_line_color = self.err_axis.major_tick_line_color = INK
@@ -403,6 +406,7 @@ class PlotSet:
                     "step", n, source=self.eval_src, color=colour, size=6, legend_label=label, **axis
                 )
                 (self._score_lines if score else self._error_lines).extend([line, dots])
+                (self._score_names if score else self._error_names).append(n)
                 self.eval_metrics.append(n)
                 self.eval_hover.tooltips = [*self.eval_hover.tooltips, (label, f"@{n}{{0.0000}}")]
                 self.eval_hover.renderers = [*self.eval_hover.renderers, line]
@@ -419,6 +423,20 @@ class PlotSet:
         for n in self.eval_metrics:
             cols[n] = [float(r.get(n, math.nan)) for r in rows]
         self.eval_src.stream(cols, rollover=ROLLOVER)
+        self._eval_spans()
+
+    def _eval_spans(self) -> None:
+        """Round ticks for people: each evaluation axis spans at least EVAL_MIN_SPAN of its largest value, so an eval
+        loss that moves from 0.69345 to 0.69300 reads on ticks 0.69, 0.695, 0.7 (not 0.6930, 0.6931, ... 0.6934)."""
+        both = bool(self._score_names and self._error_names)
+        for rng, names in ((self.eval.extra_y_ranges["err"], self._error_names), (self.eval.y_range, None)):
+            names = (
+                names if names is not None else (self._score_names if both or self._score_names else self._error_names)
+            )
+            vals = [abs(v) for n in names for v in self.eval_src.data.get(n, []) if math.isfinite(v)]
+            span = EVAL_MIN_SPAN * max(vals) if vals and max(vals) > 0 else None
+            if span is not None and (rng.min_interval is None or abs(rng.min_interval - span) > 0.1 * span):
+                rng.min_interval = span
 
     def _stream_lr(self, rows: list[dict[str, Any]]) -> None:
         """The base lr as one line ("all groups" while they coincide); a group gets its own line only from the
@@ -505,26 +523,24 @@ class PlotSet:
             self._lr_legend()
 
     def _lr_legend(self) -> None:
-        """The learning-rate legend as the groups stand now: a frozen group's own line greyed ("(frozen)"), the base
-        line named for what it stands for, and one grey entry listing the frozen groups (they get no lr)."""
+        """The learning-rate legend as the groups stand now (`state.lr_legend`): a frozen group's own line greyed,
+        the base line named for what it stands for, and one grey entry listing the frozen groups (they get no lr)."""
         lg = self.lr.legend[0]
         frozen = set(self.frozen)
+        base, names, note = lr_legend(self.lr_groups, self.frozen)
         for g, line in self.lr_lines.items():
             colour = FROZEN if g in frozen else self.lr_colours[g]
             if line.glyph.line_color != colour:
                 line.glyph.line_color = colour
-            label = f"{g} (frozen)" if g in frozen else g
             for item in lg.items:
-                if line in item.renderers and item.label != value(label):
-                    item.label = value(label)
-        base = "other groups" if self.lr_groups else "trainable groups" if frozen else "all groups"
+                if line in item.renderers and item.label != value(names[g]):
+                    item.label = value(names[g])
         items = [i for i in lg.items if self.lr_frozen_line not in i.renderers]
         if items and items[0].label != value(base):
             items[0].label = value(base)
-        if frozen:
-            note = f"frozen, no lr: {group_span(self.frozen)}"
+        if note:
             items.append(LegendItem(label=value(note), renderers=[self.lr_frozen_line]))
-        self.lr_frozen_line.visible = bool(frozen)
+        self.lr_frozen_line.visible = bool(note)
         if [i.label for i in items] != [i.label for i in lg.items]:
             lg.items = items
 
@@ -614,6 +630,7 @@ class PlotSet:
         fig.yaxis.axis_label = entry.get("y_label") or ""
         fig.title.text_font_size = "11pt"
         fig.title.text_font_style = "normal"
+        fig.title.text_line_height = 1.3
         fig.axis.major_label_text_font_size = "8pt"
         fig.outline_line_color = None
         theme_neutral(fig)
@@ -641,9 +658,7 @@ class PlotSet:
             fig.height = max(180, 90 + cell * len(rows))
             self.structure += 1
         src.data = cells
-        title = str(entry.get("title") or fig.title.text)
-        if fig.title.text != title:
-            fig.title.text = title
+        _fit_title(fig, str(entry.get("title") or fig.title.text))
 
     def _draw_bars(self, fig, src: ColumnDataSource, entry: dict[str, Any]) -> None:
         data = bar_rows(entry)
@@ -658,9 +673,7 @@ class PlotSet:
         if (fig.x_range.start, fig.x_range.end) != (start, end):
             fig.x_range.update(start=start, end=end)
         src.data = data
-        title = str(entry.get("title") or fig.title.text)
-        if fig.title.text != title:
-            fig.title.text = title
+        _fit_title(fig, str(entry.get("title") or fig.title.text))
 
     def sources(self) -> list[ColumnDataSource]:
         return [
@@ -688,6 +701,17 @@ class PlotSet:
                 "layers": {k: list(v) for k, v in self.layer_src.data.items()},
                 "extras": json_copy(self.extras),
             }
+
+
+TITLE_PX_PER_CHAR = 7.5  # an 11pt sans-serif title: about this many pixels a character
+
+
+def _fit_title(fig, title: str) -> None:
+    """The title in lines that fit the figure's width (BokehJS cuts a long one at the figure's edge): a task's
+    "Confusion matrix (rows: true, columns: predicted)" on a 220-pixel matrix reads as two lines."""
+    text = "\n".join(title_lines(title, max(12, int((fig.width - 16) / TITLE_PX_PER_CHAR))))
+    if fig.title.text != text:
+        fig.title.text = text
 
 
 def json_copy(value: Any) -> Any:

@@ -13,7 +13,7 @@ import time
 
 from ..core.controls import next_state
 from ..core.events import ControlApplied, EvalEnded, Logged, RunFinished, RunStarted, StepEnded
-from .state import main_metrics, unreadable_text
+from .state import change_line, main_metrics, unreadable_text
 
 _COLOURS = {"finished": "#2e7d32", "stopped": "#ef6c00", "failed": "#c62828", "paused": "#6a1b9a"}
 
@@ -67,9 +67,7 @@ class ProgressView:
             self.total, self.step, self.start_step = e.total_steps, e.start_step, e.start_step
             self.cache = e.cache if e.cache.startswith("on") else ""
         elif isinstance(e, ControlApplied):
-            self.note = f"{e.command} {'applied' if e.ok else 'refused'} at step {e.step}" + (
-                f": {e.message}" if e.message else ""
-            )
+            self.note = change_line(e)
         elif isinstance(e, RunFinished):
             self.reason, self.error, self.step = e.reason, e.error, e.step
         self._dirty = True

@@ -35,6 +35,8 @@ __all__ = [
     "smooth",
     "main_metrics",
     "change_label",
+    "change_line",
+    "lr_legend",
 ]
 
 SMOOTHING = 0.9  # exponential moving average of the loss, as fastai's smoothed loss
@@ -377,6 +379,23 @@ def change_label(e: ControlApplied, frozen_before: list[str] | None = None, froz
             return f"freeze {e.args.get('spec')}"
         return f"{what} {group_span(before) if before is not None else '?'} → {group_span(after)}"
     return e.command
+
+
+def change_line(e: ControlApplied) -> str:
+    """A live change as one line of text (the CLI, the text renderer): from -> to and who asked,
+    "lr 1e-4 → 5e-5 (panel) applied at step 40"."""
+    line = f"{change_label(e)} ({source_label(e.source)}) {'applied' if e.ok else 'refused'} at step {e.step}"
+    return line + (f": {e.message}" if e.message else "")
+
+
+def lr_legend(groups: list[str], frozen: list[str]) -> tuple[str, dict[str, str], str]:
+    """The learning-rate plot's legend as the groups stand now (the live plot's and the SVG snapshot's): the base
+    line's name, each split-off group's name ("blocks.0 (frozen)" while frozen) and the entry listing the frozen
+    groups, which get no learning rate ("" when none is frozen). `frozen` in layer-map order."""
+    frozen_set = set(frozen)
+    base = "other groups" if groups else "trainable groups" if frozen else "all groups"
+    names = {g: f"{g} (frozen)" if g in frozen_set else g for g in groups}
+    return base, names, f"frozen, no lr: {group_span(frozen)}" if frozen else ""
 
 
 def group_span(groups, limit: int = 48) -> str:

@@ -40,7 +40,7 @@ STATE_COLOURS = {  # colour-blind-safe (Okabe-Ito): blue running, bluish green f
 _FG = "var(--jp-ui-font-color1, #222)"
 _MUTED = "var(--jp-ui-font-color2, #666)"
 _BORDER = "var(--jp-border-color2, #e0e0e0)"
-_BEST_BG = "var(--jp-brand-color3, #e3f2fd)"
+_BEST_BG = "rgba(0, 114, 178, 0.16)"  # Okabe-Ito blue, see-through: a light tint on light themes, a dark one on dark
 
 
 def fmt_metric(v) -> str:

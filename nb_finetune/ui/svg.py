@@ -11,9 +11,12 @@ from __future__ import annotations
 import html
 import math
 
-__all__ = ["run_svg", "fmt_cell", "cell_colour", "nice_ticks"]
+from .state import lr_legend
+
+__all__ = ["run_svg", "fmt_cell", "cell_colour", "nice_ticks", "tick_labels", "title_lines", "FROZEN"]
 
 MAX_POINTS = 400
+FROZEN = "#9aa5ad"  # a frozen layer group, in the layer map and the learning-rate plot (live and here)
 _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 _STATE_COLOURS = {"finished": "#2e7d32", "stopped": "#ef6c00", "failed": "#c62828"}
 
@@ -58,8 +61,24 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
-    """One chart: `lines` = [(label, colour, [(x, y)], width, opacity)], markers = [(x, y, label)]."""
+def tick_labels(ticks: list[float]) -> list[str]:
+    """An axis' tick labels in one notation: all scientific when one needs it ("4e-4, 6e-4, 8e-4, 1e-3", never
+    "8e-4, 0.001"), else as `_fmt` writes them."""
+    if not any(v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3) for v in ticks):
+        return [_fmt(v) for v in ticks]
+    out = []
+    for v in ticks:
+        if v == 0:
+            out.append("0")
+            continue
+        mant, exp = f"{v:.2e}".split("e")
+        out.append(f"{mant.rstrip('0').rstrip('.')}e{int(exp)}")
+    return out
+
+
+def _panel(x0, y0, w, h, title, lines, markers=(), y_label="", notes=()):
+    """One chart: `lines` = [(label, colour, [(x, y)], width, opacity)], markers = [(x, y, label)], `notes`: legend
+    entries without a line of their own [(label, colour)], drawn dotted (the frozen groups of the lr plot)."""
     out = [f'<g transform="translate({x0},{y0})">']
     out.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">{html.escape(title)}</text>')
     left, top, right, bottom = 52, 24, 10, 30
@@ -85,10 +104,10 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
     def sy(y):
         return top + ph - (y - ymin) / (ymax - ymin) * ph
 
-    for yv in yticks:  # grid and tick labels
+    for yv, label in zip(yticks, tick_labels(yticks)):  # grid and tick labels
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(yv):.1f}" y2="{sy(yv):.1f}" stroke="#eee"/>')
         out.append(
-            f'<text x="{left - 4}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="9" fill="#666">{_fmt(yv)}</text>'
+            f'<text x="{left - 4}" y="{sy(yv) + 3:.1f}" text-anchor="end" font-size="9" fill="#666">{label}</text>'
         )
     for xv in xticks:
         out.append(
@@ -100,8 +119,9 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
         f'<text x="10" y="{top + ph / 2}" font-size="9" fill="#666" text-anchor="middle" '
         f'transform="rotate(-90 10 {top + ph / 2})">{html.escape(y_label)}</text>'
     )
-    legend_x = left + 6
-    for label, colour, ps, width, opacity in lines:
+    legend = [(label, colour, False) for label, colour, ps, _, _ in lines if ps and label]
+    legend += [(label, colour, True) for label, colour in notes]
+    for _label, colour, ps, width, opacity in lines:
         if not ps:
             continue
         d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
@@ -112,12 +132,7 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
                 f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="{width}" '
                 f'stroke-opacity="{opacity}" stroke-linejoin="round"/>'
             )
-        if label:
-            out.append(
-                f'<rect x="{legend_x}" y="{top + 6}" width="10" height="3" fill="{colour}"/>'
-                f'<text x="{legend_x + 13}" y="{top + 10}" font-size="9" fill="#444">{html.escape(label)}</text>'
-            )
-            legend_x += 20 + 6 * len(label)
+    out += _legend(legend, left + 6, top + 6, left + pw)
     for x, y, label in markers:
         cx, cy = sx(x), sy(y)
         out.append(
@@ -126,6 +141,55 @@ def _panel(x0, y0, w, h, title, lines, markers=(), y_label=""):
         )
     out.append("</g>")
     return out
+
+
+def _legend(entries, x0: float, y0: float, right: float) -> list[str]:
+    """Legend entries [(label, colour, dotted)] in rows from (x0, y0), a new row where the next would pass `right`;
+    on a light backing, so a line under it does not cross the text."""
+    placed, x, y = [], x0, y0
+    for label, colour, dotted in entries:
+        width = 20 + 6 * len(label)
+        if x > x0 and x + width > right:
+            x, y = x0, y + 12
+        placed.append((x, y, label, colour, dotted))
+        x += width
+    if not placed:
+        return []
+    wide = max(px + 20 + 6 * len(label) for px, _, label, _, _ in placed)
+    out = [
+        f'<rect x="{x0 - 3}" y="{y0 - 4}" width="{min(wide, right) - x0 + 3}" height="{y - y0 + 12}" fill="#fafafa" '
+        f'fill-opacity="0.85" rx="2"/>'
+    ]
+    for x, y, label, colour, dotted in placed:
+        if dotted:
+            out.append(
+                f'<line x1="{x}" x2="{x + 10}" y1="{y + 1.5}" y2="{y + 1.5}" stroke="{colour}" stroke-width="2" '
+                f'stroke-dasharray="2,2"/>'
+            )
+        else:
+            out.append(f'<rect x="{x}" y="{y}" width="10" height="3" fill="{colour}"/>')
+        out.append(f'<text x="{x + 13}" y="{y + 4}" font-size="9" fill="#444">{html.escape(label)}</text>')
+    return out
+
+
+def title_lines(title: str, chars: int) -> list[str]:
+    """A figure title as lines of at most `chars` characters, cut at words: a parenthesised explanation goes to its
+    own lines ("Confusion matrix", "rows: true, columns: predicted"), so a narrow figure never cuts its title."""
+    title = " ".join(str(title).split())
+    head, sep, rest = title.partition(" (")
+    parts = [head, rest[:-1] if rest.endswith(")") else rest] if sep else [title]
+    lines: list[str] = []
+    for part in parts:
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        if line:
+            lines.append(line)
+    return lines or [""]
 
 
 def _short(text: str, n: int) -> str:
@@ -158,16 +222,19 @@ def _matrix(x0, y0, w, h, entry) -> list[str]:
     cols = [str(c) for c in entry.get("cols") or []]
     values = entry.get("values") or []
     out = [f'<g transform="translate({x0},{y0})">']
-    out.append(
-        f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">'
-        f"{html.escape(str(entry.get('title') or ''))}</text>"
-    )
+    head, *sub = title_lines(str(entry.get("title") or ""), int(w / 6.5))
+    out.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="12" fill="#333">{html.escape(head)}</text>')
+    for i, line in enumerate(sub):  # the explanation, smaller, under the title
+        out.append(
+            f'<text x="{w / 2}" y="{26 + 11 * i}" text-anchor="middle" font-size="9" fill="#666">'
+            f"{html.escape(line)}</text>"
+        )
     if not rows or not cols:
         out.append("</g>")
         return out
     y_label, x_label = str(entry.get("y_label") or ""), str(entry.get("x_label") or "")
     left = min(100, 12 + 6 * max(len(r) for r in rows)) + (14 if y_label else 0)
-    top, bottom = 24, 46 + (12 if x_label else 0)
+    top, bottom = 24 + 11 * len(sub), 46 + (12 if x_label else 0)
     cell = max(2.0, min((w - left - 10) / len(cols), (h - top - bottom) / len(rows), 40.0))
     grid = [
         [_num(line[j]) if isinstance(line, list) and j < len(line) else math.nan for j in range(len(cols))]
@@ -294,7 +361,8 @@ def _table(x0, y0, w, entry) -> list[str]:
 def _extras_height(entry) -> int:
     if entry.get("kind") == "matrix":
         n = max(len(entry.get("rows") or []), len(entry.get("cols") or []), 1)
-        return int(min(420, max(160, 90 + 28 * n)))
+        sub = len(title_lines(str(entry.get("title") or ""), int(460 / 6.5))) - 1
+        return int(min(420, max(160, 90 + 28 * n))) + 11 * sub
     return int(min(420, max(100, 40 + 18 * len(entry.get("labels") or []))))
 
 
@@ -308,9 +376,20 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
         (k.removeprefix("eval_"), _COLOURS[i % len(_COLOURS)], _finite(ev.get("step", []), ev[k]), 2, 1)
         for i, k in enumerate(sorted(k for k in ev if k.startswith("eval_")))
     ]
-    lr_lines = [("base", _COLOURS[0], _finite(lr.get("step", []), lr.get("lr", [])), 2, 1)] + [
-        (k[2:], _COLOURS[(i + 1) % len(_COLOURS)], _finite(lr.get("step", []), lr[k]), 1, 1)
-        for i, k in enumerate(k for k in lr if k.startswith("g:"))
+    # as the live plot: groups frozen at the end greyed and named so, one dotted entry listing the frozen groups
+    layers = series.get("layers", {})
+    frozen = [g for g, st in zip(layers.get("group", []), layers.get("state", [])) if st == "frozen"]
+    groups = [k[2:] for k in lr if k.startswith("g:")]
+    base, names, frozen_note = lr_legend(groups, frozen)
+    lr_lines = [(base, _COLOURS[0], _finite(lr.get("step", []), lr.get("lr", [])), 2, 1)] + [
+        (
+            names[g],
+            FROZEN if g in frozen else _COLOURS[(i + 1) % len(_COLOURS)],
+            _finite(lr["step"], lr[f"g:{g}"]),
+            1,
+            1,
+        )
+        for i, g in enumerate(groups)
     ]
     head = 26 if (title or state) else 0
     extras = [
@@ -347,7 +426,8 @@ def run_svg(series: dict[str, dict[str, list]], *, title: str = "", state: str =
         "loss",
     )
     parts += _panel(w, head, w, h, "Evaluation", eval_lines, (), "metric")
-    parts += _panel(0, head + h, w, h, "Learning rate", lr_lines, (), "lr")
+    notes = [(frozen_note, FROZEN)] if frozen_note else []
+    parts += _panel(0, head + h, w, h, "Learning rate", lr_lines, (), "lr", notes)
     parts += _panel(
         w,
         head + h,

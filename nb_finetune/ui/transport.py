@@ -39,6 +39,12 @@ RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again
 CATCH_UP_S = (3.0, 12.0)  # after a new view asked for the state: re-render the views this long after the request
 
 
+# where the panel's widget box renders (VS Code, Colab with widgets) it shows the state line itself: not twice
+_HIDE_STATUS = (
+    "<style>body:has(.nb-finetune-panel .nb-finetune-status) .nb-finetune-display-status{display:none}</style>"
+)
+
+
 def detect_frontend() -> str:
     """Best guess of the frontend: 'colab', 'vscode', or 'jupyter' (JupyterLab / Notebook 7 / other)."""
     if "google.colab" in sys.modules:
@@ -81,21 +87,26 @@ def _source_data_refs(item: dict) -> dict[str, dict]:
     return out
 
 
-def _embed_html(root, *, fallback: str = "", element_id: str | None = None) -> str:
+def _embed_html(root, *, fallback: str = "", element_id: str | None = None, skip_where: str = "") -> str:
     """Bokeh `json_item` of `root` that renders once BokehJS is there; `fallback` (an SVG) stays otherwise."""
     from bokeh.embed import json_item
 
     eid = element_id or f"nbft-{uuid.uuid4().hex[:12]}"
-    return _embed_json(json.dumps(json_item(root, eid)), eid, fallback)
+    return _embed_json(json.dumps(json_item(root, eid)), eid, fallback, skip_where)
 
 
-def _embed_json(item: str, eid: str, fallback: str = "") -> str:
+def _embed_json(item: str, eid: str, fallback: str = "", skip_where: str = "") -> str:
+    """`skip_where`: a class; where an element of it is on the page (the live panel's box), nothing is drawn."""
+    skip = f"if(document.querySelector('.{skip_where}'))return;" if skip_where else ""
     fallback_div = f'<div class="nb-finetune-static" id="{eid}-static">{fallback}</div>' if fallback else ""
     # Retry briefly: BokehJS may still be loading from an earlier output of this cell. Without it the SVG stays.
     return (
         f'<div class="nb-finetune-plots" id="{eid}"></div>{fallback_div}'
-        "<script>(function(){var item=" + item + ";var n=0;function go(){"
-        "if(window.Bokeh&&window.Bokeh.embed&&window.Bokeh.embed.embed_item){"
+        "<script>(function(){var item="
+        + item
+        + ";var n=0;function go(){"
+        + skip
+        + "if(window.Bokeh&&window.Bokeh.embed&&window.Bokeh.embed.embed_item){"
         f"var s=document.getElementById('{eid}-static');"
         # the SVG goes only once the figures are drawn (a model BokehJS lacks would otherwise leave nothing)
         "Promise.resolve(window.Bokeh.embed.embed_item(item)).then(function(){if(s)s.style.display='none';});}"
@@ -104,18 +115,32 @@ def _embed_json(item: str, eid: str, fallback: str = "") -> str:
 
 
 def final_bundle(
-    plots: PlotSet, *, title: str, state: str, note: str = "", text: str = "", summary: str = ""
+    plots: PlotSet,
+    *,
+    title: str,
+    state: str,
+    note: str = "",
+    text: str = "",
+    summary: str = "",
+    hide_where: str = "",
 ) -> dict[str, str]:
     """The output a finished run leaves behind: the run's HTML `summary` (header, final state, metrics, evaluation
     table), then interactive Bokeh where BokehJS is present and the SVG elsewhere; the SVG alone for renderers that
-    pick images, `text` (the summary as text) for the ones that pick text."""
+    pick images, `text` (the summary as text) for the ones that pick text. `hide_where`: a class the live panel's
+    box carries once it shows the same summary and plots itself; on a page where it renders, this output hides."""
     from .svg import run_svg
 
     svg = run_svg(plots.series(), title=title, state=state, note=note)
     with plots.lock:
-        body = _embed_html(plots.root, fallback=svg)
+        body = _embed_html(plots.root, fallback=svg, skip_where=hide_where)
     # framed as the live panel is (its border and padding): the plots keep their width when the run ends
-    html = f'<div class="nb-finetune-final" style="{FRAME}">{summary}{body}</div>'
+    hide = (
+        f"<style>body:has(.{hide_where}) .nb-finetune-final.{hide_where}-copy{{display:none}}</style>"
+        if hide_where
+        else ""
+    )
+    own = f" {hide_where}-copy" if hide_where else ""
+    html = f'{hide}<div class="nb-finetune-final{own}" style="{FRAME}">{summary}{body}</div>'
     return {"text/html": html, "image/svg+xml": svg, "text/plain": text or f"{title}: {state}"}
 
 
@@ -127,6 +152,12 @@ class _Base:
         self.plots = plots
         self.renders = 0
         self.handle = None
+        self.status_html = ""  # the run's state line above the live plots (display mode: no widget shows it)
+        self.status_text = ""
+
+    def set_status(self, html: str, text: str) -> None:
+        """The panel's header and status line, for transports that show them themselves (`DisplayTransport`)."""
+        self.status_html, self.status_text = html, text
 
     def widget(self):  # the widget to put inside the panel, if any
         return None
@@ -170,6 +201,13 @@ class DisplayTransport(_Base):
         self.serialisations = 0
         self._serialised_at = 0.0
 
+    def set_status(self, html: str, text: str) -> None:
+        """A page without a widget manager (VS Code, Colab without widgets) shows no panel box: the run's state line
+        travels above the plots, re-rendered with them (a paused run's new state too)."""
+        if (html, text) != (self.status_html, self.status_text):
+            super().set_status(html, text)
+            self._dirty = True
+
     def show(self) -> None:
         from IPython.display import display
 
@@ -197,9 +235,15 @@ class DisplayTransport(_Base):
                     ref["entries"] = [[k, [_plain(x) for x in v]] for k, v in src.data.items()]
             self._item["target_id"] = eid
             item = json.dumps(self._item)
+        status = (
+            f'{_HIDE_STATUS}<div class="nb-finetune-display-status">{self.status_html}</div>'
+            if self.status_html
+            else ""
+        )
         return {
-            "text/html": _embed_json(item, eid),
-            "text/plain": "(live plots: they need a frontend that runs JavaScript)",
+            "text/html": status + _embed_json(item, eid),
+            "text/plain": (self.status_text + "\n" if self.status_text else "")
+            + "(live plots: they need a frontend that runs JavaScript)",
         }
 
     def refresh(self, changed: bool, now: float) -> None:
@@ -243,6 +287,12 @@ def _bokeh_model_class():
                     self._catch_ups = 0
                     return super().get_state(key, drop_defaults)
             return super().get_state(key, drop_defaults)
+
+        def resync(self) -> None:
+            """Every view re-renders the document as it is now (the run ended: a view made later in a page that has
+            this model, e.g. after an output update, renders from this state, not from the first one)."""
+            with self._nbft_lock:
+                self.render_bundle = self._model_to_traits(self._model)
 
         def catch_up(self, now: float) -> bool:
             """The writer, after a state request: send the current document to every view (each re-renders once)
@@ -321,6 +371,11 @@ class AutoTransport(WidgetTransport):
         super().show()
         self._shown_at = time.monotonic()
 
+    def set_status(self, html: str, text: str) -> None:
+        super().set_status(html, text)
+        if self._fallback is not None:
+            self._fallback.set_status(html, text)
+
     def refresh(self, changed: bool, now: float) -> None:
         if self.mode != "display":
             self.model.catch_up(now)
@@ -332,6 +387,7 @@ class AutoTransport(WidgetTransport):
                 self.model.layout.display = "none"
                 self._fallback = DisplayTransport(self.plots, self.interval)
                 self._fallback.handle = self.handle
+                self._fallback.set_status(self.status_html, self.status_text)
                 changed = True
         if self._fallback is not None:
             self._fallback.refresh(changed, now)

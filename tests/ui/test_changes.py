@@ -110,3 +110,42 @@ def test_a_real_run_acknowledges_each_change_with_the_value_before(tiny_config):
     st = PanelState.from_records(run.run_dir.read_metrics(), "fromto")
     labels = [c["label"] for c in st.snapshot()["changes"]]
     assert "lr 1e-3 → 5e-4" in labels and "frozen none → embeddings" in labels
+
+
+def test_the_cli_and_the_text_renderer_say_from_to_and_who():
+    """Control: both printed "set applied at step 40" (no values, no source) before."""
+    import io
+
+    from nb_finetune.cli import TextProgress
+    from nb_finetune.ui.progress import ProgressView
+
+    changes = [
+        ControlApplied(step=40, command="set", args={"lr": 5e-5}, seq=1, source="panel", previous={"lr": 1e-4}),
+        ControlApplied(
+            step=41, command="freeze", args={"spec": ["embeddings"]}, seq=2, source="file:cli", previous={"spec": []}
+        ),
+        ControlApplied(
+            step=42,
+            command="set",
+            args={"max_steps": 1},
+            seq=3,
+            source="magic",
+            ok=False,
+            message="max_steps 1 is below the current step 42",
+            previous={"max_steps": 500},
+        ),
+    ]
+    out = io.StringIO()
+    cli = TextProgress(out)
+    view = ProgressView("c")
+    notes = []
+    for e in changes:
+        cli.on_event(e)
+        view.on_event(e)
+        notes.append(view.text().splitlines()[-1])
+    assert out.getvalue().splitlines() == [
+        "lr 1e-4 → 5e-5 (panel) applied at step 40",
+        "frozen none → embeddings (CLI) applied at step 41",
+        "max_steps 500 → 1 (magic) refused at step 42: max_steps 1 is below the current step 42",
+    ]
+    assert notes == out.getvalue().splitlines()

@@ -93,7 +93,9 @@ def test_panel_streams_a_real_run_and_leaves_a_final_bundle(tiny_config, display
     final = displays.outputs[-1]
     assert "image/svg+xml" in final and "<svg" in final["text/html"] and "embed_item" in final["text/html"]
     ET.fromstring(final["image/svg+xml"])  # well-formed
-    assert "finished" in final["image/svg+xml"] and html.escape(fig.title.text) in final["image/svg+xml"]
+    assert (
+        "finished" in final["image/svg+xml"] and html.escape(fig.title.text.split("\n")[0]) in final["image/svg+xml"]
+    )
     # BokehJS is loaded inline (no CDN) before the plots
     assert any(
         "Bokeh" in o.get("text/html", "") and "cdn.bokeh.org" not in o.get("text/html", "")
@@ -428,3 +430,59 @@ def test_lr_groups_that_coincide_are_drawn_once():
     plots.apply(Points(lr=[{"step": 3, "lr": 1e-3, "group_lrs": {**same, "embeddings": 5e-4}}]))
     assert plots.lr_groups == ["embeddings"]  # split off where it differs, drawn only there
     assert plots.series()["lr"]["g:embeddings"][2:] == [5e-4] and math.isnan(plots.series()["lr"]["g:embeddings"][0])
+
+
+def test_the_display_renderer_carries_the_state_line_above_the_live_plots(tiny_config, displays):
+    """Without a widget manager (VS Code, Colab without widgets) the panel's box shows nothing: the display output
+    has the run's header and status line, as HTML and as plain text. Control: it had only the plots and the text
+    "(live plots: they need a frontend that runs JavaScript)"."""
+    run = finetune({**tiny_config, "name": "shown_plain", "max_steps": 40, "log_every": 2}, start=False)
+    panel = shown(run, renderer="display", plot_interval=0.05)
+    run.wait(60)
+    panel._thread.join(10)
+    live = [
+        c["data"]
+        for c in displays.calls
+        if c["update"] and "nb-finetune-display-status" in c["data"].get("text/html", "")
+    ]
+    assert live, "a live render with the state line"
+    html_, text = live[-1]["text/html"], live[-1]["text/plain"]
+    assert "shown_plain" in html_ and "train loss" in html_ and "step " in html_ and "nb-finetune-plots" in html_
+    assert text.startswith("shown_plain: training · step ") and "train loss" in text
+    assert html_.index("nb-finetune-display-status") < html_.index("nb-finetune-plots")  # above the plots
+    final = displays.outputs[-1]
+    assert "nb-finetune-summary" in final["text/html"]  # then the run's summary replaces it
+
+
+def test_every_view_of_the_box_shows_the_final_summary_and_plots(tiny_config, displays):
+    """A page reloaded mid-run (or opened after the run) renders the widgets' state, never the display update that
+    carries the final output: the summary and the final plots must be widget state. Control: the summary lived only
+    in the display update (a reloaded page kept "training" plots and no summary), and the display renderer (no
+    widget views) keeps it there."""
+    run = finetune({**tiny_config, "name": "every_view", "max_steps": 24, "eval_every": 8}, start=False)
+    panel = shown(run, renderer="widget")
+    run.wait(60)
+    panel._thread.join(10)
+    # what a new view gets: the box's children and their state
+    assert panel.summary_view in panel.box.children and panel.summary_view.layout.display != "none"
+    state = panel.summary_view.get_state()
+    assert "nb-finetune-summary" in state["value"] and state["value"].count('class="nbft-eval-row') == 3
+    assert "every_view" in state["value"] and "finished" in state["value"]
+    plots = panel.transport.model
+    assert plots in panel.box.children and plots.layout.display != "none"  # the final plots, in the box
+    assert _bundle_column(plots.get_state(), "nbft-loss", "step") == list(range(1, 25))  # every point
+    assert panel.done_class in panel.box._dom_classes
+    # the display output, for saved notebooks, hides itself where this box renders (no second copy in the page)
+    final = displays.outputs[-1]["text/html"]
+    assert f"body:has(.{panel.done_class}) .nb-finetune-final.{panel.done_class}-copy" in final
+    assert f"document.querySelector('.{panel.done_class}')" in final and "nb-finetune-summary" in final
+
+    other = finetune({**tiny_config, "name": "plain_display", "max_steps": 6}, start=False)
+    control = shown(other, renderer="display", plot_interval=0.05)
+    other.wait(60)
+    control._thread.join(10)
+    assert control.summary_view.layout.display == "none" and control.done_class not in control.box._dom_classes
+    assert (
+        "nb-finetune-summary" in displays.outputs[-1]["text/html"]
+        and "body:has(" not in displays.outputs[-1]["text/html"]
+    )

@@ -175,3 +175,33 @@ def test_time_plots_follow_the_output_width_and_the_layer_map_keeps_small_groups
         "head": "1.0k",
     }
     assert dict(zip(data["group"], data["label"]))["head"] == "1,000"  # the hover's exact count
+
+
+def test_the_svg_snapshot_greys_the_groups_frozen_at_the_end_as_the_live_plot_does():
+    """Control: the snapshot drew every group line in its own colour under "base", frozen or not."""
+    import xml.etree.ElementTree as ET
+
+    from nb_finetune.ui.svg import run_svg
+
+    def lr_chart(frozen):
+        plots = PlotSet()
+        plots.set_layers(_layers(frozen=frozen))
+        plots.apply(Points(lr=[_lr(s, 1e-3, **{"blocks.0": 5e-4}) for s in (1, 2, 3)]))
+        root = ET.fromstring(run_svg(plots.series(), title="t", state="finished"))
+        charts = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.find("{*}text").text == "Learning rate"]
+        (chart,) = charts
+        texts = [t.text for t in chart.iter("{http://www.w3.org/2000/svg}text")]
+        strokes = [p.get("stroke") for p in chart.iter("{http://www.w3.org/2000/svg}polyline")]
+        return (
+            texts,
+            strokes,
+            [ln.get("stroke") for ln in chart.iter("{http://www.w3.org/2000/svg}line") if ln.get("stroke-dasharray")],
+        )
+
+    texts, strokes, dotted = lr_chart(frozen=("embeddings", "blocks.0"))
+    assert "other groups" in texts and "blocks.0 (frozen)" in texts
+    assert "frozen, no lr: embeddings, blocks.0" in texts and dotted == [FROZEN]
+    assert strokes[1] == FROZEN  # the frozen group's own line
+    texts, strokes, dotted = lr_chart(frozen=())  # the control case: nothing frozen, nothing grey
+    assert "blocks.0" in texts and not any("frozen" in t for t in texts if t) and dotted == []
+    assert FROZEN not in strokes

@@ -16,7 +16,7 @@ nbconvert = pytest.importorskip("nbconvert")
 from nb_finetune import finetune  # noqa: E402
 from nb_finetune.ui.panel import Panel  # noqa: E402
 from nb_finetune.ui.summary import eval_table_html  # noqa: E402
-from nb_finetune.ui.svg import nice_ticks  # noqa: E402
+from nb_finetune.ui.svg import nice_ticks, tick_labels  # noqa: E402
 
 
 def _notebook(outputs: list[dict]) -> nbformat.NotebookNode:
@@ -76,9 +76,15 @@ def test_eval_table_marks_the_best_row_and_names_losses_apart():
     assert out.count("<tr class") == 2 and "train loss" in out and "eval loss" in out
     best_row = [r for r in out.split("<tr") if "★" in r]
     assert len(best_row) == 1 and "0.7000" in best_row[0]
+    # a see-through tint under the theme's own text colour (control: --jp-brand-color3 is a light blue in the dark
+    # theme too, under its light text)
+    assert re.search(r"background:rgba\(0, 114, 178, 0\.\d+\)", best_row[0]) and "brand-color3" not in out
 
 
 def test_svg_ticks_are_round_and_cover_the_data():
     lo, hi, ticks = nice_ticks(0.6912, 0.6961)
     assert lo <= 0.6912 and hi >= 0.6961 and ticks == [0.69, 0.692, 0.694, 0.696, 0.698]
     assert nice_ticks(1, 24, 6)[2] == [0, 5, 10, 15, 20, 25]
+    # one notation per axis (control: "4e-4, 6e-4, 8e-4, 0.001" before)
+    assert tick_labels(nice_ticks(4e-4, 1e-3)[2]) == ["4e-4", "6e-4", "8e-4", "1e-3"]
+    assert tick_labels([0.69, 0.695, 0.7]) == ["0.69", "0.695", "0.7"]

@@ -225,3 +225,30 @@ def test_svg_draws_a_matrix_and_bars_below_the_curves():
     many = run_svg({"extras": {"m": big}})
     ET.fromstring(many)
     assert many.count("<rect") >= 1600 and ">1521</text>" not in many  # colours only when cells are tiny
+
+
+def test_a_long_matrix_title_wraps_to_the_figure_width_and_eval_axes_tick_round():
+    """Control: the text classifier's title "Confusion matrix (rows: true, columns: predicted)" stood on one
+    line of a 220-pixel figure (BokehJS cut it after "rows: tr"); the eval loss axis of a tiny run ranged over
+    0.6930..0.6934 (ticks 0.693, 0.6931, ..., 0.6934)."""
+    from nb_finetune.ui.plots import TITLE_PX_PER_CHAR
+    from nb_finetune.ui.state import Points
+
+    plots = PlotSet()
+    title = "Confusion matrix (rows: true, columns: predicted)"
+    assert len(title) * TITLE_PX_PER_CHAR > 220  # the control: it does not fit on one line
+    plots.apply(Points(extras={"confusion": {**matrix([[3, 1], [2, 4]]), "title": title}}))
+    _, heat, _ = plots.extra_figs["confusion"]
+    lines = heat.title.text.split("\n")
+    assert lines[0] == "Confusion matrix" and " ".join(lines[1:]) == "rows: true, columns: predicted"
+    assert all(len(ln) * TITLE_PX_PER_CHAR <= heat.width - 16 for ln in lines)
+    svg = run_svg(plots.series(), title="t", state="finished")
+    assert ">Confusion matrix</text>" in svg and ">rows: true, columns: predicted</text>" in svg
+    ET.fromstring(svg)
+
+    rows = [{"step": s, "eval_loss": 0.69345 - s * 3.1e-6, "eval_accuracy": 0.5 + s / 400} for s in (30, 60, 90)]
+    plots.apply(Points(evals=rows))
+    err = plots.eval.extra_y_ranges["err"]
+    assert err.min_interval == pytest.approx(0.02 * 0.69345 - 0.02 * 3.1e-6 * 30)  # a 0.014 span: 0.69, 0.695, 0.7
+    assert plots.eval.y_range.min_interval == pytest.approx(0.02 * (0.5 + 90 / 400))
+    assert plots.err_axis.ticker.desired_num_ticks == 4

@@ -200,6 +200,59 @@ async function themes(page: IJupyterLabPageFixture, shots: string) {
   expect(dark.page, 'the plot background follows the theme').not.toBe(light.page);
 }
 
+/** Where each Bokeh legend of the page sits: the figure side it is in ('above', 'center', ...). */
+async function legendPlaces(page: Page): Promise<string[]> {
+  return page.evaluate(() => {
+    const B = (window as any).Bokeh;
+    const places: string[] = [];
+    for (const d of B?.documents ?? []) {
+      for (const m of d._all_models?.values?.() ?? []) {
+        if (m?.constructor?.__name__ !== 'Figure') continue;
+        for (const side of ['above', 'below', 'left', 'right', 'center']) {
+          for (const r of m[side] ?? []) {
+            if (r?.constructor?.__name__ === 'Legend') places.push(side);
+          }
+        }
+      }
+    }
+    return places;
+  });
+}
+
+/**
+ * The plot items while the run trains (on a page reloaded mid-run): an lr change from another cell (cell `setCell`) has a tooltip that reads
+ * from → to and by whom, every legend sits above its figure (outside the data area), the evaluation table has one
+ * row per evaluation in the eval plot. Control: no run summary in the box while it trains.
+ */
+async function plotItems(page: Page, panel: Locator, setCell: number) {
+  await expect
+    .poll(async () => ((await bokehColumn(page, 'nbft-eval', 'step')) ?? []).length, { timeout: 90000 })
+    .toBeGreaterThanOrEqual(2);
+  // JupyterLab's own commands (Galata's notebook helpers lost their hook on the app at the browser reload)
+  await page.evaluate(i => {
+    const app = (window as any).jupyterapp;
+    app.shell.currentWidget.content.activeCellIndex = i;
+    return app.commands.execute('notebook:run-cell');
+  }, setCell);
+  await expect
+    .poll(async () => ((await bokehColumn(page, 'nbft-markers', 'text')) ?? []).join(' | '), { timeout: 60000 })
+    .toMatch(/lr 1e-3 → 5e-4, by magic, step \d+/);
+  const places = await legendPlaces(page);
+  expect(places.length, 'legends found').toBeGreaterThanOrEqual(3);
+  expect(places.every(p => p === 'above'), `legend places: ${places}`).toBe(true);
+  await expect
+    .poll(
+      async () => {
+        const rows = await panel.locator('.nb-finetune-eval-table .nbft-eval-row').count();
+        const evals = ((await bokehColumn(page, 'nbft-eval', 'step')) ?? []).length;
+        return rows > 0 && rows === evals;
+      },
+      { timeout: 30000, message: 'one table row per evaluation' }
+    )
+    .toBe(true);
+  await expect(panel.locator('.nb-finetune-summary')).toHaveCount(0);
+}
+
 async function panelFlow(page: Page, panel: Locator, name: string, shots: string) {
   await expect(panel).toBeVisible({ timeout: 60000 });
   await expect(panel.locator('b', { hasText: name }).first()).toBeVisible();
@@ -235,8 +288,17 @@ async function panelFlow(page: Page, panel: Locator, name: string, shots: string
   await panel.locator('button', { hasText: 'Stop' }).click();
   await expect(panel).toContainText('stopped · user', { timeout: 60000 });
   await expect(panel.locator('button', { hasText: 'Stop' })).toBeDisabled();
-  await page.waitForTimeout(1500); // the final Bokeh output replaces the live one
-  await page.screenshot({ path: test.info().outputPath(`${shots}-stopped.png`), fullPage: true });
+  // the final view is the box's own (widget state): a page reloaded mid-run gets the summary and final plots too
+  const summary = panel.locator('.nb-finetune-summary');
+  await expect(summary).toBeVisible({ timeout: 30000 });
+  await expect(summary).toContainText(name);
+  await expect(summary).toContainText('stopped');
+  expect(await summary.locator('.nbft-eval-row').count(), 'the evaluation table in the summary').toBeGreaterThanOrEqual(2);
+  const steps = ((await bokehColumn(page, 'nbft-loss', 'step')) ?? []) as number[];
+  expect(steps.length > 0 && steps.every((s, i) => s === i + 1), 'the final plots: loss steps 1..n').toBe(true);
+  await page.waitForTimeout(1500);
+  await summary.scrollIntoViewIfNeeded();
+  await page.screenshot({ path: test.info().outputPath(`${shots}-stopped.png`) });
 }
 
 test.describe('nb_finetune panel in JupyterLab', () => {
@@ -244,15 +306,26 @@ test.describe('nb_finetune panel in JupyterLab', () => {
     test.setTimeout(240000);
     const name = uniqueName('panel_lab');
     const cell = trainCell(name).replace('eval_split: 0', 'eval_split: 0.25\neval_every: 8');
-    const path = await createNotebook(page, `${tmpPath}/panel.ipynb`, [setupCell(), cell]);
+    const path = await createNotebook(page, `${tmpPath}/panel.ipynb`, [
+      setupCell(),
+      cell,
+      `%finetune set ${name} lr=5e-4`
+    ]);
     await openNotebook(page, path);
     await page.notebook.runCell(0);
     await expect(page.locator('.jp-Cell').nth(0).locator('.jp-Cell-outputWrapper')).toContainText('setup ok');
     await page.notebook.runCell(1); // returns at once: the run trains on a worker thread
     await expect(page.locator(PANEL).first()).toContainText('training', { timeout: 60000 });
     await secondViews(page, path, 'lab-panel');
+    await plotItems(page, page.locator(PANEL).first(), 2); // on the page reloaded mid-run
     await themes(page, 'lab-panel');
-    await panelFlow(page, page.locator(PANEL).first(), name, 'lab-panel');
+    await panelFlow(page, page.locator(PANEL).first(), name, 'lab-panel'); // on the page reloaded mid-run
+    await page.evaluate(() =>
+      (window as any).jupyterapp.commands.execute('apputils:change-theme', { theme: 'JupyterLab Dark' })
+    );
+    await expect(page.locator('body')).toHaveAttribute('data-jp-theme-light', 'false');
+    await page.waitForTimeout(500);
+    await page.screenshot({ path: test.info().outputPath('lab-panel-stopped-dark.png') });
   });
 });
 
