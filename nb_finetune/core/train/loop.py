@@ -269,8 +269,20 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 epoch_end = pos.batch >= n_batches
                 if pos.step % live.log_every == 0 or pos.step >= live.total_steps(spe) or epoch_end:
                     mem = memory_mb(device)
-                    emit(meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak))
-                    guard.check(rd.checkpoints())  # on_nonfinite: stop ends the run here, naming the step
+                    logged = meter.log(
+                        pos.step,
+                        cur_epoch,
+                        pos.samples,
+                        pos.tokens,
+                        base_lr,
+                        parts.optimizer,
+                        mem,
+                        peak,
+                        guard.to_read,
+                    )
+                    emit(logged)
+                    # on_nonfinite: stop ends the run here, naming the step (read in the log's one transfer)
+                    guard.check(rd.checkpoints(), meter.extra_read)
 
                 # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
                 for cmd in desk.due(pos.step):
