@@ -10,7 +10,7 @@ dependencies, without a network: wheels downloaded here, into benchmarks/.wheels
     python -m benchmarks llm --gpu                there: installs what is missing, then runs the arms
 
 Each package the arms need and this Python lacks (or has in a version out of range) is installed into
-benchmarks/.work/site-<python version>/, never into the environment itself: from a carried wheel that fits this
+benchmarks/.work/python-<version>/site-packages/, never into the environment itself: from a carried wheel that fits this
 Python and platform, else from the package index when it answers, else it is reported missing. Nothing of that
 stops the run: an arm that needs a missing package is skipped or fails with its reason, and the others go on.
 nb_finetune itself is not installed: the arms import it from this checkout (the benchmark puts it first on their
@@ -63,6 +63,9 @@ REQS = (
     Req("typing-extensions", "", "typing_extensions", "pydantic"),
     Req("pyyaml", ">=6.0", "yaml", "nb_finetune's config"),
     Req("safetensors", ">=0.4", "safetensors", "checkpoints"),
+    Req("jupyter-core", ">=5.0", "jupyter_core", "nb_finetune's run index"),
+    Req("platformdirs", ">=2.5", "platformdirs", "jupyter-core"),
+    Req("traitlets", ">=5.3", "traitlets", "jupyter-core"),
     Req("psutil", "", "psutil", "accelerate, peft"),
     Req("accelerate", ">=0.34", "accelerate", "the loops"),
     Req("peft", ">=0.13", "peft", "LoRA"),
@@ -72,6 +75,8 @@ REQS = (
     Req("xxhash", "", "xxhash", "datasets"),
     Req("fsspec", "", "fsspec", "datasets"),
     Req("pandas", ">=1.5", "pandas", "nb_finetune's data, datasets"),
+    Req("python-dateutil", ">=2.8.2", "dateutil", "pandas"),
+    Req("six", ">=1.5", "six", "python-dateutil"),
     Req("pyarrow", "", "pyarrow", "datasets"),
     Req("bitsandbytes", "", "bitsandbytes", "the QLoRA arms"),
 )
@@ -82,7 +87,13 @@ def norm(name: str) -> str:
 
 
 def default_site() -> Path:
-    return ROOT / "benchmarks" / ".work" / f"site-{sys.version_info.major}.{sys.version_info.minor}"
+    """benchmarks/.work/python-X.Y/site-packages. The last part must be `site-packages`: `datasets` fingerprints
+    every Dataset it builds by pickling it with dill, and dill pickles a module whose file lies outside the
+    interpreter's prefixes and outside any `site-packages` folder by value (its whole namespace), not by name:
+    pyarrow installed in a folder named otherwise made every Dataset fail with "PicklingError: Can't pickle
+    <class 'MonthDayNano'>"."""
+    v = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return ROOT / "benchmarks" / ".work" / f"python-{v}" / "site-packages"
 
 
 def installed_version(name: str) -> str | None:

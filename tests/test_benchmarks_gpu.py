@@ -270,3 +270,41 @@ def test_runner_interleaves_arms_and_records_repetitions(tmp_path):
     assert runs[1]["failed"] == "boom: this arm cannot run"
     with pytest.raises(SystemExit, match=r"arm bad \(k=0\) failed"):
         run_interleaved(["-c", CHILD], plan, 1, tmp=tmp_path)
+
+
+def _probe_module(folder: Path, name: str):
+    """A module in `folder` that, like pyarrow (its MonthDayNano type), holds something dill cannot pickle."""
+    import importlib.util
+
+    folder.mkdir(parents=True)
+    (folder / f"{name}.py").write_text("pending = (i for i in range(3))\n")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_datasets_fingerprints_code_that_uses_a_package_from_the_bootstrap_site(tmp_path):
+    """datasets hashes every Dataset it builds with dill, through a local function that uses pyarrow: a module
+    from the bootstrap's folder must be pickled by name. Control: the same module in the folder the bootstrap used
+    before (benchmarks/.work/site-X.Y) is pickled by value and fails, as pyarrow did (MonthDayNano)."""
+    pytest.importorskip("datasets")
+    from datasets.fingerprint import Hasher
+
+    def uses(mod):
+        def build():  # a local function (dill cannot import it by name), as datasets' own
+            return mod.pending
+
+        return build
+
+    site = B.default_site()
+    assert site.name == "site-packages"
+    here = _probe_module(tmp_path / site.relative_to(ROOT), "nbf_probe_new_site")
+    old = _probe_module(tmp_path / "benchmarks" / ".work" / "site-3.x", "nbf_probe_old_site")
+    try:
+        assert len(Hasher.hash(uses(here))) == 16
+        with pytest.raises(TypeError, match="generator"):
+            Hasher.hash(uses(old))
+    finally:
+        sys.modules.pop("nbf_probe_new_site"), sys.modules.pop("nbf_probe_old_site")

@@ -87,3 +87,12 @@ def test_control_per_step_item_is_caught(tiny_config, counter):
     assert run.status == "finished", run.error
     bad = counter.per_step_reads()
     assert len(bad) >= 20 and all("item" in r for r in bad.values())
+
+
+def test_a_log_point_reads_the_device_once(tiny_config, counter):
+    """Every log point is one transfer: the losses, grad norms, the meter's non-finite count and the
+    `on_nonfinite: stop` guard's first bad step come back in one `tolist`. Control: the guard reading its step on
+    its own (`int(first)`, as it did before) makes two reads per log point and fails this."""
+    _run({**tiny_config, "on_nonfinite": "stop"}, counter)
+    at_logs = {s: counter.reads.get(s) for s in (10, 20)}  # the last log point is followed by the final checkpoint
+    assert at_logs == {10: ["tolist"], 20: ["tolist"]}

@@ -89,6 +89,7 @@ class Meter:
     losses: list = field(default_factory=list)  # 0-d device tensors, one per optimizer step since the last log
     grad_norms: list = field(default_factory=list)
     nonfinite: Any = None
+    extra_read: list = field(default_factory=list)  # host values of log()'s `extra` tensors, read with the rest
     flops_at: float = 0.0
     padded_at: int = 0
 
@@ -115,17 +116,29 @@ class Meter:
         self.t += seconds
 
     def log(
-        self, step: int, epoch: float, samples: int, tokens: int, base_lr: float, optimizer, memory_mb=None, peak=None
+        self,
+        step: int,
+        epoch: float,
+        samples: int,
+        tokens: int,
+        base_lr: float,
+        optimizer,
+        memory_mb=None,
+        peak=None,
+        extra=(),
     ) -> Logged:
-        """The Logged event of this window (`peak`: the device's FLOP/s or None), then a new window."""
+        """The Logged event of this window (`peak`: the device's FLOP/s or None), then a new window. `extra`: other
+        0-d device tensors read in the same transfer (float32: integers exact up to 2**24); their host values are
+        left in `extra_read`."""
         import torch
 
         parts = [torch.stack(self.losses).float(), self.nonfinite.float()[None]]
+        parts += [t.float()[None] for t in extra]
         if self.grad_norms:
             parts.append(torch.stack(self.grad_norms).float())
         read = torch.cat(parts).tolist()  # the one device->host transfer of this log point
-        n = len(self.losses)
-        vals, bad, norms = read[:n], int(read[n]), read[n + 1 :]
+        n, k = len(self.losses), len(extra)
+        vals, bad, self.extra_read, norms = read[:n], int(read[n]), read[n + 1 : n + 1 + k], read[n + 1 + k :]
         now = time.perf_counter()
         dt = max(now - self.t, 1e-9)
         tflops = (self.flops - self.flops_at) / dt / 1e12

@@ -275,10 +275,21 @@ def train(job: Job, controls: Controls, callbacks=()) -> RunResult:
                 epoch_end = pos.batch >= n_batches
                 if pos.step % live.log_every == 0 or pos.step >= live.total_steps(spe) or epoch_end:
                     mem = memory_mb(device)
-                    ev = meter.log(pos.step, cur_epoch, pos.samples, pos.tokens, base_lr, parts.optimizer, mem, peak)
-                    ev.unreadable = _unreadable(job)
-                    emit(ev)
-                    guard.check(rd.checkpoints())  # on_nonfinite: stop ends the run here, naming the step
+                    logged = meter.log(
+                        pos.step,
+                        cur_epoch,
+                        pos.samples,
+                        pos.tokens,
+                        base_lr,
+                        parts.optimizer,
+                        mem,
+                        peak,
+                        guard.to_read,
+                    )
+                    logged.unreadable = _unreadable(job)
+                    emit(logged)
+                    # on_nonfinite: stop ends the run here, naming the step (read in the log's one transfer)
+                    guard.check(rd.checkpoints(), meter.extra_read)
 
                 # ---- commands that change the run, then the unfreezing schedule: between optimizer steps
                 for cmd in desk.due(pos.step):

@@ -51,11 +51,17 @@ class NonFiniteGuard:
             return True
         return not bool(self.seen)  # host sync: only without a fused optimizer
 
-    def check(self, checkpoints: list) -> None:
-        """At a log or save point (already sync points), under `stop`: raise when a step's loss was not finite."""
+    @property
+    def to_read(self) -> tuple:
+        """The device value `check` needs (none unless `stop`): a log point reads it with its own values."""
+        return (self.first,) if self.mode == "stop" else ()
+
+    def check(self, checkpoints: list, read: list | None = None) -> None:
+        """At a log or save point (already sync points), under `stop`: raise when a step's loss was not finite.
+        `read`: the host values of `to_read` where the caller has read them already (no second read)."""
         if self.mode != "stop":
             return
-        first = int(self.first)
+        first = int(read[0]) if read else int(self.first)
         if first < 0:
             self.batches.clear()
             return
