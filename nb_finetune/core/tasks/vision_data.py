@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from .base import Examples
-from .media import BadFiles, short_name
+from .media import BadFiles, DecodedExamples, short_name, why_unreadable
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -200,12 +200,8 @@ def prepare_column(values, size: int, channels: int, *, role: str, bad: BadFiles
                 raise DataError(f"data.{role}: row {row}: {e}") from None
             bad.add(role, row, short_name(obj), str(e).splitlines()[0][:120], error=error, key="on_bad_example")
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, UnidentifiedImageError, ...
-            bad.add(role, row, short_name(obj), _why(e), error=error, key="on_bad_example")
+            bad.add(role, row, short_name(obj), why_unreadable(e), error=error, key="on_bad_example")
     return items, kept
-
-
-def _why(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:120] or type(e).__name__
 
 
 class ImageColumn:
@@ -246,38 +242,16 @@ def column_values(ds, col: str) -> list:
     return ds[col]
 
 
-class ImageExamples(Examples):
-    """Examples whose `pixel_values` are decoded when read and augmented then (training data only).
+class ImageExamples(DecodedExamples, Examples):
+    """Examples whose `pixel_values` are decoded when read and augmented then (training data only); a file that
+    fails to decode is skipped or stops the run as `DecodedExamples` says."""
 
-    An image that fails to decode is marked in `unreadable` (shared memory: DataLoader workers write it, the run
-    reads it) and logged once; its item is a marker `{"idx", "unreadable": True, "fallback"}` that the collator
-    leaves out (`fallback`: the next readable example, for a batch left with none). With `error` it is a
-    DataError naming the row and the file instead."""
+    kind = "image"
 
     def __init__(self, column: ImageColumn, labels, augment=None, *, error: bool = False):
-        import torch
-
         super().__init__({"pixel_values": column}, labels, lengths=np.ones(len(column), dtype=np.int64))
-        self.column = column
         self.augment = augment
-        self.error = error
-        self.unreadable = torch.zeros(len(column), dtype=torch.uint8)
-        if len(column):
-            self.unreadable.share_memory_()
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            return self._item(i, self.column.decode(i))
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ... for a damaged file
-            self._note(i, e)
-        return {"idx": i, "unreadable": True, "fallback": self._fallback(i)}
-
-    @property
-    def num_unreadable(self) -> int:
-        """Images found unreadable while reading (in any process), each counted once."""
-        return int(self.unreadable.sum())
+        self._setup_decoding(column, error=error)
 
     def _item(self, i: int, x) -> dict[str, Any]:
         item = {"pixel_values": x, "idx": i}
@@ -287,32 +261,6 @@ class ImageExamples(Examples):
             x = x.float() / 255.0 if not x.dtype.is_floating_point else x
             item["pixel_values"] = self.augment(x)
         return item
-
-    def _note(self, i: int, e: BaseException) -> None:
-        col = self.column
-        why, row, name = _why(e), col.rows[i], col.name(i)
-        if self.error:
-            raise DataError(
-                f"data.{col.role}: row {row} ({name}) cannot be read: {why}. Fix or remove the file, or set "
-                "`on_bad_example: skip` to leave such examples out"
-            ) from None
-        if not self.unreadable[i]:
-            self.unreadable[i] = 1
-            log.warning(
-                f"skipped data.{col.role} row {row} ({name}) while reading: {why} "
-                f"({self.num_unreadable} unreadable image file(s) found while reading so far)"
-            )
-
-    def _fallback(self, i: int) -> dict[str, Any]:
-        n = len(self)
-        for j in (*range(i + 1, n), *range(i)):
-            if self.unreadable[j]:
-                continue
-            try:
-                return self._item(j, self.column.decode(j))
-            except Exception as e:  # noqa: BLE001
-                self._note(j, e)
-        raise DataError(f"data.{self.column.role}: no image can be read (every file failed to decode)")
 
 
 class PixelCollator:
