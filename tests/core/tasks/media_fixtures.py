@@ -3,10 +3,7 @@ folders (the class is the dominant colour: learnable in a few steps)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +103,6 @@ VOICES = ("en", "en-us", "en+f3", "en-gb-scotland")
 def spoken_words(root: Path, words=WORDS, voices=VOICES, speeds=(130, 185)) -> Path:
     """Synthetic speech made here with espeak-ng: one sub-folder per word, one wav per voice and speed (22,050 Hz,
     espeak's own rate). Not a recording of people: fine for tests and demos."""
-    import subprocess
 
     for w in words:
         (root / w).mkdir(parents=True, exist_ok=True)
@@ -159,15 +155,3 @@ def tiny_ast_dir(d: Path) -> str:
         ASTForAudioClassification(conf).save_pretrained(d)
         ASTFeatureExtractor(num_mel_bins=32, max_length=64).save_pretrained(d)
     return str(d)
-
-
-def run_py(code: str, env: dict) -> None:
-    """Run `code` in a fresh Python process (the repository importable, one OpenMP thread); it must exit 0."""
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]

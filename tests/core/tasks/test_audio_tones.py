@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from media_fixtures import run_py, tiny_wav2vec2_dir
+from fresh_process import run_py
+from media_fixtures import tiny_wav2vec2_dir
 from metrics_log import losses_by_step
 
 from nb_finetune import finetune
@@ -79,23 +80,13 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_audio_run(w
         """
         import json, os
         from nb_finetune import finetune
-        from nb_finetune.core.events import RunStarted
+        from fresh_process import StopAtForward
         cfg = json.loads(os.environ["NB_FT_CFG"])
         run = finetune(cfg, name="a", wait=True)
         assert run.status == "finished" and run.task.name == "audio-classification", (run.status, run.error)
         for name, stop_at, want in (("mid", 3, 1), ("edge", 6, 3)):
-            calls, holder = {"n": 0}, {}
-            class Hook:
-                def on_event(self, e):
-                    if isinstance(e, RunStarted):
-                        def fwd(mod, args, out):
-                            if mod.training:
-                                calls["n"] += 1
-                                if calls["n"] == stop_at:
-                                    holder["run"].stop()
-                        holder["run"].model.register_forward_hook(fwd)
-            run = finetune(cfg, name=name, callbacks=[Hook()])
-            holder["run"] = run
+            stop = StopAtForward(stop_at)
+            run = stop.attach(finetune(cfg, name=name, callbacks=[stop], start=False)).start()
             run.wait()
             assert (run.status, run.reason, run.step) == ("stopped", "user", want), (run.status, run.step, run.error)
         """,

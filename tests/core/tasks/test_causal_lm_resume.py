@@ -5,28 +5,17 @@ gradient checkpointing with LoRA gives the adapters the same gradients as withou
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from fresh_process import run_py
 from lm_tiny import build_tiny_llama, facts
 from metrics_log import losses_by_step
 
 pytest.importorskip("peft")
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def run_py(code: str, env_extra: dict) -> None:
-    env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_lora_packed_resume_in_fresh_process_matches_uninterrupted(tmp_path):
@@ -65,19 +54,9 @@ def test_lora_packed_resume_in_fresh_process_matches_uninterrupted(tmp_path):
         """
         import json, os
         from nb_finetune import finetune
-        from nb_finetune.core.events import RunStarted
-        calls, holder = {"n": 0}, {}
-        class Hook:
-            def on_event(self, e):
-                if isinstance(e, RunStarted):
-                    def fwd(mod, args, out):
-                        if mod.training:
-                            calls["n"] += 1
-                            if calls["n"] == 9:  # mid-accumulation: the 9th micro-batch's gradient is discarded
-                                holder["run"].stop()
-                    holder["run"].model.register_forward_hook(fwd)
-        run = finetune(json.loads(os.environ["NB_FT_CFG"]), name="b", callbacks=[Hook()], start=False)
-        holder["run"] = run
+        from fresh_process import StopAtForward
+        stop = StopAtForward(9)  # mid-accumulation: the 9th micro-batch's gradient is discarded
+        run = stop.attach(finetune(json.loads(os.environ["NB_FT_CFG"]), name="b", callbacks=[stop], start=False))
         run.start().wait()
         assert (run.status, run.step) == ("stopped", 4), (run.status, run.step, run.error)
     """,

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media_fixtures import colour_images, image_folder, run_py, small_cnn, tiny_convnext_dir, tiny_vit_dir
+from fresh_process import run_py
+from media_fixtures import colour_images, image_folder, small_cnn, tiny_convnext_dir, tiny_vit_dir
 from metrics_log import losses_by_step
 
 from nb_finetune import finetune
@@ -445,23 +446,13 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(vit_dir
     run_py(
         """
         import json, os
+        from fresh_process import StopAtForward
         from nb_finetune import finetune
-        from nb_finetune.core.events import RunStarted
         cfg = json.loads(os.environ["NB_FT_CFG"])
         run = finetune(cfg, name="a", wait=True)
         assert run.status == "finished" and run.task.name == "image-classification", (run.status, run.error)
-        calls, holder = {"n": 0}, {}
-        class Hook:
-            def on_event(self, e):
-                if isinstance(e, RunStarted):
-                    def fwd(mod, args, out):
-                        if mod.training:
-                            calls["n"] += 1
-                            if calls["n"] == 7:
-                                holder["run"].stop()
-                    holder["run"].model.register_forward_hook(fwd)
-        run = finetune(cfg, name="b", callbacks=[Hook()])
-        holder["run"] = run
+        stop = StopAtForward(7)
+        run = stop.attach(finetune(cfg, name="b", callbacks=[stop], start=False)).start()
         run.wait()
         assert (run.status, run.reason) == ("stopped", "user"), (run.status, run.error)
         assert run.step == 3, run.step  # the 7th micro-batch's gradient is discarded

@@ -489,16 +489,10 @@ def test_freezing_all_but_head_trains_only_the_qa_head(tiny_model_dir, tmp_path)
 
 
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     import torch
+    from fresh_process import StopAtForward, run_py
 
     from nb_finetune import finetune
-    from nb_finetune.core.events import RunStarted
 
     data = tmp_path / "train.jsonl"
     rows = sentiment_records(40, 26) + sentiment_records(4, 27, words=(60, 90))  # some questions span 2+ windows
@@ -522,43 +516,21 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     assert a.status == "finished", (a.status, a.error)
     per_epoch = math.ceil(a.task.num_train / 8)  # batches of windows
     stop_at = per_epoch + 3  # epoch 2's third batch: mid-epoch, and the first half of an accumulated step
-    calls, holder = {"n": 0}, {}
-
-    class Hook:
-        def on_event(self, e):
-            if isinstance(e, RunStarted):
-
-                def fwd(mod, args, out):
-                    if mod.training:
-                        calls["n"] += 1
-                        if calls["n"] == stop_at:
-                            holder["run"].stop()
-
-                holder["run"].model.register_forward_hook(fwd)
-
-    b = holder["run"] = finetune(cfg, name="b", callbacks=[Hook()], start=False)
+    stop = StopAtForward(stop_at)
+    b = stop.attach(finetune(cfg, name="b", callbacks=[stop], start=False))
     b.start().wait()
     assert (b.status, b.reason) == ("stopped", "user"), (b.status, b.error)
     runs = tmp_path / "runs"
     # that half-step's gradient is discarded: epoch 1's steps (the last one flushes an odd batch) plus one
     assert b.step == math.ceil(per_epoch / 2) + 1 and max(losses_by_step(runs / "b")) == b.step
-    root = Path(__file__).resolve().parents[3]
-    env = {
-        **os.environ,
-        "NB_FT_CFG": json.dumps(cfg),
-        "PYTHONPATH": str(root),
-        "OMP_NUM_THREADS": str(torch.get_num_threads()),
-    }  # as run a had it: the same reduction order
     code = """
         import json, os
         from nb_finetune import finetune
         run = finetune(json.loads(os.environ["NB_FT_CFG"]), name="b", resume_from="last", wait=True)
         assert run.status == "finished", run.error
     """
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    # as run a had it: the same reduction order
+    run_py(code, {"NB_FT_CFG": json.dumps(cfg), "OMP_NUM_THREADS": str(torch.get_num_threads())})
     la, lb = losses_by_step(runs / "a"), losses_by_step(runs / "b")
     assert len(la) > b.step and sorted(la) == sorted(lb)
     assert [lb[s] for s in sorted(lb)] == [la[s] for s in sorted(la)]  # exactly equal, not approximately

@@ -5,16 +5,12 @@ drive early stopping, a stopped run resumed in a fresh process repeats an uninte
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fresh_process import run_py
 from metrics_log import losses_by_step
 
 from nb_finetune.core.config import FinetuneConfig
@@ -22,7 +18,6 @@ from nb_finetune.core.tasks.base import resolve_task
 from nb_finetune.core.tasks.regression import Regression, RegressionMetric, average_ranks, regression_scores
 from nb_finetune.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[3]
 POS = "good great fine superb lovely wonderful excellent brilliant".split()
 NEG = "bad awful poor terrible boring dull horrible weak".split()
 FILL = "the a film movie plot actor story scene was is and it this very quite".split()
@@ -301,14 +296,6 @@ def test_metric_for_best_on_mae_keeps_the_lowest(tiny_model_dir, tmp_path):
     assert run.best_checkpoint.name == f"step-{steps[int(np.argmin(maes))]:06d}", (run.best_checkpoint, maes)
 
 
-def _run_py(code: str, env_extra: dict) -> None:
-    env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-
-
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_model_dir, tmp_path):
     csv = tmp_path / "scores.csv"
     reg_df(100, seed=3).to_csv(csv, index=False)
@@ -329,26 +316,16 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     env = {"NB_FT_CFG": json.dumps(cfg)}
     # one process runs A uninterrupted, then B stopped in its 13th training forward pass: mid-accumulation and
     # mid-epoch (10 micro-batches, 5 optimizer steps an epoch)
-    _run_py(
+    run_py(
         """
         import json, os
+        from fresh_process import StopAtForward
         from nb_finetune import finetune
-        from nb_finetune.core.events import RunStarted
         cfg = json.loads(os.environ["NB_FT_CFG"])
         run = finetune(cfg, name="a", wait=True)
         assert run.status == "finished" and run.task.name == "regression", (run.status, run.error)
-        calls, holder = {"n": 0}, {}
-        class Hook:
-            def on_event(self, e):
-                if isinstance(e, RunStarted):
-                    def fwd(mod, args, out):
-                        if mod.training:
-                            calls["n"] += 1
-                            if calls["n"] == 13:
-                                holder["run"].stop()
-                    holder["run"].model.register_forward_hook(fwd)
-        run = finetune(cfg, name="b", callbacks=[Hook()])
-        holder["run"] = run
+        stop = StopAtForward(13)
+        run = stop.attach(finetune(cfg, name="b", callbacks=[stop], start=False)).start()
         run.wait()
         assert (run.status, run.reason) == ("stopped", "user"), (run.status, run.error)
         assert run.step == 6, run.step  # the 13th micro-batch's gradient is discarded
@@ -357,7 +334,7 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     )
     runs = tmp_path / "runs"
     assert max(losses_by_step(runs / "b")) == 6
-    _run_py(
+    run_py(
         """
         import json, os
         from nb_finetune import finetune

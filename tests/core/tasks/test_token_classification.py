@@ -556,9 +556,9 @@ def test_freezing_all_but_head_trains_only_the_head(tiny_model_dir, tmp_path):
 
 def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_model_dir, tmp_path):
     import torch
+    from fresh_process import StopAtForward
 
     from nb_finetune import finetune
-    from nb_finetune.core.events import RunStarted
 
     conll = tmp_path / "train.conll"
     conll.write_text(
@@ -581,21 +581,8 @@ def test_stop_and_resume_in_a_fresh_process_repeats_an_uninterrupted_run(tiny_mo
     a = finetune(cfg, name="a", wait=True)
     assert a.status == "finished" and a.task.name == "token-classification", (a.status, a.error)
     # b: stopped during the 13th training forward pass, mid-epoch (9 batches per epoch)
-    calls, holder = {"n": 0}, {}
-
-    class Hook:
-        def on_event(self, e):
-            if isinstance(e, RunStarted):
-
-                def fwd(mod, args, out):
-                    if mod.training:
-                        calls["n"] += 1
-                        if calls["n"] == 13:
-                            holder["run"].stop()
-
-                holder["run"].model.register_forward_hook(fwd)
-
-    b = holder["run"] = finetune(cfg, name="b", callbacks=[Hook()], start=False)
+    stop = StopAtForward(13)
+    b = stop.attach(finetune(cfg, name="b", callbacks=[stop], start=False))
     b.start().wait()
     assert (b.status, b.reason) == ("stopped", "user"), (b.status, b.error)
     runs = tmp_path / "runs"
