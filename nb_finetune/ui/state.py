@@ -238,8 +238,9 @@ class PanelState:
             p.layers_changed = True
         elif isinstance(e, ControlApplied):
             label = change_label(e, [x["group"] for x in self.layers if not x["trainable"]], self._frozen_by(e))
+            detail = change_detail(e)
             self.note = f"{label}: {'applied' if e.ok else 'refused'} at step {e.step}" + (
-                f" ({e.message})" if e.message else ""
+                f" ({detail})" if detail else ""
             )
             if e.source != "preview":
                 self.changes = [
@@ -249,13 +250,11 @@ class PanelState:
                         "label": label,
                         "ok": e.ok,
                         "source": source_label(e.source),
-                        "message": e.message,
+                        "message": detail,
                     },
                 ]
             if e.ok and e.command in ("set", "freeze") and e.source != "preview":
-                p.markers.append(
-                    {"step": e.step, "label": label, "source": source_label(e.source), "message": e.message}
-                )
+                p.markers.append({"step": e.step, "label": label, "source": source_label(e.source), "message": detail})
             if e.ok and e.command == "freeze":
                 self._set_frozen(e.args.get("spec"))
                 p.layers_changed = True
@@ -381,11 +380,18 @@ def change_label(e: ControlApplied, frozen_before: list[str] | None = None, froz
     return e.command
 
 
+def change_detail(e: ControlApplied) -> str:
+    """What a change's acknowledgement adds to its label: a refusal's reason, a freeze's trainable count; nothing
+    for an applied `set` whose label already reads from → to (its message only echoes the new values)."""
+    return "" if e.ok and e.command == "set" and e.previous else e.message
+
+
 def change_line(e: ControlApplied) -> str:
     """A live change as one line of text (the CLI, the text renderer): from -> to and who asked,
     "lr 1e-4 → 5e-5 (panel) applied at step 40"."""
     line = f"{change_label(e)} ({source_label(e.source)}) {'applied' if e.ok else 'refused'} at step {e.step}"
-    return line + (f": {e.message}" if e.message else "")
+    detail = change_detail(e)
+    return line + (f": {detail}" if detail else "")
 
 
 def lr_legend(groups: list[str], frozen: list[str]) -> tuple[str, dict[str, str], str]:

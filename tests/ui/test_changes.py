@@ -113,14 +113,18 @@ def test_a_real_run_acknowledges_each_change_with_the_value_before(tiny_config):
 
 
 def test_the_cli_and_the_text_renderer_say_from_to_and_who():
-    """Control: both printed "set applied at step 40" (no values, no source) before."""
+    """Control: both printed "set applied at step 40" (no values, no source) before, and an applied set then
+    repeated its values after the label (": lr=5e-05")."""
     import io
 
     from nb_finetune.cli import TextProgress
     from nb_finetune.ui.progress import ProgressView
 
     changes = [
-        ControlApplied(step=40, command="set", args={"lr": 5e-5}, seq=1, source="panel", previous={"lr": 1e-4}),
+        # the loop's acknowledgement of a set echoes the new values ("lr=5e-05"): the label says them already
+        ControlApplied(
+            step=40, command="set", args={"lr": 5e-5}, seq=1, source="panel", message="lr=5e-05", previous={"lr": 1e-4}
+        ),
         ControlApplied(
             step=41, command="freeze", args={"spec": ["embeddings"]}, seq=2, source="file:cli", previous={"spec": []}
         ),
@@ -149,3 +153,8 @@ def test_the_cli_and_the_text_renderer_say_from_to_and_who():
         "max_steps 500 → 1 (magic) refused at step 42: max_steps 1 is below the current step 42",
     ]
     assert notes == out.getvalue().splitlines()
+    st = PanelState("c")
+    for e in changes:
+        st.on_event(e)
+    log = st.snapshot()["changes"]  # the panel's change log: the refusal keeps its reason, the set adds nothing
+    assert [c["message"] for c in log] == ["", "", "max_steps 1 is below the current step 42"]
