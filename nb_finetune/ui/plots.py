@@ -15,19 +15,28 @@ from bokeh.core.properties import value
 from bokeh.layouts import column, gridplot, row
 from bokeh.models import (
     ColumnDataSource,
+    CustomJSTickFormatter,
     DataRange1d,
     FactorRange,
     HoverTool,
     Label,
     LegendItem,
     LinearAxis,
-    PrintfTickFormatter,
     Range1d,
 )
 from bokeh.plotting import figure
 
 from .state import Points, fmt_count, lr_legend
 from .svg import FROZEN, cell_colour, fmt_cell, title_lines
+
+# learning-rate ticks as people write them: "0", "5e-4", "1e-3", "2.5e-5" (not "0.0e+0", "1.0e-3")
+LR_TICK_JS = """
+if (tick === 0) { return "0"; }
+const [m, e] = tick.toExponential().split("e");
+const mant = String(parseFloat(Number(m).toPrecision(3)));
+const exp = parseInt(e, 10);
+return exp === 0 ? mant : mant + "e" + exp;
+"""
 
 __all__ = ["PlotSet", "FROZEN", "TRAINABLE", "is_score", "matrix_cells"]
 
@@ -236,7 +245,7 @@ class PlotSet:
         self.lr = _fig(
             "Learning rate", width=w, height=h, x_range=self.loss.x_range, y_range=DataRange1d(start=0), y_label="lr"
         )
-        self.lr.yaxis.formatter = PrintfTickFormatter(format="%.1e")
+        self.lr.yaxis.formatter = CustomJSTickFormatter(code=LR_TICK_JS)  # "0", "5e-4", "1e-3", "2.5e-5"
         self.lr.yaxis.visible = False  # until the first learning rate comes
         base = self.lr.line("step", "lr", source=self.lr_src, color=SMOOTH, line_width=2, legend_label="all groups")
         self.lr_base = base

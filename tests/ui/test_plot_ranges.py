@@ -205,3 +205,23 @@ def test_the_svg_snapshot_greys_the_groups_frozen_at_the_end_as_the_live_plot_do
     texts, strokes, dotted = lr_chart(frozen=())  # the control case: nothing frozen, nothing grey
     assert "blocks.0" in texts and not any("frozen" in t for t in texts if t) and dotted == []
     assert FROZEN not in strokes
+
+
+def test_learning_rate_ticks_read_as_people_write_them():
+    """The lr axis's own JavaScript formatter, run in node as BokehJS runs it (a function of `tick`). Control: the
+    printf format it replaced gave "0.0e+0", "1.0e-3", "5.0e-4"."""
+    import shutil
+    import subprocess
+
+    from bokeh.models import CustomJSTickFormatter
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    ps = PlotSet()
+    fmt = ps.lr.yaxis[0].formatter
+    assert isinstance(fmt, CustomJSTickFormatter)
+    ticks = [0, 1e-3, 5e-4, 2.5e-5, 1.2345e-4, 3.0, 0.02]
+    script = f"const f = new Function('tick', {fmt.code!r}); console.log({ticks!r}.map(t => f(t)).join(' '));"
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.split() == ["0", "1e-3", "5e-4", "2.5e-5", "1.23e-4", "3", "2e-2"]
