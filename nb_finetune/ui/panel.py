@@ -585,39 +585,11 @@ class Panel:
             f'<span style="font-size:12px">{items}</span></div>'
         )
 
-    def _status_parts(self, s: dict[str, Any]) -> list[str]:
-        """The status line's facts: step, epoch, ETA, train loss, lr, throughput, memory, the latest metrics."""
-        total = s.get("total_steps") or 0
-        step = s.get("step") or 0
-        parts = [f"step {step:,}/{total:,}" if total else f"step {step:,}", f"epoch {s.get('epoch', 0):.2f}"]
-        eta = self.state.eta_seconds() if s["state"] in ("training", "paused") else None
-        if eta is not None:
-            parts.append(f"ETA {fmt_duration(eta)}")
-        if s.get("loss") is not None:
-            parts.append(f"train loss {_fmt_num(s['loss'])}")
-        if s.get("lr"):
-            parts.append(f"lr {fmt_value(s['lr'])}")
-        if s.get("samples_per_s"):
-            parts.append(f"{_fmt_num(s['samples_per_s'])} samples/s")
-        unit = s.get("throughput_unit") or "tokens"
-        if s.get("tokens_per_s") and unit != "samples":
-            parts.append(f"{_fmt_num(s['tokens_per_s'])} {unit}/s")
-        if s.get("memory_mb"):
-            parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
-        if s.get("nonfinite_steps"):
-            parts.append(f"{s['nonfinite_steps']:,} NaN/Inf steps skipped")
-        if s.get("unreadable"):
-            parts.append(unreadable_text(s["unreadable"]))
-        metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
-        if metrics:
-            parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))
-        return parts
-
     def _status_html(self, s: dict[str, Any]) -> str:
         total = s.get("total_steps") or 0
         pct = 100 * (s.get("step") or 0) / total if total else 0
         colour = _STATE_COLOURS.get(s["state"], "#546e7a")
-        parts = self._status_parts(s)
+        parts = status_parts(self.state, s)
         return (
             '<div style="display:flex;align-items:center;gap:10px;font-family:var(--jp-code-font-family,monospace);'
             'font-size:12px">'
@@ -631,7 +603,7 @@ class Panel:
     def _status_text(self, s: dict[str, Any], note: str = "") -> str:
         """The header and status line as plain text (a frontend that shows only text/plain)."""
         state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
-        line = f"{self.run.name}: {state} · " + " · ".join(self._status_parts(s))
+        line = f"{self.run.name}: {state} · " + " · ".join(status_parts(self.state, s))
         return line + (f"\n{note}" if note else "")
 
     @staticmethod
@@ -791,6 +763,36 @@ class Panel:
     def _on_checkpoint(self) -> None:
         self._guard(partial(self.run.checkpoint, _source="panel"), "checkpoint")
         self._say("checkpoint requested for the next optimizer step")
+
+
+def status_parts(state, s: dict[str, Any]) -> list[str]:
+    """The status line's facts (`state`: the run's PanelState, `s` its snapshot): step, epoch, ETA, train loss, lr,
+    throughput, memory, skipped steps and files, the latest metrics."""
+    total = s.get("total_steps") or 0
+    step = s.get("step") or 0
+    parts = [f"step {step:,}/{total:,}" if total else f"step {step:,}", f"epoch {s.get('epoch', 0):.2f}"]
+    eta = state.eta_seconds() if s["state"] in ("training", "paused") else None
+    if eta is not None:
+        parts.append(f"ETA {fmt_duration(eta)}")
+    if s.get("loss") is not None:
+        parts.append(f"train loss {_fmt_num(s['loss'])}")
+    if s.get("lr"):
+        parts.append(f"lr {fmt_value(s['lr'])}")
+    if s.get("samples_per_s"):
+        parts.append(f"{_fmt_num(s['samples_per_s'])} samples/s")
+    unit = s.get("throughput_unit") or "tokens"
+    if s.get("tokens_per_s") and unit != "samples":
+        parts.append(f"{_fmt_num(s['tokens_per_s'])} {unit}/s")
+    if s.get("memory_mb"):
+        parts.append(f"memory {_fmt_num(s['memory_mb'] / 1024, ' GB')}")
+    if s.get("nonfinite_steps"):
+        parts.append(f"{s['nonfinite_steps']:,} NaN/Inf steps skipped")
+    if s.get("unreadable"):
+        parts.append(unreadable_text(s["unreadable"]))
+    metrics = main_metrics(s.get("metrics") or {}, s.get("extras"))
+    if metrics:
+        parts.append(", ".join(f"{metric_label(k)} {_fmt_metric(v)}" for k, v in metrics.items()))
+    return parts
 
 
 def _changes_html(changes: list[dict[str, Any]]) -> str:
