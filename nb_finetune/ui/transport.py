@@ -36,9 +36,7 @@ __all__ = [
 RENDERERS = ("auto", "widget", "display", "static")
 FRAME = "border:1px solid var(--jp-border-color2, #e0e0e0);padding:6px"  # the panel box's frame (panel.py)
 RESERIALISE_S = 10.0  # display mode: the figures' structure is serialised again at most this often
-# after a new view asked for the state: re-render the views this long after the request. The later ones are for a
-# loaded machine, where a second page (Notebook 7 beside JupyterLab) can take longer than 12 s to build its view
-CATCH_UP_S = (3.0, 12.0, 30.0, 60.0)
+CATCH_UP_S = (3.0, 12.0)  # after a new view asked for the state: re-render the views this long after the request
 
 
 # where the panel's widget box renders (VS Code, Colab with widgets) it shows the state line itself: not twice
