@@ -150,7 +150,8 @@ def test_reads_what_the_registry_writes_with_the_task_fields(tmp_path, monkeypat
     from nb_finetune.core.events import EvalEnded, Logged, RunStarted
     from nb_finetune.core.runs import RegistryCallback
 
-    monkeypatch.setattr(runs_view, "_MAX_TAIL", 600)  # the eval lines are found by the prefix scan
+    # a tail of a few log lines (each carries every Logged field): the eval lines are found by the prefix scan
+    monkeypatch.setattr(runs_view, "_MAX_TAIL", 1200)
     rd = RunDir.create(tmp_path / "runs", "codec")
     cb = RegistryCallback(rd)
     cb.on_event(RunStarted("codec", str(rd.path), 40, 10, 8, 2, "cpu", "fp32", 1, 1, [], task="regression"))
