@@ -488,42 +488,31 @@ class Panel:
         )
         snap["metrics"] = metrics
         run_dir = _relative_dir(getattr(getattr(self.run, "run_dir", None), "path", None))
-        if self._widget_views():
+        summary = summary_html(self.run.name, snap, run_dir=run_dir)
+        live = self._widget_views()
+        if live:
             # Every view of the box (this page, a page reloaded mid-run, Notebook 7 opened on the kernel, one opened
             # after the run) renders the widgets' state, never a display update made after it loaded (the display id
             # is not saved): so the final view lives there. The summary above the live plots, which keep every point;
             # the display output carries the same for saved notebooks (nbconvert, GitHub) and hides itself wherever
             # this box renders (no second copy in this page).
-            self.summary_view.value = bundle_summary = summary_html(self.run.name, snap, run_dir=run_dir)
+            self.summary_view.value = summary
             self.summary_view.layout.display = None
-            self.eval_table.layout.display = "none"  # the summary carries the evaluation and task tables
-            self.task_tables.layout.display = "none"
-            self._static_layers(snap)
             self.box.add_class(self.done_class)
             self.transport.model.resync()  # views made from now on in a page that has the model render every point
-            bundle = final_bundle(
-                self.plots,
-                title=title,
-                state=state,
-                note=note,
-                text=summary_text(self.run.name, snap),
-                summary=bundle_summary,
-                hide_where=self.done_class,
-            )
-            self.transport.finalize(bundle, keep_live=True)
-            return
+        self.eval_table.layout.display = "none"  # the summary carries the evaluation and task tables
+        self.task_tables.layout.display = "none"
+        self._static_layers(snap)
         bundle = final_bundle(
             self.plots,
             title=title,
             state=state,
             note=note,
             text=summary_text(self.run.name, snap),
-            summary=summary_html(self.run.name, snap, run_dir=run_dir),
+            summary=summary,
+            hide_where=self.done_class if live else "",
         )
-        self.eval_table.layout.display = "none"  # the summary above the final plots carries the tables
-        self.task_tables.layout.display = "none"
-        self._static_layers(snap)
-        self.transport.finalize(bundle)
+        self.transport.finalize(bundle, keep_live=live)
 
     def _widget_views(self) -> bool:
         """Whether the plots reach the page through widgets (not the display handle of a frontend without them)."""

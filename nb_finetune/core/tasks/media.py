@@ -359,7 +359,8 @@ class DecodedExamples:
     and logged once (run.log) with the count so far; its item is a marker `{"idx", "unreadable": True, "fallback"}`
     that the collator leaves out (`fallback`: the next readable example, for a batch left with none). With `error`
     it is a DataError naming the row and the file instead. The same file fails the same way at every read, so a
-    resumed run reads what an uninterrupted one does. Mix into an `Examples` subclass (audio_data.py)."""
+    resumed run reads what an uninterrupted one does. Mix into an `Examples` subclass that defines
+    `_item(i, decoded) -> dict`, the example built from its decoded file (audio_data.py, vision_data.py)."""
 
     kind = "media"  # what messages call the files: image, audio
 
@@ -385,9 +386,6 @@ class DecodedExamples:
     def num_unreadable(self) -> int:
         """Files found unreadable while reading (in any process), each counted once."""
         return int(self.unreadable.sum())
-
-    def _item(self, i: int, x) -> dict[str, Any]:
-        raise NotImplementedError
 
     def _note(self, i: int, e: BaseException) -> None:
         col = self.column
