@@ -18,7 +18,9 @@ module.exports = {
   outputDir: './test-results',
   timeout: 120000,
   expect: { timeout: 30000 },
-  retries: 0,
+  // one retry: the Notebook 7 second-view test has failed under a loaded CI machine (a view with no live data,
+  // not reproduced on a quiet one); its failure message says what the page had, and the retry's report shows it
+  retries: 1,
   workers: 1,
   reporter: [['list'], ['html', { open: 'never', outputFolder: 'playwright-report' }]],
   use: {

@@ -145,7 +145,13 @@ class Kernel:
                 got.append(msg)
         return got
 
-    def wait_for(self, pred, timeout: float = 60) -> dict:
+    def wait_for(self, pred, timeout: float = 60, since: int | None = None) -> dict:
+        """The next iopub message `pred` accepts; with `since` (an index into `messages`), the ones already received
+        from there count too (an output that can come before or after the reply of the cell that caused it)."""
+        if since is not None:
+            for msg in self.messages[since:]:
+                if pred(msg):
+                    return msg
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
             msg = self._next(min(left, 0.5))

@@ -57,6 +57,7 @@ def test_widget_comm_helpers_reach_the_widgets(kernel):
 
 
 def test_display_handle_updated_from_a_thread_after_the_cell_returned(kernel):
+    since = len(kernel.messages)  # a slow kernel can send all three ticks before the cell's reply
     r = kernel.execute(
         "import threading, time\n"
         "from IPython.display import display\n"
@@ -73,6 +74,7 @@ def test_display_handle_updated_from_a_thread_after_the_cell_returned(kernel):
     kernel.wait_for(
         lambda m: m["msg_type"] == "update_display_data" and m["content"]["data"]["text/plain"] == "tick 3",
         timeout=30,
+        since=since,
     )
     assert [m["content"]["data"]["text/plain"] for m in kernel.updates(display_id)] == ["tick 1", "tick 2", "tick 3"]
 

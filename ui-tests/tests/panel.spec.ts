@@ -39,6 +39,45 @@ function contiguous(steps: number[]): boolean {
   return steps.length > 0 && steps.every((s, i) => s === i + 1);
 }
 
+type History = Awaited<ReturnType<typeof history>>;
+
+/** Console errors of a page, kept for a failure message (what a second view failed on, if anything). */
+function consoleErrors(page: Page): string[] {
+  const errors: string[] = [];
+  page.on('console', m => {
+    if (m.type() === 'error') errors.push(m.text().slice(0, 200));
+  });
+  page.on('pageerror', e => errors.push(String(e).slice(0, 200)));
+  return errors;
+}
+
+/**
+ * Polls the page's data until `ok` holds; a failure names what the page had at the end (counts, first and last loss
+ * steps) and its console errors, so a CI log says whether the view had no plots, stale ones, or a gap.
+ */
+async function untilHistory(page: Page, ok: (h: History) => boolean, timeout: number, message: string) {
+  let last: History | undefined;
+  const errors = (page as any).__nbftErrors as string[] | undefined;
+  try {
+    await expect.poll(async () => ok((last = await history(page))), { timeout, message }).toBe(true);
+  } catch (e) {
+    const h = last;
+    const seen = h
+      ? `loss steps ${h.steps.length} (${h.steps.slice(0, 3).join(',')} .. ${h.steps.slice(-3).join(',')}), ` +
+        `evaluations ${h.evals}, lr points ${h.lr}, layer rows ${h.layers}`
+      : 'nothing read';
+    throw new Error(`${message}: the page had ${seen}; console errors: ${(errors ?? []).slice(-8).join(' | ') || 'none'}`);
+  }
+  return last as History;
+}
+
+/** A new tab of the same browser context, its console errors kept for `untilHistory`. */
+async function newTab(page: Page): Promise<Page> {
+  const tab = await page.context().newPage();
+  (tab as any).__nbftErrors = consoleErrors(tab);
+  return tab;
+}
+
 /** Saves the notebook as a user does (the panel's outputs keep it dirty, so no wait for a clean state). */
 async function saveWithPanel(page: Page, path: string) {
   await page.evaluate(() => (window as any).jupyterapp.commands.execute('docmanager:save'));
@@ -59,9 +98,7 @@ async function saveWithPanel(page: Page, path: string) {
  * map), then keeps streaming. Returns the history seen after the reload.
  */
 async function reloadKeepsHistory(page: Page, path: string, shots: string) {
-  await expect
-    .poll(async () => (await history(page)).evals, { timeout: 90000, message: 'two evaluations before the reload' })
-    .toBeGreaterThanOrEqual(2);
+  await untilHistory(page, h => h.evals >= 2, 90000, 'two evaluations before the reload');
   await saveWithPanel(page, path);
   const before = await history(page);
   expect(before.steps.length, 'points before the reload').toBeGreaterThan(0);
@@ -72,16 +109,12 @@ async function reloadKeepsHistory(page: Page, path: string, shots: string) {
   await expect(panel).toBeVisible({ timeout: 60000 });
   // every point before the reload is in the state the new page gets; the few streamed while the page built its
   // view come with the one re-render the kernel sends once the view answers
-  await expect
-    .poll(
-      async () => {
-        const h = await history(page);
-        return h.steps.length >= before.steps.length && contiguous(h.steps);
-      },
-      { timeout: 30000, message: 'the whole history after a reload (loss steps 1..n, none missing)' }
-    )
-    .toBe(true);
-  const after = await history(page);
+  const after = await untilHistory(
+    page,
+    h => h.steps.length >= before.steps.length && contiguous(h.steps),
+    30000,
+    'the whole history after a reload (loss steps 1..n, none missing)'
+  );
   expect(after.evals, 'the evaluations before the reload').toBeGreaterThanOrEqual(before.evals);
   expect(after.lr, 'the lr points before the reload').toBeGreaterThanOrEqual(before.lr);
   expect(after.layers, 'the layer map after the reload').toBe(before.layers);
@@ -102,21 +135,17 @@ async function secondViews(page: Page, path: string, shots: string) {
   const { before, after } = await reloadKeepsHistory(page, path, shots);
 
   // Notebook 7 on the same server and running kernel, in a second tab
-  const nb7 = await page.context().newPage();
+  const nb7 = await newTab(page);
   await nb7.goto(notebook7Url(path));
   const panel7 = nb7.locator(PANEL).first();
   await expect(panel7).toBeVisible({ timeout: 90000 });
   const seen = (await history(page)).steps.length;
-  await expect
-    .poll(
-      async () => {
-        const h = await history(nb7);
-        return h.steps.length >= seen && contiguous(h.steps);
-      },
-      { timeout: 30000, message: 'the whole history in Notebook 7 (loss steps 1..n, none missing)' }
-    )
-    .toBe(true);
-  const nb = await history(nb7);
+  const nb = await untilHistory(
+    nb7,
+    h => h.steps.length >= seen && contiguous(h.steps),
+    30000,
+    'the whole history in Notebook 7 (loss steps 1..n, none missing)'
+  );
   expect(nb.evals).toBeGreaterThanOrEqual(after.evals);
   expect(nb.lr).toBeGreaterThanOrEqual(after.lr);
   expect(nb.layers).toBe(before.layers);
@@ -359,7 +388,7 @@ test.describe('nb_finetune panel in Notebook 7', () => {
     // second tab: a reloaded page never gets the final output, which goes to the display id of the first page's
     // output, so the export below is of the first page's notebook.
     await saveWithPanel(page, path);
-    const second = await page.context().newPage();
+    const second = await newTab(page);
     await second.goto(notebook7Url(path));
     await expect(second.locator(PANEL).first()).toContainText('training', { timeout: 90000 });
     await reloadKeepsHistory(second, path, 'nb7-panel');
