@@ -8,11 +8,13 @@ kernel's shell handler) and only call the `Run`'s thread-safe steering methods.
 
 from __future__ import annotations
 
+import atexit
 import html
 import math
 import threading
 import time
 import uuid
+import weakref
 from functools import partial
 from typing import Any
 
@@ -398,6 +400,7 @@ class Panel:
 
         self._thread = threading.Thread(target=loop, name=f"nb_finetune-panel-{self.run.name}", daemon=True)
         self._thread.start()
+        _follow_at_exit(self._thread, self.run)
         return self._thread
 
     # ------------------------------------------------------------------ the writer
@@ -824,3 +827,40 @@ def _layers_event(state: PanelState, frozen: list[str]):
     from ..core.events import ControlApplied
 
     return ControlApplied(step=state.step, command="freeze", args={"spec": frozen or "none"}, seq=0, source="preview")
+
+
+# ---------------------------------------------------------------------------------------- kernel shutdown
+_FOLLOWERS: list[tuple[threading.Thread, Any]] = []  # (a panel's writer thread, a weak reference to its run)
+_FOLLOWERS_LOCK = threading.Lock()
+_AT_EXIT_REGISTERED = False
+AT_EXIT_WAIT_S = 5.0  # at most this long in all, for the final renders of runs that have ended
+
+
+def _follow_at_exit(thread: threading.Thread, run) -> None:
+    """Registers a panel's writer `thread` to be waited for when the kernel shuts down. A run that ended just before
+    the kernel was told to shut down (a notebook runner's last cell) may still have its final render to send: sent
+    while the interpreter tears zmq down, it printed `RuntimeError: zmq gc socket requested during shutdown`
+    tracebacks after a notebook that succeeded. The exit handler is registered after pyzmq's and ipykernel's, so it
+    runs before them (atexit is last in, first out), while the IOPub thread still sends what the render hands it."""
+    with _FOLLOWERS_LOCK:
+        global _AT_EXIT_REGISTERED
+        if not _AT_EXIT_REGISTERED:
+            try:  # pyzmq registers its garbage collector's exit handler when this module is first imported, which
+                # can be at the first large message, after ours: imported now, it runs after ours
+                import zmq.utils.garbage  # noqa: F401
+            except ImportError:
+                pass
+            atexit.register(_join_followers)
+            _AT_EXIT_REGISTERED = True
+        # weakly: a finished run (its model) stays collectable; threads that ended are dropped
+        _FOLLOWERS[:] = [(t, r) for t, r in _FOLLOWERS if t.is_alive()] + [(thread, weakref.ref(run))]
+
+
+def _join_followers(budget: float = AT_EXIT_WAIT_S) -> None:
+    """Waits for the final render of every run that has ended; a run still training (the kernel shut down
+    mid-run) is not waited for, and nothing waits longer than `budget` in all."""
+    deadline = time.monotonic() + budget
+    with _FOLLOWERS_LOCK:
+        pending = [t for t, ref in _FOLLOWERS if t.is_alive() and (ref() is None or ref().done)]
+    for t in pending:
+        t.join(max(0.0, deadline - time.monotonic()))
