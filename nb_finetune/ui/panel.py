@@ -400,7 +400,7 @@ class Panel:
 
         self._thread = threading.Thread(target=loop, name=f"nb_finetune-panel-{self.run.name}", daemon=True)
         self._thread.start()
-        _follow_at_exit(self._thread, self.run)
+        _follow_at_exit(self)
         return self._thread
 
     # ------------------------------------------------------------------ the writer
@@ -830,20 +830,22 @@ def _layers_event(state: PanelState, frozen: list[str]):
 
 
 # ---------------------------------------------------------------------------------------- kernel shutdown
-_FOLLOWERS: list[tuple[threading.Thread, Any]] = []  # (a panel's writer thread, a weak reference to its run)
-_FOLLOWERS_LOCK = threading.Lock()
+# Panels whose writer thread may still be running. Weak: a panel's live thread keeps it here (the thread's loop holds
+# it); once the thread has ended, the panel and its run can go.
+_FOLLOWING: weakref.WeakSet[Panel] = weakref.WeakSet()
+_FOLLOWING_LOCK = threading.Lock()
 _AT_EXIT_REGISTERED = False
 AT_EXIT_WAIT_S = 5.0  # at most this long in all, for the final renders of runs that have ended
 
 
-def _follow_at_exit(thread: threading.Thread, run) -> None:
-    """Registers a panel's writer `thread` to be waited for when the kernel shuts down. A run that ended just before
+def _follow_at_exit(panel: Panel) -> None:
+    """Registers a panel's writer thread to be waited for when the kernel shuts down. A run that ended just before
     the kernel was told to shut down (a notebook runner's last cell) may still have its final render to send: sent
     while the interpreter tears zmq down, it printed `RuntimeError: zmq gc socket requested during shutdown`
     tracebacks after a notebook that succeeded. The exit handler is registered after pyzmq's and ipykernel's, so it
     runs before them (atexit is last in, first out), while the IOPub thread still sends what the render hands it."""
-    with _FOLLOWERS_LOCK:
-        global _AT_EXIT_REGISTERED
+    global _AT_EXIT_REGISTERED
+    with _FOLLOWING_LOCK:
         if not _AT_EXIT_REGISTERED:
             try:  # pyzmq registers its garbage collector's exit handler when this module is first imported, which
                 # can be at the first large message, after ours: imported now, it runs after ours
@@ -852,15 +854,14 @@ def _follow_at_exit(thread: threading.Thread, run) -> None:
                 pass
             atexit.register(_join_followers)
             _AT_EXIT_REGISTERED = True
-        # weakly: a finished run (its model) stays collectable; threads that ended are dropped
-        _FOLLOWERS[:] = [(t, r) for t, r in _FOLLOWERS if t.is_alive()] + [(thread, weakref.ref(run))]
+        _FOLLOWING.add(panel)
 
 
 def _join_followers(budget: float = AT_EXIT_WAIT_S) -> None:
     """Waits for the final render of every run that has ended; a run still training (the kernel shut down
     mid-run) is not waited for, and nothing waits longer than `budget` in all."""
     deadline = time.monotonic() + budget
-    with _FOLLOWERS_LOCK:
-        pending = [t for t, ref in _FOLLOWERS if t.is_alive() and (ref() is None or ref().done)]
+    with _FOLLOWING_LOCK:
+        pending = [p._thread for p in _FOLLOWING if p._thread is not None and p._thread.is_alive() and p.run.done]
     for t in pending:
         t.join(max(0.0, deadline - time.monotonic()))

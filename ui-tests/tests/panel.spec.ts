@@ -41,15 +41,8 @@ function contiguous(steps: number[]): boolean {
 
 type History = Awaited<ReturnType<typeof history>>;
 
-/** Console errors of a page, kept for a failure message (what a second view failed on, if anything). */
-function consoleErrors(page: Page): string[] {
-  const errors: string[] = [];
-  page.on('console', m => {
-    if (m.type() === 'error') errors.push(m.text().slice(0, 200));
-  });
-  page.on('pageerror', e => errors.push(String(e).slice(0, 200)));
-  return errors;
-}
+/** Console errors of the tabs `newTab` opened, kept for `untilHistory`'s failure message. */
+const CONSOLE_ERRORS = new WeakMap<Page, string[]>();
 
 /**
  * Polls the page's data until `ok` holds; a failure names what the page had at the end (counts, first and last loss
@@ -57,7 +50,6 @@ function consoleErrors(page: Page): string[] {
  */
 async function untilHistory(page: Page, ok: (h: History) => boolean, timeout: number, message: string) {
   let last: History | undefined;
-  const errors = (page as any).__nbftErrors as string[] | undefined;
   try {
     await expect.poll(async () => ok((last = await history(page))), { timeout, message }).toBe(true);
   } catch (e) {
@@ -66,7 +58,9 @@ async function untilHistory(page: Page, ok: (h: History) => boolean, timeout: nu
       ? `loss steps ${h.steps.length} (${h.steps.slice(0, 3).join(',')} .. ${h.steps.slice(-3).join(',')}), ` +
         `evaluations ${h.evals}, lr points ${h.lr}, layer rows ${h.layers}`
       : 'nothing read';
-    throw new Error(`${message}: the page had ${seen}; console errors: ${(errors ?? []).slice(-8).join(' | ') || 'none'}`);
+    const errors = CONSOLE_ERRORS.get(page);
+    const logged = errors ? errors.slice(-8).join(' | ') || 'none' : 'not watched on this page';
+    throw new Error(`${message}: the page had ${seen}; console errors: ${logged}`);
   }
   return last as History;
 }
@@ -74,7 +68,12 @@ async function untilHistory(page: Page, ok: (h: History) => boolean, timeout: nu
 /** A new tab of the same browser context, its console errors kept for `untilHistory`. */
 async function newTab(page: Page): Promise<Page> {
   const tab = await page.context().newPage();
-  (tab as any).__nbftErrors = consoleErrors(tab);
+  const errors: string[] = [];
+  tab.on('console', m => {
+    if (m.type() === 'error') errors.push(m.text().slice(0, 200));
+  });
+  tab.on('pageerror', e => errors.push(String(e).slice(0, 200)));
+  CONSOLE_ERRORS.set(tab, errors);
   return tab;
 }
 
