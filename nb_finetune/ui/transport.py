@@ -275,16 +275,18 @@ def _bokeh_model_class():
             self.state_requested_at: float | None = None
             self._answered_at: float | None = None  # the last message from any view
             self._opened = False
+            self._resending = False
             super().__init__(model, combine_events=True, **kw)
             self._opened = True
 
         def get_state(self, key=None, drop_defaults=False):
-            if key is None and self._opened:  # a full state request: a new view is coming
-                with self._nbft_lock:
-                    self._trait_values["render_bundle"] = self._model_to_traits(self._model)
-                    self.state_requests += 1
-                    self.state_requested_at = time.monotonic()
-                    self._catch_ups = 0
+            if key is None and self._opened:
+                with self._nbft_lock:  # the pump re-sends under it: `_resending` is read while no re-send is under way
+                    if not self._resending:  # a full state request: a new view is coming
+                        self._trait_values["render_bundle"] = self._model_to_traits(self._model)
+                        self.state_requests += 1
+                        self.state_requested_at = time.monotonic()
+                        self._catch_ups = 0
                     return super().get_state(key, drop_defaults)
             return super().get_state(key, drop_defaults)
 
@@ -293,6 +295,22 @@ def _bokeh_model_class():
             this model, e.g. after an output update, renders from this state, not from the first one)."""
             with self._nbft_lock:
                 self.render_bundle = self._model_to_traits(self._model)
+
+        def send_state(self, key=None):
+            """A change of `render_bundle` goes out in the widget's whole state, not as an update of that key alone:
+            a message sent from the pump thread carries the kernel's current request as its parent, and a page
+            restoring its widgets takes the first update whose parent is its `request_state` as the model's whole
+            state. A `render_bundle`-only update sent then gave that page a model with no module or name ("No
+            version of module undefined is registered"): no plots in a second Notebook 7 tab on a loaded machine."""
+            keys = [key] if isinstance(key, str) else key
+            if keys is None or "render_bundle" not in keys:
+                return super().send_state(key)
+            with self._nbft_lock:
+                self._resending = True  # the whole state, as it is: not a new view's request
+                try:
+                    return super().send_state(None)
+                finally:
+                    self._resending = False
 
         def catch_up(self, now: float) -> bool:
             """The writer, after a state request: send the current document to every view (each re-renders once)

@@ -385,6 +385,30 @@ def test_a_new_view_gets_every_point_streamed_before_it(displays):
     assert len(sent) == len(CATCH_UP_S)  # a bounded number of re-renders per new view
 
 
+def test_a_re_render_from_the_pump_sends_the_whole_state():
+    """A page restoring its widgets takes the first update whose parent is its `request_state` as the model's whole
+    state, and the pump's messages carry the kernel's current request as parent: a re-render sent as a
+    `render_bundle`-only update gave that page a model without a module or name. Control: an update of another key
+    stays that key alone, and a re-send is not counted as a new view."""
+    from nb_finetune.ui.plots import PlotSet
+    from nb_finetune.ui.transport import CATCH_UP_S
+
+    plots = PlotSet()
+    t = AutoTransport(plots, confirm_timeout=5)
+    sent = []
+    t.model._send = lambda msg, buffers=None: sent.append(msg)
+    t.model.get_state()  # a new view asked
+    plots.apply(_points(1, 20))
+    t.refresh(True, t.model.state_requested_at + CATCH_UP_S[0] + 0.1)
+    (update,) = [m for m in sent if m.get("method") == "update" and "render_bundle" in m["state"]]
+    assert {"_model_name", "_model_module", "_model_module_version", "layout"} <= set(update["state"])
+    assert _bundle_column(update["state"], "nbft-loss", "step")[-1] == 19
+    assert t.model.state_requests == 1
+    sent.clear()
+    t.model.combine_events = not t.model.combine_events
+    assert [set(m["state"]) for m in sent if m.get("method") == "update"] == [{"combine_events"}]
+
+
 def test_changes_say_who_made_them():
     """Control: every change used to say "api" (the control file's own source overwrote the writer's)."""
     from nb_finetune.core.events import ControlApplied
